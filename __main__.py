@@ -1,0 +1,68 @@
+"""A private Docker registry on DigitalOcean: read settings, build components, export outputs."""
+
+import re
+
+import pulumi
+
+from components import rendering
+from components.credentials import Credentials, CredentialsArgs
+from components.network import Network, NetworkArgs
+from components.pki import CertificateAuthority, CertificateAuthorityArgs
+from components.registry_client import RegistryClient, RegistryClientArgs
+from components.registry_server import RegistryServer, RegistryServerArgs
+from components.settings import load_settings
+
+settings = load_settings()
+# DigitalOcean names: lowercase letters, digits and dashes.
+name_prefix = "registry-" + re.sub(r"[^a-z0-9]+", "-", pulumi.get_stack().lower()).strip("-")
+
+credentials = Credentials("credentials", CredentialsArgs(
+    users=settings.users, rotation=settings.password_rotation))
+ca = CertificateAuthority("ca", CertificateAuthorityArgs(
+    common_name=f"{name_prefix} CA", key_algorithm=settings.tls_key_algorithm))
+network = Network("network", NetworkArgs(
+    name_prefix=name_prefix, region=settings.region, registry_port=settings.port,
+    admin_cidrs=settings.admin_cidrs, allowed_cidrs=settings.allowed_cidrs))
+
+server = RegistryServer("registry", RegistryServerArgs(
+    name_prefix=name_prefix, region=settings.region, size=settings.registry_size,
+    image=settings.image, vpc_id=network.vpc_id, tag=network.server_tag,
+    ssh_key_fingerprint=network.ssh_key_fingerprint, ssh_private_key=network.ssh_private_key,
+    extra_ssh_public_keys=settings.ssh_public_keys, volume_size_gb=settings.volume_size_gb,
+    retain_volume_on_destroy=settings.retain_volume_on_destroy,
+    registry_name=settings.registry_name, domain=settings.domain, dns_name=settings.dns_name,
+    port=settings.port, registry_image=settings.registry_image,
+    nginx_image=settings.nginx_image, ca=ca, key_algorithm=settings.tls_key_algorithm,
+    cert_validity_hours=settings.cert_validity_hours,
+    cert_early_renewal_hours=settings.cert_early_renewal_hours,
+    htpasswd=credentials.htpasswd, http_secret=credentials.http_secret))
+
+proof_user = settings.users[0]
+clients = [
+    RegistryClient(f"client-{index}", RegistryClientArgs(
+        droplet_name=f"{name_prefix}-client-{index}", region=settings.region,
+        size=settings.client_size, image=settings.image, vpc_id=network.vpc_id,
+        tag=network.client_tag, ssh_key_fingerprint=network.ssh_key_fingerprint,
+        ssh_private_key=network.ssh_private_key, extra_ssh_public_keys=settings.ssh_public_keys,
+        registry_name=settings.client_name, port=settings.port,
+        hosts_ip=None if settings.dns_name else server.private_ip, ca_cert_pem=ca.cert_pem,
+        user=proof_user, password=credentials.passwords[proof_user],
+        registry_ready=server.ready, registry_fingerprint=server.files_fingerprint))
+    for index in range(settings.client_count)
+]
+
+pulumi.export("registryAddress", settings.address)
+pulumi.export("registryPublicIp", server.public_ip)
+pulumi.export("registryPrivateIp", server.private_ip)
+pulumi.export("clientPublicIps", [client.public_ip for client in clients])
+pulumi.export("clientPrivateIps", [client.private_ip for client in clients])
+pulumi.export("users", list(settings.users))
+pulumi.export("passwords", pulumi.Output.secret(credentials.passwords))
+pulumi.export("caCertificatePem", ca.cert_pem)
+pulumi.export("sshPrivateKey", pulumi.Output.secret(network.ssh_private_key))
+pulumi.export("dataVolumeId", server.volume_id)
+pulumi.export("dockerLoginCommand",
+              rendering.login_command("passwords", proof_user, settings.address))
+pulumi.export("trustCaSteps", server.public_ip.apply(
+    lambda ip: rendering.trust_steps(settings.client_name, settings.port, ip,
+                                     hosts_entry_needed=settings.dns_name is None)))

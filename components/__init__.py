@@ -1,0 +1,1 @@
+"""Components of the private registry stack: one module per concern."""

@@ -1,0 +1,69 @@
+"""Remote commands on a droplet: run a host script, place a file. Shared by server and client.
+
+Every command's text is deterministic, so an unchanged stack re-runs nothing. Secrets never
+appear in a command line: file contents travel on stdin, and commands that carry a secret log
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_command as command
+import pulumi_digitalocean as digitalocean
+
+from components import rendering
+
+# A fresh droplet refuses SSH until it has booted. About 60 failed dials (growing waits of up
+# to a few seconds each, `per_dial_timeout` each when packets are dropped) bound the wait at
+# minutes, so a firewall that shuts out the deployer fails `pulumi up` instead of hanging it.
+DIAL_ERROR_LIMIT = 60
+PER_DIAL_TIMEOUT_SECONDS = 10
+
+
+class RemoteHost:
+    """A droplet reached as root over SSH with the stack's admin key.
+
+    Commands are children of `parent` and are deleted with the droplet: `pulumi destroy`
+    never tries to reach a host that is already gone.
+    """
+
+    def __init__(self, droplet: digitalocean.Droplet, private_key: pulumi.Input[str],
+                 parent: pulumi.Resource) -> None:
+        self.droplet = droplet
+        self.parent = parent
+        self.connection = command.remote.ConnectionArgs(
+            host=droplet.ipv4_address, user="root", private_key=private_key,
+            dial_error_limit=DIAL_ERROR_LIMIT, per_dial_timeout=PER_DIAL_TIMEOUT_SECONDS)
+
+    def _opts(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on),
+                                      deleted_with=self.droplet)
+
+    def run_script(self, name: str, script_name: str,
+                   args: pulumi.Input[Sequence[str]] = (),
+                   depends_on: Sequence[pulumi.Resource] = (),
+                   triggers: Sequence[pulumi.Input[str]] = ()) -> command.remote.Command:
+        """Run `files/scripts/<script_name>` with `bash -s`; the script travels on stdin.
+
+        It re-runs when the script, its arguments, the droplet or any of `triggers` change.
+        """
+        return command.remote.Command(
+            name, connection=self.connection,
+            create=pulumi.Output.from_input(args).apply(
+                lambda values: rendering.script_command(*values)),
+            stdin=rendering.script(script_name),
+            triggers=[self.droplet.id, *triggers],
+            opts=self._opts(depends_on))
+
+    def place_file(self, name: str, host_file: rendering.HostFile, content: pulumi.Input[str],
+                   depends_on: Sequence[pulumi.Resource] = ()) -> command.remote.Command:
+        """Write `content` (on stdin) to the host file atomically, with its owner and mode."""
+        return command.remote.Command(
+            name, connection=self.connection,
+            create=rendering.place_file_command(host_file),
+            stdin=pulumi.Output.secret(content) if host_file.secret else content,
+            logging=command.remote.Logging.NONE if host_file.secret else None,
+            triggers=[self.droplet.id],
+            opts=self._opts(depends_on))

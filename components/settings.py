@@ -1,0 +1,292 @@
+"""Stack settings: every config key parsed and validated in one place, before any resource.
+
+`Pulumi.yaml` declares each key with its type, default and description; the Pulumi CLI applies
+the defaults and hands every value to the program as a string (arrays as JSON). `parse_settings`
+turns those strings into a typed `Settings` or raises one `SettingsError` that lists every bad key
+with its value and the accepted form. It is a pure function, tested without Pulumi.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from components import versions
+
+PROJECT = "private-registry"
+
+# Regions that accept new droplets, volumes and VPCs (nyc2, ams2 and sfo1 no longer do).
+REGIONS = ("ams3", "atl1", "blr1", "fra1", "lon1", "nyc1", "nyc3", "sfo2", "sfo3", "sgp1",
+           "syd1", "tor1")
+# The registry's own plain-HTTP port and its debug port live inside the host; 22 is SSH.
+RESERVED_PORTS = (22, 5000, 5001)
+MAX_CLIENTS = 10
+MAX_VOLUME_GB = 16384  # DigitalOcean's block storage limit (16 TiB)
+MIN_CERT_HOURS = 24
+MAX_CERT_HOURS = 87600  # 10 years, the CA's own validity
+KEY_ALGORITHMS = ("ECDSA", "RSA")
+
+_USER = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+_SIZE_SLUG = re.compile(r"^[a-z][a-z0-9_.]*(?:-[a-z0-9_.]+)+$")
+_UBUNTU_IMAGE = re.compile(r"^ubuntu-\d{2}-(?:04|10)-x64$")
+_IMAGE_REF = re.compile(
+    r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+_SSH_PUBLIC_KEY = re.compile(
+    r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: [^\n]*)?$"
+)
+
+
+class SettingsError(pulumi.RunError):
+    """Bad stack config. A RunError, so Pulumi prints the message without a traceback."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str
+    registry_size: str
+    client_size: str
+    image: str
+    registry_name: str
+    port: int
+    users: tuple[str, ...]
+    password_rotation: int
+    client_count: int
+    admin_cidrs: tuple[str, ...]
+    allowed_cidrs: tuple[str, ...]
+    domain: str | None
+    volume_size_gb: int
+    retain_volume_on_destroy: bool
+    registry_image: str
+    nginx_image: str
+    tls_key_algorithm: str
+    cert_validity_hours: int
+    cert_early_renewal_hours: int
+    ssh_public_keys: tuple[str, ...]
+
+    @property
+    def dns_name(self) -> str | None:
+        """The public name published in `domain`: the registry name's first label there."""
+        if not self.domain:
+            return None
+        return f"{self.registry_name.split('.')[0]}.{self.domain}"
+
+    @property
+    def client_name(self) -> str:
+        """The name clients use: the DNS record when a domain is set, else the hosts entry."""
+        return self.dns_name or self.registry_name
+
+    @property
+    def address(self) -> str:
+        """`name:port`, what `docker login` and image references use."""
+        return f"{self.client_name}:{self.port}"
+
+
+class _Invalid(ValueError):
+    """One value failed; the message is the accepted form."""
+
+
+def _int(raw: str, low: int, high: int, form: str) -> int:
+    if not re.fullmatch(r"-?[0-9]+", raw.strip()):
+        raise _Invalid(form)
+    value = int(raw)
+    if not low <= value <= high:
+        raise _Invalid(form)
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in ("true", "false"):
+        raise _Invalid("true or false")
+    return lowered == "true"
+
+
+def _string_list(raw: str, form: str) -> list[str]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise _Invalid(f"a list: {form}") from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Invalid(f"a list of strings: {form}")
+    return value
+
+
+def _region(raw: str) -> str:
+    if raw not in REGIONS:
+        raise _Invalid("a DigitalOcean region slug, one of " + ", ".join(REGIONS))
+    return raw
+
+
+def _size(raw: str) -> str:
+    if not _SIZE_SLUG.fullmatch(raw):
+        raise _Invalid("a DigitalOcean droplet size slug such as s-1vcpu-2gb or s-2vcpu-4gb")
+    return raw
+
+
+def _image(raw: str) -> str:
+    if not _UBUNTU_IMAGE.fullmatch(raw):
+        raise _Invalid("an Ubuntu image slug such as ubuntu-24-04-x64 (the host scripts use "
+                       "Ubuntu's archive)")
+    return raw
+
+
+def _registry_name(raw: str) -> str:
+    if not _DNS_NAME.fullmatch(raw):
+        raise _Invalid("a lowercase DNS name with at least one dot, such as registry.internal")
+    return raw
+
+
+def _port(raw: str) -> int:
+    form = ("an integer from 1 to 65535 other than "
+            + ", ".join(str(p) for p in RESERVED_PORTS) + " (e.g. 5043 or 443)")
+    port = _int(raw, 1, 65535, form)
+    if port in RESERVED_PORTS:
+        raise _Invalid(form)
+    return port
+
+
+def _users(raw: str) -> tuple[str, ...]:
+    form = ('a non-empty list of distinct user names, each lowercase letters, digits, "_" or '
+            '"-", starting with a letter, at most 32 characters, e.g. ["ci", "alice"]')
+    users = _string_list(raw, form)
+    if not users or len(set(users)) != len(users):
+        raise _Invalid(form)
+    for user in users:
+        if not _USER.fullmatch(user):
+            raise _Invalid(form)
+    return tuple(users)
+
+
+def _cidrs(raw: str, allow_empty: bool) -> tuple[str, ...]:
+    form = ('a list of CIDR blocks such as ["203.0.113.7/32", "2001:db8::/48"]'
+            + ("" if allow_empty else ", at least one"))
+    cidrs = _string_list(raw, form)
+    if not cidrs and not allow_empty:
+        raise _Invalid(form)
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError:
+            raise _Invalid(form) from None
+        if "/" not in cidr:
+            raise _Invalid(form)
+    return tuple(cidrs)
+
+
+def _domain(raw: str) -> str | None:
+    if raw == "":
+        return None
+    if not _DNS_NAME.fullmatch(raw):
+        raise _Invalid('empty, or a domain managed in DigitalOcean DNS such as example.com')
+    return raw
+
+
+def _container_image(default: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw == "":
+            return default
+        if not _IMAGE_REF.fullmatch(raw) or (":" not in raw.rsplit("/", 1)[-1] and "@" not in raw):
+            raise _Invalid(f"empty (the pinned {default}), or an image reference with an explicit "
+                           "tag or digest, such as " + default)
+        return raw
+    return parse
+
+
+def _key_algorithm(raw: str) -> str:
+    if raw not in KEY_ALGORITHMS:
+        raise _Invalid("ECDSA (P-256) or RSA (3072 bits)")
+    return raw
+
+
+def _ssh_public_keys(raw: str) -> tuple[str, ...]:
+    form = 'a list of OpenSSH public keys such as ["ssh-ed25519 AAAA... me@laptop"]'
+    keys = _string_list(raw, form)
+    for key in keys:
+        if not _SSH_PUBLIC_KEY.fullmatch(key.strip()):
+            raise _Invalid(form)
+    return tuple(key.strip() for key in keys)
+
+
+# key -> (field, parser). The order is the order of Pulumi.yaml and of error messages.
+_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "region": ("region", _region),
+    "registrySize": ("registry_size", _size),
+    "clientSize": ("client_size", _size),
+    "image": ("image", _image),
+    "registryName": ("registry_name", _registry_name),
+    "port": ("port", _port),
+    "users": ("users", _users),
+    "passwordRotation": ("password_rotation",
+                         lambda raw: _int(raw, 0, 1_000_000, "an integer from 0 to 1000000; "
+                                          "raise it to rotate every password")),
+    "clientCount": ("client_count",
+                    lambda raw: _int(raw, 0, MAX_CLIENTS, f"an integer from 0 to {MAX_CLIENTS}")),
+    "adminCidrs": ("admin_cidrs", lambda raw: _cidrs(raw, allow_empty=False)),
+    "allowedCidrs": ("allowed_cidrs", lambda raw: _cidrs(raw, allow_empty=True)),
+    "domain": ("domain", _domain),
+    "volumeSizeGb": ("volume_size_gb",
+                     lambda raw: _int(raw, 1, MAX_VOLUME_GB,
+                                      f"an integer number of GiB from 1 to {MAX_VOLUME_GB}")),
+    "retainVolumeOnDestroy": ("retain_volume_on_destroy", _bool),
+    "registryImage": ("registry_image", _container_image(versions.REGISTRY_IMAGE)),
+    "nginxImage": ("nginx_image", _container_image(versions.NGINX_IMAGE)),
+    "tlsKeyAlgorithm": ("tls_key_algorithm", _key_algorithm),
+    "certValidityHours": ("cert_validity_hours",
+                          lambda raw: _int(raw, MIN_CERT_HOURS, MAX_CERT_HOURS,
+                                           f"an integer from {MIN_CERT_HOURS} to {MAX_CERT_HOURS}")),
+    "certEarlyRenewalHours": ("cert_early_renewal_hours",
+                              lambda raw: _int(raw, 0, MAX_CERT_HOURS - 1,
+                                               "an integer number of hours, 0 or more and less "
+                                               "than certValidityHours")),
+    "sshPublicKeys": ("ssh_public_keys", _ssh_public_keys),
+}
+
+CONFIG_KEYS = tuple(_FIELDS)
+
+
+def _problem(key: str, raw: str | None, form: str) -> str:
+    shown = "(not set)" if raw is None else repr(raw)
+    return f"  {PROJECT}:{key} = {shown}: expected {form}"
+
+
+def parse_settings(raw_config: Mapping[str, str | None]) -> Settings:
+    """Validate the raw config strings (keys without the project prefix) into `Settings`."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, (field, parse) in _FIELDS.items():
+        raw = raw_config.get(key)
+        if raw is None:
+            problems.append(_problem(key, None, "a value (Pulumi.yaml declares its default; "
+                                                "use Pulumi CLI 3.100 or newer)"))
+            continue
+        try:
+            values[field] = parse(raw)
+        except _Invalid as invalid:
+            problems.append(_problem(key, raw, str(invalid)))
+    if not problems and values["cert_early_renewal_hours"] >= values["cert_validity_hours"]:
+        problems.append(_problem("certEarlyRenewalHours",
+                                 raw_config.get("certEarlyRenewalHours"),
+                                 "fewer hours than certValidityHours "
+                                 f"({values['cert_validity_hours']})"))
+    if problems:
+        raise SettingsError("Invalid stack configuration:\n" + "\n".join(problems)
+                            + "\nFix with `pulumi config set <key> <value>` "
+                              "(lists: `pulumi config set --path '<key>[0]' <value>`).")
+    return Settings(**values)
+
+
+def load_settings() -> Settings:
+    """Read this project's config through the Pulumi SDK and validate it."""
+    config = pulumi.Config(PROJECT)
+    return parse_settings({key: config.get(key) for key in CONFIG_KEYS})

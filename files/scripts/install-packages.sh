@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the given packages from the distribution's archive. Idempotent: a second run only
+# confirms they are installed. Waits for cloud-init and for apt/dpkg locks, with a bound.
+# Usage: install-packages.sh PACKAGE...   (env APT_LOCK_TIMEOUT, seconds, default 900)
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*"; }
+
+if (($# == 0)); then
+  echo "usage: install-packages.sh PACKAGE..." >&2
+  exit 64
+fi
+
+lock_timeout="${APT_LOCK_TIMEOUT:-900}"
+export DEBIAN_FRONTEND=noninteractive
+
+if command -v cloud-init >/dev/null 2>&1; then
+  log "waiting for cloud-init to finish first boot"
+  # Exit code 2 means "done, with recoverable errors": the packages can still be installed.
+  cloud-init status --wait >/dev/null || [[ $? -eq 2 ]]
+fi
+
+apt_get() {
+  apt-get -q -o DPkg::Lock::Timeout="$lock_timeout" "$@"
+}
+
+missing=()
+for package in "$@"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$package")
+  fi
+done
+
+if ((${#missing[@]} > 0)); then
+  log "updating package lists (waiting up to ${lock_timeout}s for the apt lock)"
+  apt_get update
+fi
+log "installing: $* (waiting up to ${lock_timeout}s for the dpkg lock)"
+if ! apt_get install -y --no-install-recommends "$@"; then
+  echo "install-packages: apt-get install failed (or its lock stayed held for ${lock_timeout}s)" >&2
+  exit 1
+fi
+log "installed: $(dpkg-query -W -f='${Package} ${Version}  ' "$@")"
