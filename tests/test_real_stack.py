@@ -1,0 +1,298 @@
+"""Layer 3: the registry host's own files, served by real nginx and a real registry, used by
+real clients (skopeo, podman, curl, openssl). See tests/realstack/hostsim.py for the setup."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ProgramRun, run_program
+from tests.realstack.clients import Podman, Skopeo
+from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
+from tests.realstack.oci import build_image, layout_digests
+
+MiB = 1 << 20
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    """Every path under root with mode, uid, gid and content hash (or link target)."""
+    snapshot = {}
+    for path in sorted(root.rglob("*")):
+        stat = path.lstat()
+        if path.is_symlink():
+            content = "->" + os.readlink(path)
+        elif path.is_file():
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            content = "dir"
+        snapshot[str(path.relative_to(root))] = (stat.st_mode, stat.st_uid, stat.st_gid, content)
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def program() -> ProgramRun:
+    return run_program(overrides={"users": ["ci", "alice"], "clientCount": 1})
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("realstack")
+
+
+@pytest.fixture(scope="module")
+def client_trust(program: ProgramRun, workdir: Path) -> dict[str, object]:
+    """The client host's trust script, run twice over a private root."""
+    root = workdir / "client-root"
+    first = apply_client_trust(program, root)
+    after_first = tree_snapshot(root / "etc-upper"), tree_snapshot(root / "local-ca")
+    second = apply_client_trust(program, root)
+    after_second = tree_snapshot(root / "etc-upper"), tree_snapshot(root / "local-ca")
+    return {"root": root, "runs": first + second, "first": after_first, "second": after_second}
+
+
+@pytest.fixture(scope="module")
+def sim(program: ProgramRun, workdir: Path, client_trust: dict[str, object]) -> Iterator[RegistryHostSim]:
+    host = RegistryHostSim(program, workdir / "host")
+    host.set_client_etc(Path(str(client_trust["root"])) / "etc-upper")
+    with host:
+        yield host
+    namespaces = sh("ip", "netns", "list").stdout.decode()
+    leftovers = [ns for ns in (host.ns_client, host.ns_host, host.ns_container) if ns in namespaces]
+    assert not leftovers, f"namespaces left behind: {leftovers}"
+    processes = sh("ps", "-eo", "args").stdout.decode()
+    assert str(host.workdir) not in processes, "a service process outlived the test module"
+
+
+@pytest.fixture(scope="module")
+def skopeo(sim: RegistryHostSim, workdir: Path) -> Skopeo:
+    client = Skopeo(sim, workdir / "skopeo")
+    for user in sim.passwords:
+        client.login(user)
+    return client
+
+
+def curl(sim: RegistryHostSim, *args: str, trusted: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return sim.client("curl", "-sS", "--max-time", "10", *args, trusted=trusted, check=False)
+
+
+def header_lines(raw: str, name: str) -> list[str]:
+    return [line for line in raw.splitlines() if line.lower().startswith(name.lower() + ":")]
+
+
+# -- the client host's trust script ----------------------------------------------------------
+def test_client_trust_script_installs_ca_and_hosts_entry(program: ProgramRun,
+                                                         client_trust: dict[str, object]) -> None:
+    for result in client_trust["runs"]:  # type: ignore[attr-defined]
+        assert result.returncode == 0, result.stderr.decode()
+    root = Path(str(client_trust["root"]))
+    name, port = program.outputs["registryAddress"].rsplit(":", 1)
+    ca = program.outputs["caCertificatePem"]
+    etc = root / "etc-upper"
+    assert (etc / f"docker/certs.d/{name}:{port}/ca.crt").read_text() == ca
+    assert (etc / f"containers/certs.d/{name}:{port}/ca.crt").read_text() == ca
+    assert (root / f"local-ca/private-registry-{name}.crt").read_text() == ca
+    assert ca.strip() in (etc / "ssl/certs/ca-certificates.crt").read_text()
+    hosts = (etc / "hosts").read_text().splitlines()
+    expected = f"{program.outputs['registryPrivateIp']} {name} # private-registry {name}"
+    assert hosts.count(expected) == 1
+
+
+def test_client_trust_script_second_run_changes_nothing(client_trust: dict[str, object]) -> None:
+    assert client_trust["first"] == client_trust["second"]
+    second_run_output = client_trust["runs"][3].stdout.decode()  # type: ignore[index]
+    assert "trusted the CA" not in second_run_output
+    assert "mapping" not in second_run_output
+
+
+# -- login and push/pull ---------------------------------------------------------------------
+def test_every_generated_user_can_log_in(sim: RegistryHostSim, skopeo: Skopeo) -> None:
+    assert set(sim.passwords) == {"ci", "alice"}
+    for user in sim.passwords:
+        result = skopeo.login(user)
+        assert b"Login Succeeded" in result.stdout
+
+
+def test_skopeo_push_then_pull_returns_same_manifest_and_layers(
+        sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> None:
+    image = build_image(workdir / "multi", "v1", [1 * MiB, 64 * 1024, 3 * MiB], seed="multi")
+    pushed = skopeo.push(image, "team/multi", "ci")
+    assert pushed == image.manifest_digest
+    assert skopeo.raw_manifest_digest("team/multi", "v1", "alice") == image.manifest_digest
+    manifest, layers = skopeo.pull("team/multi", "v1", "alice", workdir / "multi-pulled")
+    assert manifest == image.manifest_digest
+    assert layers == image.layer_digests
+
+
+def test_podman_login_push_pull_roundtrip(sim: RegistryHostSim, workdir: Path) -> None:
+    podman = Podman(sim, workdir / "podman")
+    try:
+        podman_roundtrip(podman, sim, workdir)
+    finally:
+        podman.close()
+
+
+def podman_roundtrip(podman: Podman, sim: RegistryHostSim, workdir: Path) -> None:
+    image = build_image(workdir / "podman-src", "v1", [2 * MiB, 128 * 1024], seed="podman")
+    assert b"Login Succeeded" in podman.login("alice").stdout
+    podman("pull", "--quiet", image.reference)
+    reference = f"{sim.address}/team/podman:v1"
+    image_id = podman("images", "--quiet", "--no-trunc").stdout.decode().split()[0]
+    digest_file = workdir / "podman-digest"
+    podman("push", "--quiet", "--authfile", str(podman.authfile), "--digestfile",
+           str(digest_file), image_id, f"docker://{reference}")
+    pushed = digest_file.read_text().strip()
+    podman("rmi", "--all", "--force")
+    podman("pull", "--quiet", "--authfile", str(podman.authfile), reference)
+    inspected = podman("image", "inspect", "--format", "{{.Digest}} {{json .RootFS.Layers}}",
+                       reference).stdout.decode()
+    digest, layers = inspected.split(" ", 1)
+    assert digest == pushed
+    # podman stores uncompressed layers: their digests are the layout's diff ids.
+    assert json.loads(layers) == list(image.diff_ids)
+
+
+# -- authentication --------------------------------------------------------------------------
+def test_no_wrong_or_unknown_credentials_get_401_with_basic_challenge(
+        sim: RegistryHostSim, skopeo: Skopeo) -> None:
+    url = f"https://{sim.address}/v2/"
+    anonymous = curl(sim, "-i", url).stdout.decode()
+    assert anonymous.startswith("HTTP/1.1 401")
+    assert header_lines(anonymous, "WWW-Authenticate") == [
+        'WWW-Authenticate: Basic realm="private registry"']
+    for user, password in (("ci", "not-the-password"), ("mallory", sim.passwords["ci"]),
+                           ("alice", sim.passwords["ci"])):
+        code = curl(sim, "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", url)
+        assert code.stdout == b"401"  # sanity: no credentials at all
+        result = sim.client("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-",
+                            url, input=f'user = "{user}:{password}"\n'.encode(), check=False)
+        assert result.stdout == b"401", (user, result.stdout)
+    assert skopeo.login("ci", password="wrong", check=False).returncode != 0
+    good = sim.client("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", url,
+                      input=f'user = "ci:{sim.passwords["ci"]}"\n'.encode(), check=False)
+    assert good.stdout == b"200"
+
+
+def test_api_version_header_appears_exactly_once(sim: RegistryHostSim) -> None:
+    url = f"https://{sim.address}/v2/"
+    own_401 = curl(sim, "-i", url).stdout.decode()
+    proxied = sim.client("curl", "-sS", "-i", "-K", "-", url,
+                         input=f'user = "ci:{sim.passwords["ci"]}"\n'.encode()).stdout.decode()
+    assert proxied.startswith("HTTP/1.1 200")
+    for response in (own_401, proxied):
+        assert header_lines(response, "Docker-Distribution-Api-Version") == [
+            "Docker-Distribution-Api-Version: registry/2.0"]
+
+
+# -- TLS and exposure ------------------------------------------------------------------------
+def test_client_without_the_ca_fails_and_with_the_ca_output_succeeds(sim: RegistryHostSim) -> None:
+    url = f"https://{sim.address}/v2/"
+    resolve = f"{sim.registry_name}:{sim.port}:{sim.registry_ip}"
+    untrusted = curl(sim, "--resolve", resolve, url, trusted=False)
+    assert untrusted.returncode == 60, untrusted.stderr  # peer certificate cannot be verified
+    with_ca = curl(sim, "--resolve", resolve, "--cacert", str(sim.ca_file), "-o", "/dev/null",
+                   "-w", "%{http_code}", url, trusted=False)
+    assert with_ca.stdout == b"401"
+
+
+def test_server_chain_verifies_for_the_registry_name(sim: RegistryHostSim) -> None:
+    result = sim.client("openssl", "s_client", "-connect", f"{sim.registry_ip}:{sim.port}",
+                        "-servername", sim.registry_name, "-CAfile", str(sim.ca_file),
+                        "-verify_hostname", sim.registry_name, "-verify_return_error",
+                        input=b"", check=False, trusted=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"Verify return code: 0 (ok)" in result.stdout
+    wrong_name = sim.client("openssl", "s_client", "-connect", f"{sim.registry_ip}:{sim.port}",
+                            "-CAfile", str(sim.ca_file), "-verify_hostname", "other.example",
+                            "-verify_return_error", input=b"", check=False, trusted=False)
+    assert wrong_name.returncode != 0
+
+
+@pytest.mark.parametrize(("flag", "accepted"), [("-tls1", False), ("-tls1_1", False),
+                                                ("-tls1_2", True), ("-tls1_3", True)])
+def test_only_tls_1_2_and_1_3_are_accepted(sim: RegistryHostSim, flag: str, accepted: bool) -> None:
+    # SECLEVEL=0 lets this OpenSSL client offer TLS 1.0/1.1, so a refusal is the server's.
+    result = sim.client("openssl", "s_client", "-connect", f"{sim.registry_ip}:{sim.port}",
+                        "-servername", sim.registry_name, flag, "-cipher", "DEFAULT@SECLEVEL=0",
+                        input=b"", check=False, trusted=False)
+    negotiated = re.search(rb"Protocol\s*:\s*(TLSv[\d.]+)", result.stdout)
+    assert (result.returncode == 0 and negotiated is not None) == accepted, result.stderr
+
+
+def test_plain_http_to_the_tls_port_gets_no_registry_data(sim: RegistryHostSim) -> None:
+    result = curl(sim, "-i", "-u", f"ci:{sim.passwords['ci']}",
+                  f"http://{sim.registry_ip}:{sim.port}/v2/_catalog", trusted=False)
+    response = result.stdout.decode()
+    assert response.startswith("HTTP/1.1 400")
+    assert "repositories" not in response
+    assert not header_lines(response, "Docker-Distribution-Api-Version")
+
+
+@pytest.mark.parametrize("port", [5000, 5001])
+def test_registry_ports_are_unreachable_from_outside_the_host(sim: RegistryHostSim,
+                                                              port: int) -> None:
+    for address in (sim.registry_ip, sim.container_ip):
+        result = curl(sim, "--connect-timeout", "3", f"http://{address}:{port}/v2/",
+                      trusted=False)
+        assert result.returncode in (7, 28), (address, port, result.returncode)
+    # The registry itself is up: the host reaches it on the compose network.
+    inside = sim.host_exec("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                           f"http://{sim.container_ip}:5000/v2/")
+    assert inside.stdout == b"200"
+
+
+# -- big and concurrent ----------------------------------------------------------------------
+def test_256_mib_layer_pushes_and_pulls_intact_without_request_body_buffering(
+        sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> None:
+    image = build_image(workdir / "big", "v1", [256 * MiB], seed="big")
+    temp_dir = sim.nginx_cache / "nginx" / "client_temp"
+    largest_temp_file = 0
+    pushing = threading.Event()
+    pushing.set()
+
+    def watch_temp_dir() -> None:
+        nonlocal largest_temp_file
+        while pushing.is_set():
+            for path in temp_dir.rglob("*"):
+                if path.is_file():
+                    largest_temp_file = max(largest_temp_file, path.stat().st_size)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_temp_dir)
+    watcher.start()
+    try:
+        assert skopeo.push(image, "team/big", "ci") == image.manifest_digest
+    finally:
+        pushing.clear()
+        watcher.join()
+    assert temp_dir.is_dir(), "nginx did not create its client body temp path"
+    assert largest_temp_file == 0
+    assert "buffered to a temporary file" not in (sim.logs / "nginx.log").read_text()
+    manifest, layers = skopeo.pull("team/big", "v1", "ci", workdir / "big-pulled")
+    assert (manifest, layers) == (image.manifest_digest, image.layer_digests)
+
+
+def test_eight_concurrent_pushes_then_pulls_are_intact(sim: RegistryHostSim, skopeo: Skopeo,
+                                                        workdir: Path) -> None:
+    images = [build_image(workdir / f"par-{index}", "v1", [3 * MiB, 512 * 1024],
+                          seed=f"parallel-{index}") for index in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pushed = list(pool.map(lambda item: skopeo.push(item[1], f"parallel/app{item[0]}", "ci"),
+                               enumerate(images)))
+    assert pushed == [image.manifest_digest for image in images]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pulled = list(pool.map(
+            lambda item: skopeo.pull(f"parallel/app{item[0]}", "v1", "alice",
+                                     workdir / f"par-pulled-{item[0]}"), enumerate(images)))
+    assert pulled == [(image.manifest_digest, image.layer_digests) for image in images]
+    assert len({image.manifest_digest for image in images}) == 8
+    assert layout_digests(images[0].layout, "v1")[0] == images[0].manifest_digest
