@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,11 @@ from components import rendering
 # 40 alphanumerics: about 238 bits, and safe in htpasswd, shell and URLs without quoting.
 PASSWORD_LENGTH = 40
 SALT_BYTES = 16
+
+
+def _htpasswd_entry(user: str, password_and_salt: list[str]) -> tuple[str, str, bytes]:
+    password, salt_base64 = password_and_salt
+    return user, password, base64.b64decode(salt_base64)
 
 
 @dataclass
@@ -50,7 +56,7 @@ class Credentials(pulumi.ComponentResource):
                                       keepers=keepers, opts=child)
             self.passwords[user] = password.result
             entries.append(pulumi.Output.all(password.result, salt.base64).apply(
-                lambda values, user=user: (user, values[0], base64.b64decode(values[1]))))
+                functools.partial(_htpasswd_entry, user)))
 
         self.htpasswd = pulumi.Output.secret(pulumi.Output.all(*entries).apply(rendering.htpasswd))
         self.http_secret = random.RandomPassword(

@@ -72,9 +72,11 @@ class RegistryServer(pulumi.ComponentResource):
             description="private registry image data",
             opts=pulumi.ResourceOptions(parent=self,
                                         retain_on_delete=args.retain_volume_on_destroy))
+        # A volume attaches to one droplet at a time: when the droplet is replaced, detach from
+        # the old one before attaching to the new one.
         attachment = digitalocean.VolumeAttachment(
             f"{name}-data-attachment", droplet_id=droplet.id.apply(int), volume_id=volume.id,
-            opts=child)
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
         if args.domain and args.dns_name:
             digitalocean.DnsRecord(
                 f"{name}-dns", domain=args.domain, type="A",
