@@ -58,7 +58,7 @@ class RegistryClient(pulumi.ComponentResource):
         install = host.run_script(f"{name}-install-packages", "install-packages.sh",
                                   args=versions.CLIENT_HOST_PACKAGES)
         if args.extra_ssh_public_keys:
-            host.place_file(f"{name}-file-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
+            host.place_file(f"{name}-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
                             "".join(f"{key}\n" for key in args.extra_ssh_public_keys))
         ca_file = host.place_file(f"{name}-file-ca-cert", rendering.CLIENT_HOST_FILES["ca_cert"],
                                   args.ca_cert_pem, depends_on=[install])

@@ -118,7 +118,7 @@ class RegistryServer(pulumi.ComponentResource):
                                   content, depends_on=[install])
                   for role, content in contents.items()]
         if args.extra_ssh_public_keys:
-            host.place_file(f"{name}-file-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
+            host.place_file(f"{name}-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
                             "".join(f"{key}\n" for key in args.extra_ssh_public_keys))
 
         self.files_fingerprint = pulumi.Output.all(*contents.values()).apply(

@@ -76,6 +76,7 @@ class HostFile:
 def place_file_command(host_file: HostFile) -> str:
     """A shell command that writes stdin to the file atomically with its owner and mode.
 
+    A missing directory is created 0755; an existing one keeps its mode (e.g. /root/.ssh).
     The content arrives on stdin (never on the command line); it is written to a private
     temporary file in the same directory, then renamed over the target, so a reader such as
     nginx sees either the old or the new file, never a partial one.
@@ -85,7 +86,7 @@ def place_file_command(host_file: HostFile) -> str:
     temporary = shlex.quote(f"{Path(host_file.path).parent}/.{Path(host_file.path).name}.XXXXXX")
     return "\n".join([
         "set -eu",
-        f"install -d -m 0755 {directory}",
+        f"[ -d {directory} ] || install -d -m 0755 {directory}",
         "umask 077",
         f'tmp="$(mktemp {temporary})"',
         "trap 'rm -f \"$tmp\"' EXIT",

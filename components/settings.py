@@ -34,7 +34,8 @@ KEY_ALGORITHMS = ("ECDSA", "RSA")
 
 _USER = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+# At least two labels, and the last one (the TLD) not all digits, so an IP address is refused.
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.(?=[a-z0-9-]*[a-z]){_LABEL}$")
 _SIZE_SLUG = re.compile(r"^[a-z][a-z0-9_.]*(?:-[a-z0-9_.]+)+$")
 _UBUNTU_IMAGE = re.compile(r"^ubuntu-\d{2}-(?:04|10)-x64$")
 _IMAGE_REF = re.compile(

@@ -1,0 +1,297 @@
+"""Settings: every config key is parsed and validated in one place, before any resource.
+
+Pure tests of `parse_settings` (no Pulumi run), fed the strings the Pulumi CLI hands a program,
+plus a few runs of the real program proving that bad config stops it before it registers
+anything, with one `SettingsError` (a `pulumi.RunError`: printed without a traceback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pulumi
+import pytest
+import yaml
+
+from components import versions
+from components.settings import CONFIG_KEYS, Settings, SettingsError, parse_settings
+from tests.harness import PROJECT, ROOT, cli_config_value
+
+if TYPE_CHECKING:
+    from tests.conftest import FailedRun
+
+
+def declared_defaults() -> dict[str, str]:
+    """The `config:` defaults of Pulumi.yaml, as the CLI hands them to the program."""
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    return {key: cli_config_value(spec["default"]) for key, spec in project["config"].items()}
+
+
+def config(**overrides: Any) -> dict[str, str]:
+    """Defaults with overrides given as Python values (lists, ints) or raw CLI strings."""
+    return {**declared_defaults(),
+            **{key: cli_config_value(value) for key, value in overrides.items()}}
+
+
+def problem_lines(error: SettingsError) -> list[str]:
+    """One line per bad key: `  private-registry:<key> = <value>: expected <form>`."""
+    return [line for line in str(error).splitlines() if line.startswith(f"  {PROJECT}:")]
+
+
+def settings_error(raw_config: Mapping[str, str]) -> SettingsError:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(raw_config)
+    return caught.value
+
+
+ED25519_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
+               " me@laptop")
+REGION_FORM = "a DigitalOcean region slug, one of "
+SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
+IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
+NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
+PORT_FORM = "an integer from 1 to 65535 other than 22, 5000, 5001 (e.g. 5043 or 443)"
+USERS_FORM = ('a non-empty list of distinct user names, each lowercase letters, digits, "_" or '
+              '"-", starting with a letter, at most 32 characters')
+CIDRS_FORM = 'a list of CIDR blocks such as ["203.0.113.7/32", "2001:db8::/48"]'
+DOMAIN_FORM = "empty, or a domain managed in DigitalOcean DNS such as example.com"
+VOLUME_FORM = "an integer number of GiB from 1 to 16384"
+CONTAINER_IMAGE_FORM = "an image reference with an explicit tag or digest"
+CERT_HOURS_FORM = "an integer from 24 to 87600"
+SSH_KEYS_FORM = "a list of OpenSSH public keys"
+
+# (key, bad value as a Python value or raw CLI string, a part of the accepted form)
+BAD_VALUES: list[tuple[str, Any, str]] = [
+    ("region", "", REGION_FORM),
+    ("region", "nyc2", REGION_FORM),  # retired: takes no new droplets
+    ("region", "NYC3", REGION_FORM),
+    ("region", "mars1", REGION_FORM),
+    ("registrySize", "", SIZE_FORM),
+    ("registrySize", "large", SIZE_FORM),
+    ("registrySize", "S-1VCPU-2GB", SIZE_FORM),
+    ("clientSize", "s 1vcpu 1gb", SIZE_FORM),
+    ("clientSize", "-1vcpu-1gb", SIZE_FORM),
+    ("image", "", IMAGE_FORM),
+    ("image", "debian-12-x64", IMAGE_FORM),
+    ("image", "ubuntu-24-04", IMAGE_FORM),
+    ("registryName", "", NAME_FORM),
+    ("registryName", "registry", NAME_FORM),
+    ("registryName", "Registry.Internal", NAME_FORM),
+    ("registryName", "-registry.internal", NAME_FORM),
+    ("registryName", "reg istry.internal", NAME_FORM),
+    ("registryName", "registry_1.internal", NAME_FORM),
+    ("port", 0, PORT_FORM),
+    ("port", 5000, PORT_FORM),  # the registry's own plain-HTTP port
+    ("port", 5001, PORT_FORM),  # the registry's debug port
+    ("port", 22, PORT_FORM),
+    ("port", 70000, PORT_FORM),
+    ("port", -443, PORT_FORM),
+    ("port", "https", PORT_FORM),
+    ("port", "", PORT_FORM),
+    ("port", "5043.0", PORT_FORM),
+    ("users", [], USERS_FORM),
+    ("users", ["ci", "ci"], USERS_FORM),
+    ("users", ["ci:admin"], USERS_FORM),
+    ("users", ["bad user"], USERS_FORM),
+    ("users", ["Alice"], USERS_FORM),
+    ("users", ["1ci"], USERS_FORM),
+    ("users", [""], USERS_FORM),
+    ("users", ["a" * 33], USERS_FORM),
+    ("users", [1], USERS_FORM),
+    ("users", "ci", USERS_FORM),  # not a list
+    ("users", "", USERS_FORM),
+    ("passwordRotation", -1, "an integer from 0 to 1000000"),
+    ("passwordRotation", "soon", "an integer from 0 to 1000000"),
+    ("clientCount", -1, "an integer from 0 to 10"),
+    ("clientCount", 11, "an integer from 0 to 10"),
+    ("clientCount", "1.5", "an integer from 0 to 10"),
+    ("clientCount", "", "an integer from 0 to 10"),
+    ("adminCidrs", [], CIDRS_FORM + ", at least one"),
+    ("adminCidrs", ["10.0.0.0/33"], CIDRS_FORM),
+    ("adminCidrs", ["203.0.113.7"], CIDRS_FORM),  # an address, not a block
+    ("adminCidrs", ["10.0.0.1/8"], CIDRS_FORM),  # host bits set
+    ("adminCidrs", ["0.0.0.0/0", "everywhere"], CIDRS_FORM),
+    ("adminCidrs", "0.0.0.0/0", CIDRS_FORM),  # not a list
+    ("allowedCidrs", ["not-a-cidr"], CIDRS_FORM),
+    ("allowedCidrs", ["2001:db8::/129"], CIDRS_FORM),
+    ("allowedCidrs", ["256.1.1.0/24"], CIDRS_FORM),
+    ("domain", "Example.com", DOMAIN_FORM),
+    ("domain", "localhost", DOMAIN_FORM),
+    ("domain", "example..com", DOMAIN_FORM),
+    ("domain", "exa mple.com", DOMAIN_FORM),
+    ("domain", "https://example.com", DOMAIN_FORM),
+    ("volumeSizeGb", 0, VOLUME_FORM),
+    ("volumeSizeGb", -5, VOLUME_FORM),
+    ("volumeSizeGb", 100000, VOLUME_FORM),
+    ("volumeSizeGb", "20GB", VOLUME_FORM),
+    ("retainVolumeOnDestroy", "yes", "true or false"),
+    ("retainVolumeOnDestroy", "", "true or false"),
+    ("registryImage", "registry", CONTAINER_IMAGE_FORM),  # no tag
+    ("registryImage", "registry:3 .0", CONTAINER_IMAGE_FORM),
+    ("registryImage", "Registry:3", CONTAINER_IMAGE_FORM),
+    ("registryImage", "localhost:5000/registry", CONTAINER_IMAGE_FORM),  # a port is no tag
+    ("nginxImage", "nginx:1.27 alpine", CONTAINER_IMAGE_FORM),
+    ("nginxImage", "nginx", CONTAINER_IMAGE_FORM),
+    ("nginxImage", "nginx@sha256:1234", CONTAINER_IMAGE_FORM),
+    ("tlsKeyAlgorithm", "ED25519", "ECDSA (P-256) or RSA (3072 bits)"),
+    ("tlsKeyAlgorithm", "ecdsa", "ECDSA (P-256) or RSA (3072 bits)"),
+    ("certValidityHours", 0, CERT_HOURS_FORM),
+    ("certValidityHours", 100000, CERT_HOURS_FORM),
+    ("certValidityHours", "a year", CERT_HOURS_FORM),
+    ("certEarlyRenewalHours", -1, "0 or more and less than certValidityHours"),
+    ("certEarlyRenewalHours", 8760, "fewer hours than certValidityHours (8760)"),
+    ("certEarlyRenewalHours", 9000, "fewer hours than certValidityHours (8760)"),
+    ("sshPublicKeys", ["not a key"], SSH_KEYS_FORM),
+    ("sshPublicKeys", ["ssh-ed25519"], SSH_KEYS_FORM),
+    ("sshPublicKeys", ["ssh-dss AAAAB3NzaC1kc3MAAACBAP me@old"], SSH_KEYS_FORM),
+    # A newline would smuggle a second line into authorized_keys.
+    ("sshPublicKeys", [ED25519_KEY + "\nssh-ed25519 AAAAC3Nza evil"], SSH_KEYS_FORM),
+    ("sshPublicKeys", ED25519_KEY, SSH_KEYS_FORM),  # not a list
+]
+
+
+def case_id(case: tuple[str, Any, str]) -> str:
+    key, value, _ = case
+    return f"{key}={cli_config_value(value)[:24]}"
+
+
+def assert_rejected_with_one_clear_message(key: str, value: Any, form: str) -> None:
+    raw = cli_config_value(value)
+    error = settings_error(config(**{key: value}))
+    lines = problem_lines(error)
+    assert len(lines) == 1, str(error)
+    assert lines[0].startswith(f"  {PROJECT}:{key} = {raw!r}: expected "), lines[0]
+    assert form in lines[0]
+
+
+@pytest.mark.parametrize(("key", "value", "form"), BAD_VALUES, ids=map(case_id, BAD_VALUES))
+def test_bad_value_fails_with_one_message_naming_key_value_and_form(
+        key: str, value: Any, form: str) -> None:
+    assert_rejected_with_one_clear_message(key, value, form)
+
+
+@pytest.mark.parametrize(("key", "value", "form"), [
+    ("registryName", "10.0.0.1", NAME_FORM),
+    ("domain", "203.0.113.7", DOMAIN_FORM),
+])
+def test_ip_address_is_rejected_where_a_dns_name_is_expected(
+        key: str, value: Any, form: str) -> None:
+    assert_rejected_with_one_clear_message(key, value, form)
+
+
+def test_bad_value_table_covers_every_key() -> None:
+    assert {key for key, _, _ in BAD_VALUES} == set(CONFIG_KEYS)
+    assert len(BAD_VALUES) >= 30
+
+
+def test_early_renewal_must_be_shorter_than_a_shortened_validity() -> None:
+    error = settings_error(config(certValidityHours=720, certEarlyRenewalHours=720))
+    assert problem_lines(error) == [
+        f"  {PROJECT}:certEarlyRenewalHours = '720': expected fewer hours than "
+        "certValidityHours (720)"]
+
+
+def test_every_bad_key_is_reported_in_one_error() -> None:
+    error = settings_error(config(port=5000, users=["Bad User"], adminCidrs=["10.0.0.1/8"]))
+    assert [line.split(" = ")[0].strip() for line in problem_lines(error)] == [
+        f"{PROJECT}:port", f"{PROJECT}:users", f"{PROJECT}:adminCidrs"]
+    assert str(error).startswith("Invalid stack configuration:\n")
+    assert "pulumi config set" in str(error)
+
+
+def test_missing_key_is_reported_as_not_set() -> None:
+    raw = declared_defaults()
+    del raw["region"]
+    assert problem_lines(settings_error(raw)) == [
+        f"  {PROJECT}:region = (not set): expected a value (Pulumi.yaml declares its default; "
+        "use Pulumi CLI 3.100 or newer)"]
+
+
+def test_settings_error_is_a_run_error_so_pulumi_prints_no_traceback() -> None:
+    assert issubclass(SettingsError, pulumi.RunError)
+
+
+def test_every_parsed_key_is_declared_in_pulumi_yaml_with_a_default() -> None:
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert set(project["config"]) == set(CONFIG_KEYS)
+    assert all("default" in spec and "description" in spec for spec in project["config"].values())
+
+
+def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
+    assert parse_settings(declared_defaults()) == Settings(
+        region="nyc3", registry_size="s-1vcpu-2gb", client_size="s-1vcpu-1gb",
+        image=versions.UBUNTU_IMAGE, registry_name="registry.internal", port=5043,
+        users=("ci",), password_rotation=0, client_count=1, admin_cidrs=("0.0.0.0/0", "::/0"),
+        allowed_cidrs=(), domain=None, volume_size_gb=20, retain_volume_on_destroy=False,
+        registry_image=versions.REGISTRY_IMAGE, nginx_image=versions.NGINX_IMAGE,
+        tls_key_algorithm="ECDSA", cert_validity_hours=8760, cert_early_renewal_hours=720,
+        ssh_public_keys=())
+
+
+def test_defaults_without_a_domain_use_the_registry_name_and_no_dns_name() -> None:
+    settings = parse_settings(declared_defaults())
+    assert settings.dns_name is None
+    assert settings.client_name == "registry.internal"
+    assert settings.address == "registry.internal:5043"
+
+
+def test_dev_stack_file_parses() -> None:
+    stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    raw = config(**{key.removeprefix(f"{PROJECT}:"): value for key, value in stack.items()})
+    settings = parse_settings(raw)
+    assert (settings.region, settings.users) == ("fra1", ("ci", "alice"))
+
+
+@pytest.mark.parametrize(("key", "value", "field", "parsed"), [
+    ("port", 443, "port", 443),
+    ("port", 65535, "port", 65535),
+    ("clientCount", 0, "client_count", 0),
+    ("clientCount", 10, "client_count", 10),
+    ("users", ["ci", "alice_2", "bob-the-builder"], "users", ("ci", "alice_2", "bob-the-builder")),
+    ("users", ["a" * 32], "users", ("a" * 32,)),
+    ("adminCidrs", ["203.0.113.7/32", "2001:db8::/48"], "admin_cidrs",
+     ("203.0.113.7/32", "2001:db8::/48")),
+    ("allowedCidrs", ["198.51.100.0/24"], "allowed_cidrs", ("198.51.100.0/24",)),
+    ("volumeSizeGb", 16384, "volume_size_gb", 16384),
+    ("retainVolumeOnDestroy", True, "retain_volume_on_destroy", True),
+    ("registryImage", "registry:3.0.0", "registry_image", "registry:3.0.0"),
+    ("registryImage", "docker.io/library/registry:3.0.0", "registry_image",
+     "docker.io/library/registry:3.0.0"),
+    ("registryImage", "localhost:5000/mirror/registry@sha256:" + "a" * 64, "registry_image",
+     "localhost:5000/mirror/registry@sha256:" + "a" * 64),
+    ("nginxImage", "nginx:1.27.3-alpine", "nginx_image", "nginx:1.27.3-alpine"),
+    ("tlsKeyAlgorithm", "RSA", "tls_key_algorithm", "RSA"),
+    ("certEarlyRenewalHours", 8759, "cert_early_renewal_hours", 8759),
+    ("sshPublicKeys", [f"  {ED25519_KEY}  "], "ssh_public_keys", (ED25519_KEY,)),
+    ("image", "ubuntu-22-04-x64", "image", "ubuntu-22-04-x64"),
+])
+def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
+    assert getattr(parse_settings(config(**{key: value})), field) == parsed
+
+
+def test_domain_gives_a_dns_name_that_clients_use() -> None:
+    settings = parse_settings(config(domain="example.com", port=443))
+    assert settings.domain == "example.com"
+    assert settings.dns_name == "registry.example.com"
+    assert settings.client_name == "registry.example.com"
+    assert settings.address == "registry.example.com:443"
+
+
+# -- through the real program ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"port": 5000}, "port"),
+    ({"users": ["ci:admin"]}, "users"),
+    ({"adminCidrs": ["203.0.113.0/33"]}, "adminCidrs"),
+    ({"domain": "not a domain"}, "domain"),
+    ({"clientCount": -1}, "clientCount"),
+], ids=["port", "users", "adminCidrs", "domain", "clientCount"])
+def test_program_with_bad_config_raises_settings_error_before_any_resource(
+        run_failing: Callable[[Mapping[str, Any]], FailedRun],
+        overrides: Mapping[str, Any], key: str) -> None:
+    failed = run_failing(overrides)
+    assert isinstance(failed.error, SettingsError), repr(failed.error)
+    assert [line.split(" = ")[0].strip() for line in problem_lines(failed.error)] == [
+        f"{PROJECT}:{key}"]
+    assert failed.registrations == {}
