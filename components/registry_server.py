@@ -114,8 +114,9 @@ class RegistryServer(pulumi.ComponentResource):
             f"{name}-mount-data-volume", "mount-data-volume.sh",
             args=[volume_name, rendering.DATA_MOUNT, rendering.DATA_DIR],
             depends_on=[attachment], triggers=[volume.id])
-        placed = [host.place_file(f"{name}-file-{role.replace('_', '-')}", rendering.REGISTRY_HOST_FILES[role],
-                                  content, depends_on=[install])
+        placed = [host.place_file(f"{name}-file-{role.replace('_', '-')}",
+                                  rendering.REGISTRY_HOST_FILES[role], content,
+                                  depends_on=[install])
                   for role, content in contents.items()]
         if args.extra_ssh_public_keys:
             host.place_file(f"{name}-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,

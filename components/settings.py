@@ -245,7 +245,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "tlsKeyAlgorithm": ("tls_key_algorithm", _key_algorithm),
     "certValidityHours": ("cert_validity_hours",
                           lambda raw: _int(raw, MIN_CERT_HOURS, MAX_CERT_HOURS,
-                                           f"an integer from {MIN_CERT_HOURS} to {MAX_CERT_HOURS}")),
+                                           f"an integer from {MIN_CERT_HOURS} to "
+                                           f"{MAX_CERT_HOURS}")),
     "certEarlyRenewalHours": ("cert_early_renewal_hours",
                               lambda raw: _int(raw, 0, MAX_CERT_HOURS - 1,
                                                "an integer number of hours, 0 or more and less "

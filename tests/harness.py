@@ -131,8 +131,10 @@ def run_program(mocks: ProviderMocks | None = None, stack: str = "dev",
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()
 
-    _sync_await(run_pulumi_func(
-        lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+    def program() -> None:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+    _sync_await(run_pulumi_func(program))
 
     root = pulumi.runtime.get_root_resource()
     assert root is not None

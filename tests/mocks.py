@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pulumi.runtime import Mocks, MockCallArgs, MockResourceArgs
+from pulumi.runtime import MockCallArgs, MockResourceArgs, Mocks
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret, wrap_rpc_secret
 
 # Outputs each provider marks secret (copied from the SDKs' additional_secret_outputs).
@@ -73,7 +73,7 @@ def _load_private_key(pem: str) -> Any:
     return serialization.load_pem_private_key(pem.encode(), password=None)
 
 
-def _signing_hash(key: Any) -> hashes.HashAlgorithm | None:
+def _signing_hash(key: Any) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
@@ -93,7 +93,8 @@ def _sans(dns_names: list[str] | None, ips: list[str] | None) -> list[x509.Gener
     return names
 
 
-def _add_usages(builder: x509.CertificateBuilder, uses: list[str], is_ca: bool) -> x509.CertificateBuilder:
+def _add_usages(builder: x509.CertificateBuilder, uses: list[str],
+                is_ca: bool) -> x509.CertificateBuilder:
     flags = {
         "digital_signature": "digital_signature", "content_commitment": "content_commitment",
         "key_encipherment": "key_encipherment", "data_encipherment": "data_encipherment",
@@ -240,8 +241,8 @@ class ProviderMocks(Mocks):
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         csr = builder.sign(key, _signing_hash(key))
-        return f"{name}-csr", {**inputs,
-                               "certRequestPem": csr.public_bytes(serialization.Encoding.PEM).decode()}
+        request_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+        return f"{name}-csr", {**inputs, "certRequestPem": request_pem}
 
     def _locally_signed_cert(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())

@@ -60,8 +60,9 @@ def _overlay_etc(upper: Path, work: Path) -> str:
             f"workdir={shlex.quote(str(work))} /etc")
 
 
-def run_in_private_etc(create: str, stdin: bytes, upper: Path, work: Path,
-                       extra_binds: Mapping[str, Path] | None = None) -> subprocess.CompletedProcess[bytes]:
+def run_in_private_etc(
+        create: str, stdin: bytes, upper: Path, work: Path,
+        extra_binds: Mapping[str, Path] | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a recorded command text (`bash -c`, as sshd runs it) with its stdin, with /etc an
     overlay whose changes land in `upper`; `extra_binds` maps host paths to test directories."""
     upper.mkdir(parents=True, exist_ok=True)

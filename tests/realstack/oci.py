@@ -103,7 +103,8 @@ def _write_layer(blobs: Path, name: str, size: int, seed: str) -> tuple[str, int
                                                   mtime=0) as compressed:
         hashing = _HashingWriter(compressed)
         with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            tar.addfile(info, io.BufferedReader(_PseudoRandom(size, seed), buffer_size=_CHUNK))
+            tar.addfile(info, io.BufferedReader(_PseudoRandom(size, seed),  # type: ignore[type-var]
+                                                buffer_size=_CHUNK))
     digest = _sha256_file(partial)
     final = blobs / digest.split(":", 1)[1]
     partial.rename(final)
