@@ -31,6 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("filterwarnings", f"ignore::DeprecationWarning:{package}.*")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A skipped test is not a passing test: every layer runs, here and in CI."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which counts as a failure here: {report.longrepr}"
+
+
 @dataclass(frozen=True)
 class DevStack:
     """The dev stack after one `pulumi up`: what the program asked for, and the engine state."""
