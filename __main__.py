@@ -10,6 +10,7 @@ from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs
 from components.registry_client import RegistryClient, RegistryClientArgs
 from components.registry_server import RegistryServer, RegistryServerArgs
+from components.remote import DropletArgs
 from components.settings import load_settings
 
 settings = load_settings()
@@ -24,11 +25,18 @@ network = Network("network", NetworkArgs(
     name_prefix=name_prefix, region=settings.region, registry_port=settings.port,
     admin_cidrs=settings.admin_cidrs, allowed_cidrs=settings.allowed_cidrs))
 
+
+def host(droplet_name: str, size: str, tag: pulumi.Output[str]) -> DropletArgs:
+    """A droplet of this stack: in its VPC and region, behind a firewall tag, with its keys."""
+    return DropletArgs(
+        droplet_name=droplet_name, region=settings.region, size=size, image=settings.image,
+        vpc_id=network.vpc_id, tag=tag, ssh_key_fingerprint=network.ssh_key_fingerprint,
+        ssh_private_key=network.ssh_private_key, extra_ssh_public_keys=settings.ssh_public_keys)
+
+
 server = RegistryServer("registry", RegistryServerArgs(
-    name_prefix=name_prefix, region=settings.region, size=settings.registry_size,
-    image=settings.image, vpc_id=network.vpc_id, tag=network.server_tag,
-    ssh_key_fingerprint=network.ssh_key_fingerprint, ssh_private_key=network.ssh_private_key,
-    extra_ssh_public_keys=settings.ssh_public_keys, volume_size_gb=settings.volume_size_gb,
+    host=host(f"{name_prefix}-registry", settings.registry_size, network.server_tag),
+    name_prefix=name_prefix, volume_size_gb=settings.volume_size_gb,
     retain_volume_on_destroy=settings.retain_volume_on_destroy,
     registry_name=settings.registry_name, domain=settings.domain, dns_name=settings.dns_name,
     port=settings.port, registry_image=settings.registry_image,
@@ -40,10 +48,7 @@ server = RegistryServer("registry", RegistryServerArgs(
 proof_user = settings.users[0]
 clients = [
     RegistryClient(f"client-{index}", RegistryClientArgs(
-        droplet_name=f"{name_prefix}-client-{index}", region=settings.region,
-        size=settings.client_size, image=settings.image, vpc_id=network.vpc_id,
-        tag=network.client_tag, ssh_key_fingerprint=network.ssh_key_fingerprint,
-        ssh_private_key=network.ssh_private_key, extra_ssh_public_keys=settings.ssh_public_keys,
+        host=host(f"{name_prefix}-client-{index}", settings.client_size, network.client_tag),
         registry_name=settings.client_name, port=settings.port,
         hosts_ip=None if settings.dns_name else server.private_ip, ca_cert_pem=ca.cert_pem,
         user=proof_user, password=credentials.passwords[proof_user],

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_digitalocean as digitalocean
 
 from components import rendering, versions
-from components.remote import RemoteHost
+from components.remote import DropletArgs, RemoteHost
 
 
 @dataclass
 class RegistryClientArgs:
-    droplet_name: str
-    region: str
-    size: str
-    image: str
-    vpc_id: pulumi.Input[str]
-    tag: pulumi.Input[str]
-    ssh_key_fingerprint: pulumi.Input[str]
-    ssh_private_key: pulumi.Input[str]
-    extra_ssh_public_keys: Sequence[str]
+    host: DropletArgs
     registry_name: str  # the name this client uses (the DNS name when a domain is set)
     port: int
     hosts_ip: pulumi.Input[str] | None  # mapped in /etc/hosts; None when DNS resolves the name
@@ -47,19 +37,10 @@ class RegistryClient(pulumi.ComponentResource):
     def __init__(self, name: str, args: RegistryClientArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("private-registry:index:RegistryClient", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
 
-        droplet = digitalocean.Droplet(
-            f"{name}-droplet", name=args.droplet_name, image=args.image, region=args.region,
-            size=args.size, vpc_uuid=args.vpc_id, ssh_keys=[args.ssh_key_fingerprint],
-            tags=[args.tag], monitoring=True, ipv6=False, opts=child)
-
-        host = RemoteHost(droplet, args.ssh_private_key, parent=self)
+        host = RemoteHost.create(name, args.host, parent=self)
         install = host.run_script(f"{name}-install-packages", "install-packages.sh",
                                   args=versions.CLIENT_HOST_PACKAGES)
-        if args.extra_ssh_public_keys:
-            host.place_file(f"{name}-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
-                            "".join(f"{key}\n" for key in args.extra_ssh_public_keys))
         ca_file = host.place_file(f"{name}-file-ca-cert", rendering.CLIENT_HOST_FILES["ca_cert"],
                                   args.ca_cert_pem, depends_on=[install])
         password_file = host.place_file(
@@ -81,6 +62,6 @@ class RegistryClient(pulumi.ComponentResource):
                                         args.registry_fingerprint).apply(
                 lambda values: rendering.sha256_hex(*values))])
 
-        self.public_ip = droplet.ipv4_address
-        self.private_ip = droplet.ipv4_address_private
+        self.public_ip = host.droplet.ipv4_address
+        self.private_ip = host.droplet.ipv4_address_private
         self.register_outputs({"publicIp": self.public_ip, "privateIp": self.private_ip})

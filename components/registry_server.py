@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -11,20 +10,13 @@ import pulumi_digitalocean as digitalocean
 
 from components import rendering, versions
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
-from components.remote import RemoteHost
+from components.remote import DropletArgs, RemoteHost
 
 
 @dataclass
 class RegistryServerArgs:
+    host: DropletArgs
     name_prefix: str
-    region: str
-    size: str
-    image: str
-    vpc_id: pulumi.Input[str]
-    tag: pulumi.Input[str]
-    ssh_key_fingerprint: pulumi.Input[str]
-    ssh_private_key: pulumi.Input[str]
-    extra_ssh_public_keys: Sequence[str]
     volume_size_gb: int
     retain_volume_on_destroy: bool
     registry_name: str
@@ -60,14 +52,12 @@ class RegistryServer(pulumi.ComponentResource):
         super().__init__("private-registry:index:RegistryServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        droplet = digitalocean.Droplet(
-            f"{name}-droplet", name=f"{args.name_prefix}-registry", image=args.image,
-            region=args.region, size=args.size, vpc_uuid=args.vpc_id,
-            ssh_keys=[args.ssh_key_fingerprint], tags=[args.tag], monitoring=True, ipv6=False,
-            graceful_shutdown=True, opts=child)
+        # Graceful shutdown before deletion: the registry's filesystem on the volume is clean.
+        host = RemoteHost.create(name, args.host, parent=self, graceful_shutdown=True)
+        droplet = host.droplet
         volume_name = f"{args.name_prefix}-data"
         volume = digitalocean.Volume(
-            f"{name}-data", name=volume_name, region=args.region, size=args.volume_size_gb,
+            f"{name}-data", name=volume_name, region=args.host.region, size=args.volume_size_gb,
             initial_filesystem_type="ext4", initial_filesystem_label="registry-data",
             description="private registry image data",
             opts=pulumi.ResourceOptions(parent=self,
@@ -107,7 +97,6 @@ class RegistryServer(pulumi.ComponentResource):
             "systemd_unit": rendering.systemd_unit(),
         }
 
-        host = RemoteHost(droplet, args.ssh_private_key, parent=self)
         install = host.run_script(f"{name}-install-packages", "install-packages.sh",
                                   args=versions.REGISTRY_HOST_PACKAGES)
         mount = host.run_script(
@@ -118,9 +107,6 @@ class RegistryServer(pulumi.ComponentResource):
                                   rendering.REGISTRY_HOST_FILES[role], content,
                                   depends_on=[install])
                   for role, content in contents.items()]
-        if args.extra_ssh_public_keys:
-            host.place_file(f"{name}-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
-                            "".join(f"{key}\n" for key in args.extra_ssh_public_keys))
 
         self.files_fingerprint = pulumi.Output.all(*contents.values()).apply(
             lambda texts: rendering.sha256_hex(*texts))

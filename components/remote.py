@@ -8,6 +8,7 @@ nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
@@ -20,6 +21,22 @@ from components import rendering
 # minutes, so a firewall that shuts out the deployer fails `pulumi up` instead of hanging it.
 DIAL_ERROR_LIMIT = 60
 PER_DIAL_TIMEOUT_SECONDS = 10
+
+
+@dataclass
+class DropletArgs:
+    """What every host of the stack is made of: a droplet in the VPC, behind its firewall tag,
+    reachable with the stack's admin key (plus any extra public keys from config)."""
+
+    droplet_name: str
+    region: str
+    size: str
+    image: str
+    vpc_id: pulumi.Input[str]
+    tag: pulumi.Input[str]
+    ssh_key_fingerprint: pulumi.Input[str]
+    ssh_private_key: pulumi.Input[str]
+    extra_ssh_public_keys: Sequence[str]
 
 
 class RemoteHost:
@@ -36,6 +53,22 @@ class RemoteHost:
         self.connection = command.remote.ConnectionArgs(
             host=droplet.ipv4_address, user="root", private_key=private_key,
             dial_error_limit=DIAL_ERROR_LIMIT, per_dial_timeout=PER_DIAL_TIMEOUT_SECONDS)
+
+    @classmethod
+    def create(cls, name: str, args: DropletArgs, parent: pulumi.Resource,
+               graceful_shutdown: bool = False) -> RemoteHost:
+        """The droplet (monitoring on, IPv4 only; `ssh_keys` never changes, since a change would
+        replace it) and, when configured, the extra SSH keys in `authorized_keys2`."""
+        droplet = digitalocean.Droplet(
+            f"{name}-droplet", name=args.droplet_name, image=args.image, region=args.region,
+            size=args.size, vpc_uuid=args.vpc_id, ssh_keys=[args.ssh_key_fingerprint],
+            tags=[args.tag], monitoring=True, ipv6=False, graceful_shutdown=graceful_shutdown,
+            opts=pulumi.ResourceOptions(parent=parent))
+        host = cls(droplet, args.ssh_private_key, parent)
+        if args.extra_ssh_public_keys:
+            host.place_file(f"{name}-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
+                            "".join(f"{key}\n" for key in args.extra_ssh_public_keys))
+        return host
 
     def _opts(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on),
