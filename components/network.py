@@ -44,7 +44,6 @@ class Network(pulumi.ComponentResource):
     ssh_public_key: pulumi.Output[str]
     ssh_key_fingerprint: pulumi.Output[str]
     vpc_id: pulumi.Output[str]
-    vpc_ip_range: pulumi.Output[str]
     server_tag: pulumi.Output[str]
     client_tag: pulumi.Output[str]
 
@@ -86,7 +85,6 @@ class Network(pulumi.ComponentResource):
         self.ssh_public_key = admin_key.public_key_openssh
         self.ssh_key_fingerprint = do_key.fingerprint
         self.vpc_id = vpc.id
-        self.vpc_ip_range = vpc.ip_range
         self.server_tag = server_tag.name
         self.client_tag = client_tag.name
         self.register_outputs({"vpcId": self.vpc_id, "sshPublicKey": self.ssh_public_key})

@@ -91,19 +91,12 @@ def update_dev_stack(dev_stack: DevStack) -> Callable[[Mapping[str, Any]], Progr
 
 
 @pytest.fixture
-def run_failing(monkeypatch: pytest.MonkeyPatch) -> Callable[[Mapping[str, Any]], FailedRun]:
+def run_failing() -> Callable[[Mapping[str, Any]], FailedRun]:
     """Run the program with config that must make it fail; keep what reached the monitor."""
     def run(overrides: Mapping[str, Any]) -> FailedRun:
-        monitors: list[harness.RecordingMonitor] = []
-
-        class KeptMonitor(harness.RecordingMonitor):
-            def __init__(self, mocks: ProviderMocks) -> None:
-                super().__init__(mocks)
-                monitors.append(self)
-
-        monkeypatch.setattr(harness, "RecordingMonitor", KeptMonitor)
+        mocks = ProviderMocks()
+        monitor = harness.RecordingMonitor(mocks)
         with pytest.raises(Exception) as caught:
-            run_program(overrides=overrides)
-        assert len(monitors) == 1, "run_program did not run the program under a RecordingMonitor"
-        return FailedRun(error=caught.value, registrations=dict(monitors[0].registrations))
+            run_program(mocks=mocks, overrides=overrides, monitor=monitor)
+        return FailedRun(error=caught.value, registrations=dict(monitor.registrations))
     return run

@@ -18,6 +18,7 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -86,7 +87,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC name)
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
-            from pulumi.runtime import rpc
             raw = rpc.deserialize_properties(request.object, keep_unknowns=True)
             self.registrations[response.urn] = Registration(
                 urn=response.urn, type=request.type, name=request.name,
@@ -121,12 +121,15 @@ class ProgramRun:
 
 
 def run_program(mocks: ProviderMocks | None = None, stack: str = "dev",
-                overrides: Mapping[str, Any] | None = None) -> ProgramRun:
-    """Run `__main__.py` once under mocks (fresh, unless `mocks` carries state from a run)."""
+                overrides: Mapping[str, Any] | None = None,
+                monitor: RecordingMonitor | None = None) -> ProgramRun:
+    """Run `__main__.py` once under mocks (fresh, unless `mocks` carries state from a run).
+
+    Pass a `monitor` to keep what was registered even when the program raises."""
     mocks = mocks or ProviderMocks()
     pulumi.runtime.set_all_config(stack_config(stack, overrides))
     pulumi_settings.ROOT.set(None)
-    monitor = RecordingMonitor(mocks)
+    monitor = monitor or RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()

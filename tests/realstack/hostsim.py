@@ -26,8 +26,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +40,10 @@ from tests.harness import ProgramRun
 # the rendered config). Debian packages distribution v2.8 as `docker-registry`, whose default
 # path is the v2 one, so the same mounted file is passed explicitly. Nothing else differs.
 REGISTRY_ARGV = ("docker-registry", "serve", "/etc/distribution/config.yml")
-REGISTRY_CONFIG_MOUNT = "/etc/distribution"
 
 NGINX_UID = 101  # the nginx:alpine image's `nginx` user and group
 COMPOSE_NET_PREFIX = "172.31.250"
 NETMASK = 20
-HOSTS_ETC_OVERLAY = "/etc"
 
 
 def sh(*argv: str, input: bytes | None = None, check: bool = True,
@@ -403,11 +400,6 @@ class RegistryHostSim:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-@contextmanager
-def registry_host(run: ProgramRun, workdir: Path, **kwargs: Any) -> Iterator[RegistryHostSim]:
-    with RegistryHostSim(run, workdir, **kwargs) as sim:
-        yield sim
 
 
 def apply_client_trust(run: ProgramRun, workdir: Path,
