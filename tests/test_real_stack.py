@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ProgramRun, run_program
-from tests.realstack.clients import Podman, Skopeo
-from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
+from tests.realstack.clients import Podman, Skopeo, header_lines
+from tests.realstack.hostsim import RegistryHostSim, apply_client_trust
 from tests.realstack.oci import build_image, layout_digests
 
 MiB = 1 << 20
@@ -67,28 +67,17 @@ def sim(program: ProgramRun, workdir: Path,
     host.set_client_etc(Path(str(client_trust["root"])) / "etc-upper")
     with host:
         yield host
-    namespaces = sh("ip", "netns", "list").stdout.decode()
-    leftovers = [ns for ns in (host.ns_client, host.ns_host, host.ns_container) if ns in namespaces]
-    assert not leftovers, f"namespaces left behind: {leftovers}"
-    processes = sh("ps", "-eo", "args").stdout.decode()
-    assert str(host.workdir) not in processes, "a service process outlived the test module"
+    assert not host.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")
 def skopeo(sim: RegistryHostSim, workdir: Path) -> Skopeo:
-    client = Skopeo(sim, workdir / "skopeo")
-    for user in sim.passwords:
-        client.login(user)
-    return client
+    return Skopeo.logged_in(sim, workdir / "skopeo")
 
 
 def curl(sim: RegistryHostSim, *args: str,
          trusted: bool = True) -> subprocess.CompletedProcess[bytes]:
     return sim.client("curl", "-sS", "--max-time", "10", *args, trusted=trusted, check=False)
-
-
-def header_lines(raw: str, name: str) -> list[str]:
-    return [line for line in raw.splitlines() if line.lower().startswith(name.lower() + ":")]
 
 
 # -- the client host's trust script ----------------------------------------------------------

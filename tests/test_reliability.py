@@ -39,7 +39,7 @@ from components import rendering
 from tests.harness import ProgramRun, run_program
 from tests.mocks import ProviderMocks
 from tests.realstack import probes
-from tests.realstack.clients import Skopeo
+from tests.realstack.clients import Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 from tests.realstack.oci import OciImage, build_image
 
@@ -106,16 +106,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("reliability")
 
 
-def assert_nothing_left(host: RegistryHostSim, service_pids: list[int]) -> None:
-    namespaces = sh("ip", "netns", "list").stdout.decode()
-    leftovers = [ns for ns in (host.ns_client, host.ns_host, host.ns_container) if ns in namespaces]
-    assert not leftovers, f"namespaces left behind: {leftovers}"
-    alive = [pid for pid in service_pids if Path(f"/proc/{pid}").exists()]
-    assert not alive, f"service processes outlived the test module: {alive}"
-    processes = sh("ps", "-eo", "args").stdout.decode()
-    assert str(host.workdir) not in processes, "a process outlived the test module"
-
-
 @pytest.fixture(scope="module")
 def sim(runs: Runs, workdir: Path) -> Iterator[RegistryHostSim]:
     trust = apply_client_trust(runs.base, workdir / "client-root")
@@ -124,8 +114,7 @@ def sim(runs: Runs, workdir: Path) -> Iterator[RegistryHostSim]:
     host.set_client_etc(workdir / "client-root" / "etc-upper")
     with host:
         yield host
-        service_pids = [process.pid for process in host.processes.values()]
-    assert_nothing_left(host, service_pids)
+    assert not host.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +123,12 @@ def rsa_sim(workdir: Path) -> Iterator[RegistryHostSim]:
     host = RegistryHostSim(run, workdir / "rsa-host")
     with host:
         yield host
-        service_pids = [process.pid for process in host.processes.values()]
-    assert_nothing_left(host, service_pids)
+    assert not host.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")
 def skopeo(sim: RegistryHostSim, workdir: Path) -> Skopeo:
-    client = Skopeo(sim, workdir / "skopeo")
-    for user in sim.passwords:
-        client.login(user)
-    return client
+    return Skopeo.logged_in(sim, workdir / "skopeo")
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +181,6 @@ def http_status(sim: RegistryHostSim, path: str, user: str | None = None,
     result = curl(sim, "-o", "/dev/null", "-w", "%{http_code}", f"https://{sim.address}{path}",
                   user=user, password=password)
     return result.stdout.decode()
-
-
-def header_lines(raw: str, name: str) -> list[str]:
-    return [line.rstrip("\r") for line in raw.splitlines()
-            if line.lower().startswith(name.lower() + ":")]
 
 
 def status_line(raw: str) -> str:

@@ -15,7 +15,21 @@ from tests.realstack.hostsim import RegistryHostSim
 from tests.realstack.oci import OciImage, layout_digests
 
 
+def header_lines(raw: str, name: str) -> list[str]:
+    """The lines of an HTTP response (`curl -i`) that carry header `name`."""
+    return [line.rstrip("\r") for line in raw.splitlines()
+            if line.lower().startswith(name.lower() + ":")]
+
+
 class Skopeo:
+    @classmethod
+    def logged_in(cls, sim: RegistryHostSim, workdir: Path) -> Skopeo:
+        """A skopeo client with every generated user logged in (an auth file each)."""
+        client = cls(sim, workdir)
+        for user in sim.passwords:
+            client.login(user)
+        return client
+
     def __init__(self, sim: RegistryHostSim, workdir: Path) -> None:
         self.sim = sim
         self.workdir = workdir

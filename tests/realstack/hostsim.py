@@ -146,6 +146,7 @@ class RegistryHostSim:
         self.logs = workdir / "logs"
         self.services = self._services()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.started_pids: list[int] = []  # every service process ever started
         self.client_etc: Path | None = None
 
     # -- compose file -> processes --------------------------------------------------------
@@ -251,7 +252,7 @@ class RegistryHostSim:
 
     def start_service(self, name: str) -> None:
         service = self.services[name]
-        netns = self.ns_container if name == "registry" else self.ns_host
+        netns = self.netns_of(name)
         hosts = f"127.0.0.1 localhost\n{self.container_ip} registry\n"
         etc_upper = self._etc_upper(name, hosts)
         self.logs.mkdir(exist_ok=True)
@@ -262,20 +263,28 @@ class RegistryHostSim:
             ["ip", "netns", "exec", netns, "bash", "-c",
              self._container_script(service, etc_upper), name, *service.argv],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.started_pids.append(self.processes[name].pid)
         log.close()
 
+    def netns_of(self, name: str) -> str:
+        """Each service has its namespace to itself: the registry its container's, nginx the
+        host's (where compose publishes its port)."""
+        return self.ns_container if name == "registry" else self.ns_host
+
     def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Signal the service, then reap whatever it left in its namespace (nginx workers
+        outlive a SIGKILLed master)."""
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        if name == "nginx":  # nginx workers outlive a SIGKILLed master; reap them too
-            self._kill_netns_pids(self.ns_host)
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self._kill_netns_pids(self.netns_of(name))
 
     def _kill_netns_pids(self, netns: str) -> None:
         pids = sh("ip", "netns", "pids", netns, check=False).stdout.split()
@@ -389,6 +398,17 @@ class RegistryHostSim:
             if ns in sh("ip", "netns", "list", check=False).stdout.decode():
                 self._kill_netns_pids(ns)
                 sh("ip", "netns", "del", ns, check=False)
+
+    def leftovers(self) -> list[str]:
+        """What `stop` failed to clean up: namespaces, service processes, anything still
+        running from the test directory."""
+        namespaces = sh("ip", "netns", "list", check=False).stdout.decode()
+        found = [f"netns {ns}" for ns in (self.ns_client, self.ns_host, self.ns_container)
+                 if ns in namespaces]
+        found += [f"pid {pid}" for pid in self.started_pids if Path(f"/proc/{pid}").exists()]
+        if str(self.workdir) in sh("ps", "-eo", "args").stdout.decode():
+            found.append(f"a process running from {self.workdir}")
+        return found
 
     def __enter__(self) -> RegistryHostSim:
         try:

@@ -15,6 +15,7 @@ import random
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -68,9 +69,9 @@ class _PseudoRandom(io.RawIOBase):
 
 
 class _HashingWriter(io.RawIOBase):
-    """Passes writes through to `sink` while hashing them (the layer's uncompressed diff id)."""
+    """Passes writes through to `sink` while hashing and counting them."""
 
-    def __init__(self, sink: gzip.GzipFile) -> None:
+    def __init__(self, sink: BinaryIO) -> None:
         self.sink = sink
         self.hasher = hashlib.sha256()
         self.position = 0
@@ -99,16 +100,18 @@ def _write_layer(blobs: Path, name: str, size: int, seed: str) -> tuple[str, int
     info.mode = 0o644
     info.mtime = 0
     partial = blobs / f".{name}.partial"
-    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=0,
-                                                  mtime=0) as compressed:
-        hashing = _HashingWriter(compressed)
-        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            tar.addfile(info, io.BufferedReader(_PseudoRandom(size, seed),  # type: ignore[type-var]
-                                                buffer_size=_CHUNK))
-    digest = _sha256_file(partial)
-    final = blobs / digest.split(":", 1)[1]
-    partial.rename(final)
-    return digest, final.stat().st_size, f"sha256:{hashing.hasher.hexdigest()}"
+    # Both digests while writing: of the gzip stream (the blob) and of the tar (the diff id).
+    with partial.open("wb") as raw:
+        blob = _HashingWriter(raw)
+        with gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=0, mtime=0) as compressed:
+            tar_stream = _HashingWriter(compressed)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=tar_stream, mode="w",  # type: ignore[call-overload]
+                              format=tarfile.PAX_FORMAT) as tar:
+                tar.addfile(info, io.BufferedReader(_PseudoRandom(size, seed),  # type: ignore[type-var]
+                                                    buffer_size=_CHUNK))
+    digest = f"sha256:{blob.hasher.hexdigest()}"
+    partial.rename(blobs / digest.split(":", 1)[1])
+    return digest, blob.position, f"sha256:{tar_stream.hasher.hexdigest()}"
 
 
 def build_image(layout: Path, tag: str, layer_sizes: list[int], seed: str) -> OciImage:
