@@ -140,6 +140,15 @@ def _nginx(edit: Callable[[str], str]) -> Step:
     return lambda files, context: replace(files, nginx_conf=edit(files.nginx_conf))
 
 
+def _nginx_settings(*settings: tuple[str, str], note: str = "") -> tuple[str, Step]:
+    """A step that sets nginx directives to values, described by them."""
+    def edit(text: str) -> str:
+        for directive, value in settings:
+            text = set_value(text, directive, value)
+        return text
+    return ", ".join(f"{directive} {value}" for directive, value in settings) + note, _nginx(edit)
+
+
 def _registry(edit: Callable[[str], str]) -> Step:
     return lambda files, context: replace(files, registry_config=edit(files.registry_config))
 
@@ -165,24 +174,17 @@ STEPS: dict[str, tuple[str, Step]] = {
     "apr1": ("htpasswd with $apr1$ (openssl passwd -apr1)",
              lambda files, context: replace(files, htpasswd=apr1_htpasswd(context.passwords))),
     "rsa": ("RSA 3072 server key instead of ECDSA P-256", rsa_server_identity),
-    "workers-1": ("worker_processes 1", _nginx(lambda t: set_value(t, "worker_processes", "1"))),
+    "workers-1": _nginx_settings(("worker_processes", "1")),
     "no-reuseport": ("listen without reuseport",
                      _nginx(lambda t: replace_once(t, " ssl reuseport;", " ssl;"))),
-    "body-buffer-16k": ("client_body_buffer_size 16k (nginx's default; the program sets 256k)",
-                        _nginx(lambda t: set_value(t, "client_body_buffer_size", "16k"))),
-    "body-buffer-64k": ("client_body_buffer_size 64k",
-                        _nginx(lambda t: set_value(t, "client_body_buffer_size", "64k"))),
-    "body-buffer-1m": ("client_body_buffer_size 1m",
-                       _nginx(lambda t: set_value(t, "client_body_buffer_size", "1m"))),
-    "proxy-buffer-16k": ("proxy_buffer_size 16k, proxy_buffers 8 16k",
-                         _nginx(lambda t: set_value(set_value(t, "proxy_buffer_size", "16k"),
-                                                    "proxy_buffers", "8 16k"))),
-    "proxy-buffer-256k": ("proxy_buffer_size 256k, proxy_buffers 8 256k",
-                          _nginx(lambda t: set_value(set_value(t, "proxy_buffer_size", "256k"),
-                                                     "proxy_buffers", "8 256k"))),
-    "proxy-buffer-1m": ("proxy_buffer_size 1m, proxy_buffers 8 1m",
-                        _nginx(lambda t: set_value(set_value(t, "proxy_buffer_size", "1m"),
-                                                   "proxy_buffers", "8 1m"))),
+    "body-buffer-16k": _nginx_settings(("client_body_buffer_size", "16k"),
+                                       note=" (nginx's default; the program sets 256k)"),
+    "body-buffer-64k": _nginx_settings(("client_body_buffer_size", "64k")),
+    "body-buffer-1m": _nginx_settings(("client_body_buffer_size", "1m")),
+    "proxy-buffer-16k": _nginx_settings(("proxy_buffer_size", "16k"), ("proxy_buffers", "8 16k")),
+    "proxy-buffer-256k": _nginx_settings(("proxy_buffer_size", "256k"),
+                                         ("proxy_buffers", "8 256k")),
+    "proxy-buffer-1m": _nginx_settings(("proxy_buffer_size", "1m"), ("proxy_buffers", "8 1m")),
     "proxy-buffering-on": ("proxy_buffering on, in memory only (proxy_max_temp_file_size 0)",
                            _nginx(lambda t: add_after(set_value(t, "proxy_buffering", "on"),
                                                       "proxy_buffering",

@@ -9,6 +9,7 @@ place, and CPU accounting per measurement.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import resource
 import subprocess
@@ -19,17 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.fronts import Front, FrontFiles
+from components import rendering
 from tests.harness import ProgramRun
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 
-CONFIG_DIR = "/etc/registry"
-FILE_PATHS = {
-    "nginx_conf": f"{CONFIG_DIR}/nginx/nginx.conf",
-    "htpasswd": f"{CONFIG_DIR}/auth/htpasswd",
-    "registry_config": f"{CONFIG_DIR}/distribution/config.yml",
-    "server_cert": f"{CONFIG_DIR}/tls/server.crt",
-    "server_key": f"{CONFIG_DIR}/tls/server.key",
-}
+# The files a front may change, where the program places them.
+FILE_PATHS = {field.name: rendering.REGISTRY_HOST_FILES[field.name].path
+              for field in dataclasses.fields(FrontFiles)}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
