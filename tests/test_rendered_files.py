@@ -27,10 +27,11 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, ProgramRun, Registration
+from tests.realstack.hostsim import with_image_nginx_user
 
 SCRIPTS = sorted((ROOT / "files" / "scripts").glob("*.sh"))
 COMPOSE_FILE = "/etc/registry/compose.yaml"
-NGINX_UID = NGINX_GID = 101  # the nginx:alpine image's `nginx` user, which nginx.conf names
+NGINX_GID = 101  # the nginx:alpine image's `nginx` group
 OVERLAY_ROOTS = ("/etc", "/root", "/var/cache", "/var/lib")
 EXTRA_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
                  " me@laptop")
@@ -95,15 +96,6 @@ def in_namespace(script: str, scratch: Path, files: Mapping[str, str] | None = N
     preamble = ["set -euo pipefail", *mounts, *(["ip link set lo up"] if network else [])]
     return subprocess.run([*unshare, "bash", "-c", "\n".join([*preamble, script])],
                           capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def with_user_nginx() -> dict[str, str]:
-    """/etc/passwd and /etc/group with the image's `nginx` user and group added."""
-    return {
-        "/etc/passwd": Path("/etc/passwd").read_text()
-        + f"nginx:x:{NGINX_UID}:{NGINX_GID}:nginx:/nonexistent:/usr/sbin/nologin\n",
-        "/etc/group": Path("/etc/group").read_text() + f"nginx:x:{NGINX_GID}:\n",
-    }
 
 
 # -- the files, as the hosts receive them ----------------------------------------------------
@@ -243,7 +235,7 @@ def test_nginx_accepts_the_rendered_config_with_the_placed_certificate_and_key(
     command = compose["services"]["nginx"]["command"]
     config = command[command.index("-c") + 1]
     assert config in view, f"{config} is not among the files mounted into nginx"
-    files = {**view, **with_user_nginx(),
+    files = {**view, **with_image_nginx_user(),
              # The compose network's DNS: the upstream `registry` must resolve at start.
              "/etc/hosts": "127.0.0.1 localhost\n127.0.0.2 registry\n"}
     result = in_namespace(f"{nginx} -t -c {config} -e stderr", tmp_path, files=files,

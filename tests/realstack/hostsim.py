@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from components.versions import NGINX_WORKER_GID
 from tests.harness import ProgramRun
 
 # The ONE adaptation of the rendered files: the registry image's entrypoint runs
@@ -41,7 +42,8 @@ from tests.harness import ProgramRun
 # path is the v2 one, so the same mounted file is passed explicitly. Nothing else differs.
 REGISTRY_ARGV = ("docker-registry", "serve", "/etc/distribution/config.yml")
 
-NGINX_UID = 101  # the nginx:alpine image's `nginx` user and group
+# The nginx:alpine image's `nginx` user and group (same id), which nginx.conf's `user` names.
+NGINX_ID = NGINX_WORKER_GID
 COMPOSE_NET_PREFIX = "172.31.250"
 NETMASK = 20
 
@@ -55,6 +57,18 @@ def sh(*argv: str, input: bytes | None = None, check: bool = True,
 def _overlay_etc(upper: Path, work: Path) -> str:
     return (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={shlex.quote(str(upper))},"
             f"workdir={shlex.quote(str(work))} /etc")
+
+
+def with_image_nginx_user() -> dict[str, str]:
+    """This machine's /etc/passwd and /etc/group with the image's `nginx` user and group
+    added (unless this machine has them)."""
+    passwd = Path("/etc/passwd").read_text()
+    group = Path("/etc/group").read_text()
+    if "\nnginx:" not in "\n" + passwd:
+        passwd += f"nginx:x:{NGINX_ID}:{NGINX_ID}:nginx:/nonexistent:/usr/sbin/nologin\n"
+    if "\nnginx:" not in "\n" + group:
+        group += f"nginx:x:{NGINX_ID}:\n"
+    return {"/etc/passwd": passwd, "/etc/group": group}
 
 
 def run_in_private_etc(
@@ -239,14 +253,8 @@ class RegistryHostSim:
         """An /etc overlay upper dir: the images' `nginx` user, and a private /etc/hosts."""
         upper = self.workdir / f"etc-{name}"
         upper.mkdir(parents=True, exist_ok=True)
-        passwd = Path("/etc/passwd").read_text()
-        group = Path("/etc/group").read_text()
-        if "\nnginx:" not in "\n" + passwd:
-            passwd += f"nginx:x:{NGINX_UID}:{NGINX_UID}:nginx:/nonexistent:/usr/sbin/nologin\n"
-        if "\nnginx:" not in "\n" + group:
-            group += f"nginx:x:{NGINX_UID}:\n"
-        (upper / "passwd").write_text(passwd)
-        (upper / "group").write_text(group)
+        for path, text in with_image_nginx_user().items():
+            (upper / Path(path).name).write_text(text)
         (upper / "hosts").write_text(hosts)
         return upper
 
