@@ -184,6 +184,44 @@ def test_api_version_header_appears_exactly_once(sim: RegistryHostSim) -> None:
             "Docker-Distribution-Api-Version: registry/2.0"]
 
 
+# -- deletes (CVE-2026-41888: registries before 3.1.1 delete tags even with deletes off) -----
+def delete_request(sim: RegistryHostSim, path: str,
+                   credentials: tuple[str, str] | None) -> str:
+    """`DELETE https://<registry>/v2/<path>` as a user (password on stdin); the raw response."""
+    config = f'user = "{credentials[0]}:{credentials[1]}"\n' if credentials else ""
+    return sim.client("curl", "-sS", "-i", "-X", "DELETE", "-K", "-",
+                      f"https://{sim.address}/v2/{path}", input=config.encode(),
+                      check=False).stdout.decode()
+
+
+def test_delete_by_tag_digest_or_blob_is_denied_for_every_user_and_the_image_still_pulls(
+        sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> None:
+    image = build_image(workdir / "keep", "v1", [256 * 1024], seed="keep")
+    assert skopeo.push(image, "team/keep", "ci") == image.manifest_digest
+    paths = ["team/keep/manifests/v1", f"team/keep/manifests/{image.manifest_digest}",
+             f"team/keep/blobs/{image.layer_digests[0]}"]
+    denied = 0
+    for user, password in sim.passwords.items():
+        for path in paths:
+            response = delete_request(sim, path, (user, password))
+            head, _, body = response.partition("\r\n\r\n")
+            assert head.startswith("HTTP/1.1 403"), (user, path, head)
+            assert header_lines(head, "Content-Type") == ["Content-Type: application/json"]
+            assert header_lines(head, "Docker-Distribution-Api-Version") == [
+                "Docker-Distribution-Api-Version: registry/2.0"]
+            assert [error["code"] for error in json.loads(body)["errors"]] == ["DENIED"]
+            denied += 1
+    assert denied == len(sim.passwords) * len(paths)
+    # Bad or missing credentials still get 401: the refusal is for authenticated users only.
+    assert delete_request(sim, paths[0], None).startswith("HTTP/1.1 401")
+    assert delete_request(sim, paths[0], ("ci", "wrong")).startswith("HTTP/1.1 401")
+    manifest, layers = skopeo.pull("team/keep", "v1", "alice", workdir / "keep-pulled")
+    assert (manifest, layers) == (image.manifest_digest, image.layer_digests)
+    by_digest = sim.client("skopeo", "inspect", "--raw", "--authfile", str(skopeo.authfile("ci")),
+                           f"docker://{sim.address}/team/keep@{image.manifest_digest}")
+    assert "sha256:" + hashlib.sha256(by_digest.stdout).hexdigest() == image.manifest_digest
+
+
 # -- TLS and exposure ------------------------------------------------------------------------
 def test_client_without_the_ca_fails_and_with_the_ca_output_succeeds(sim: RegistryHostSim) -> None:
     url = f"https://{sim.address}/v2/"
