@@ -4,13 +4,13 @@ import re
 
 import pulumi
 
-from components import rendering
 from components.credentials import Credentials, CredentialsArgs
 from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs
 from components.registry_client import RegistryClient, RegistryClientArgs
 from components.registry_server import RegistryServer, RegistryServerArgs
 from components.remote import DropletArgs
+from components.rendering import instructions
 from components.settings import load_settings
 
 settings = load_settings()
@@ -67,7 +67,7 @@ pulumi.export("caCertificatePem", ca.cert_pem)
 pulumi.export("sshPrivateKey", pulumi.Output.secret(network.ssh_private_key))
 pulumi.export("dataVolumeId", server.volume_id)
 pulumi.export("dockerLoginCommand",
-              rendering.login_command("passwords", proof_user, settings.address))
+              instructions.login_command("passwords", proof_user, settings.address))
 pulumi.export("trustCaSteps", server.public_ip.apply(
-    lambda ip: rendering.trust_steps(settings.client_name, settings.port, ip,
-                                     hosts_entry_needed=settings.dns_name is None)))
+    lambda ip: instructions.trust_steps(settings.client_name, settings.port, ip,
+                                        hosts_entry_needed=settings.dns_name is None)))

@@ -2,7 +2,7 @@
 from the client straight to the registry's own port (the "direct" baseline), fronts swapped in
 place, and CPU accounting per measurement.
 
-    client netns ──► host netns: nginx (TLS + auth) ──► container netns: registry :5000
+    client netns ──► host netns: nginx (TLS + auth) ──► container netns: registry's own port
          └──────────── (benchmark only) plain HTTP ───────────────────────────┘
 """
 
@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.fronts import Front, FrontFiles
-from components import rendering
+from components.manifest import REGISTRY_HOST, REGISTRY_LAYOUT
 from tests.harness import ProgramRun
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
+from tests.realstack.sandbox import Sandbox
 
 # The files a front may change, where the program places them.
-FILE_PATHS = {field.name: rendering.REGISTRY_HOST_FILES[field.name].path
+FILE_PATHS = {field.name: REGISTRY_HOST.file(field.name).path
               for field in dataclasses.fields(FrontFiles)}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -142,14 +143,14 @@ class BenchStack:
             if result.returncode != 0:
                 raise AssertionError(f"client trust failed: {result.stderr.decode()}")
         self.sim = RegistryHostSim(run, workdir / "host", expose_registry_port=True)
-        self.sim.set_client_etc(client_root / "etc-upper")
+        self.sim.set_client_etc(Sandbox(client_root).upper("/etc"))
         self.user = min(self.sim.passwords)
         self.password = self.sim.passwords[self.user]
         self.secrets = workdir / "secrets"
         self.secrets.mkdir(mode=0o700, exist_ok=True)
         self.front = Endpoint("front", f"https://{self.sim.address}", self.sim.address, True)
-        self.direct = Endpoint("direct", f"http://{self.sim.container_ip}:5000",
-                               f"{self.sim.container_ip}:5000", False)
+        registry = f"{self.sim.container_ip}:{REGISTRY_LAYOUT.registry_port}"
+        self.direct = Endpoint("direct", f"http://{registry}", registry, False)
         self.installed: FrontFiles | None = None
 
     # -- lifecycle ------------------------------------------------------------------------

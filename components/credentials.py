@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_random as random
 
-from components import rendering
+from components.rendering import htpasswd
 
 # 40 alphanumerics: about 238 bits, and safe in htpasswd, shell and URLs without quoting.
 PASSWORD_LENGTH = 40
@@ -58,7 +58,8 @@ class Credentials(pulumi.ComponentResource):
             entries.append(pulumi.Output.all(password.result, salt.base64).apply(
                 functools.partial(_htpasswd_entry, user)))
 
-        self.htpasswd = pulumi.Output.secret(pulumi.Output.all(*entries).apply(rendering.htpasswd))
+        self.htpasswd = pulumi.Output.secret(
+            pulumi.Output.all(*entries).apply(htpasswd.htpasswd_file))
         self.http_secret = random.RandomPassword(
             f"{name}-registry-http-secret", length=48, special=False, opts=child).result
 

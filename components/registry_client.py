@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_command as command
 
-from components import rendering, versions
-from components.remote import DropletArgs, RemoteHost
+from components import manifest
+from components.remote import DropletArgs, RemoteHost, rendered_files
+from components.rendering.templates import sha256_hex
 
 
 @dataclass
@@ -39,28 +41,30 @@ class RegistryClient(pulumi.ComponentResource):
         super().__init__("private-registry:index:RegistryClient", name, None, opts)
 
         host = RemoteHost.create(name, args.host, parent=self)
-        install = host.run_script(f"{name}-install-packages", "install-packages.sh",
-                                  args=versions.CLIENT_HOST_PACKAGES)
-        ca_file = host.place_file(f"{name}-file-ca-cert", rendering.CLIENT_HOST_FILES["ca_cert"],
-                                  args.ca_cert_pem, depends_on=[install])
-        password_file = host.place_file(
-            f"{name}-file-login-password", rendering.CLIENT_HOST_FILES["login_password"],
-            args.password, depends_on=[install])
+        host_manifest = manifest.CLIENT_HOST
+        stack_values: dict[str, pulumi.Input[object]] = {
+            "registry_name": args.registry_name, "port": args.port,
+            "address": f"{args.registry_name}:{args.port}", "user": args.user,
+            "hosts_ip": args.hosts_ip, "ca_cert_pem": args.ca_cert_pem, "password": args.password,
+        }
 
-        hosts_ip: pulumi.Input[str] = args.hosts_ip if args.hosts_ip is not None else ""
-        trust = host.run_script(
-            f"{name}-trust-registry", "trust-registry.sh",
-            args=pulumi.Output.from_input(hosts_ip).apply(
-                lambda ip: [args.registry_name, str(args.port), *([ip] if ip else [])]),
-            depends_on=[install, ca_file], triggers=[args.ca_cert_pem])
+        def run(role: str, depends_on: list[pulumi.Resource],
+                triggers: list[pulumi.Input[str]]) -> command.remote.Command:
+            script = host_manifest.script(role)
+            return host.run_script(manifest.command_name(name, script), script, stack_values,
+                                   depends_on=depends_on, triggers=triggers)
 
-        address = f"{args.registry_name}:{args.port}"
-        host.run_script(
-            f"{name}-verify-registry", "verify-registry.sh", args=[address, args.user],
-            depends_on=[trust, password_file, args.registry_ready],
+        install = run("install_packages", depends_on=[], triggers=[])
+        placed = {host_file.role: host.place_file(manifest.command_name(name, host_file),
+                                                  host_file, content, depends_on=[install])
+                  for host_file, content in rendered_files(host_manifest, stack_values)}
+        trust = run("trust_registry", depends_on=[install, placed["ca_cert"]],
+                    triggers=[args.ca_cert_pem])
+        run("verify_registry",
+            depends_on=[trust, placed["login_password"], args.registry_ready],
             triggers=[pulumi.Output.all(args.password, args.ca_cert_pem,
                                         args.registry_fingerprint).apply(
-                lambda values: rendering.sha256_hex(*values))])
+                lambda values: sha256_hex(*values))])
 
         self.public_ip = host.droplet.ipv4_address
         self.private_ip = host.droplet.ipv4_address_private

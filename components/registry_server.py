@@ -8,9 +8,10 @@ import pulumi
 import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 
-from components import rendering, versions
+from components import manifest
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
-from components.remote import DropletArgs, RemoteHost
+from components.remote import DropletArgs, RemoteHost, rendered_files
+from components.rendering.templates import sha256_hex
 
 
 @dataclass
@@ -36,8 +37,9 @@ class RegistryServerArgs:
 class RegistryServer(pulumi.ComponentResource):
     """A droplet running distribution behind nginx under Docker Compose and systemd.
 
-    The registry's data lives on a block storage volume mounted at `rendering.DATA_MOUNT`, so it
-    survives a replaced droplet. `ready` completes once the TLS front answers on the host;
+    Everything placed on the host and run there is `manifest.REGISTRY_HOST`. The registry's data
+    lives on a block storage volume (the layout's `data_mount`), so it survives a replaced
+    droplet. `ready` completes once the TLS front answers on the host;
     `files_fingerprint` changes whenever any file placed on the host changes.
     """
 
@@ -82,37 +84,33 @@ class RegistryServer(pulumi.ComponentResource):
                 early_renewal_hours=args.cert_early_renewal_hours),
             opts=child)
 
-        registry_config = rendering.registry_config()
-        contents: dict[str, pulumi.Input[str]] = {
-            "compose": rendering.compose_file(args.registry_image, args.nginx_image, args.port,
-                                              rendering.sha256_hex(registry_config)),
-            "registry_config": registry_config,
-            "registry_env": pulumi.Output.from_input(args.http_secret).apply(
-                rendering.registry_env),
-            "nginx_conf": rendering.nginx_conf(args.port, server_names),
-            "htpasswd": args.htpasswd,
-            "server_cert": certificate.cert_pem,
-            "server_key": certificate.private_key_pem,
-            "ca_cert": args.ca.cert_pem,
-            "systemd_unit": rendering.systemd_unit(),
+        host_manifest = manifest.REGISTRY_HOST
+        stack_values: dict[str, pulumi.Input[object]] = {
+            "registry_name": args.registry_name, "server_names": " ".join(server_names),
+            "port": args.port, "registry_image": args.registry_image,
+            "nginx_image": args.nginx_image, "volume_name": volume_name,
+            "http_secret": args.http_secret, "htpasswd": args.htpasswd,
+            "server_cert_pem": certificate.cert_pem,
+            "server_key_pem": certificate.private_key_pem, "ca_cert_pem": args.ca.cert_pem,
         }
+        files = rendered_files(host_manifest, stack_values)
 
-        install = host.run_script(f"{name}-install-packages", "install-packages.sh",
-                                  args=versions.REGISTRY_HOST_PACKAGES)
-        mount = host.run_script(
-            f"{name}-mount-data-volume", "mount-data-volume.sh",
-            args=[volume_name, rendering.DATA_MOUNT, rendering.DATA_DIR],
-            depends_on=[attachment], triggers=[volume.id])
-        placed = [host.place_file(f"{name}-file-{role.replace('_', '-')}",
-                                  rendering.REGISTRY_HOST_FILES[role], content,
+        def run(role: str, depends_on: list[pulumi.Resource],
+                triggers: list[pulumi.Input[str]]) -> command.remote.Command:
+            script = host_manifest.script(role)
+            return host.run_script(manifest.command_name(name, script), script, stack_values,
+                                   depends_on=depends_on, triggers=triggers)
+
+        install = run("install_packages", depends_on=[], triggers=[])
+        mount = run("mount_data_volume", depends_on=[attachment], triggers=[volume.id])
+        placed = [host.place_file(manifest.command_name(name, host_file), host_file, content,
                                   depends_on=[install])
-                  for role, content in contents.items()]
+                  for host_file, content in files]
 
-        self.files_fingerprint = pulumi.Output.all(*contents.values()).apply(
-            lambda texts: rendering.sha256_hex(*texts))
-        self.ready = host.run_script(
-            f"{name}-activate", "activate-registry.sh", args=[args.registry_name, str(args.port)],
-            depends_on=[install, mount, *placed], triggers=[self.files_fingerprint])
+        self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
+            lambda texts: sha256_hex(*texts))
+        self.ready = run("activate", depends_on=[install, mount, *placed],
+                         triggers=[self.files_fingerprint])
 
         self.public_ip = droplet.ipv4_address
         self.private_ip = droplet.ipv4_address_private

@@ -7,14 +7,15 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 
-from components import rendering
+from components.manifest import EXTRA_SSH_KEYS_FILE, HostFile, HostManifest, HostScript
+from components.rendering import commands, templates
 
 # A fresh droplet refuses SSH until it has booted. About 60 failed dials (growing waits of up
 # to a few seconds each, `per_dial_timeout` each when packets are dropped) bound the wait at
@@ -66,37 +67,57 @@ class RemoteHost:
             opts=pulumi.ResourceOptions(parent=parent))
         host = cls(droplet, args.ssh_private_key, parent)
         if args.extra_ssh_public_keys:
-            host.place_file(f"{name}-extra-ssh-keys", rendering.EXTRA_SSH_KEYS_FILE,
-                            "".join(f"{key}\n" for key in args.extra_ssh_public_keys))
+            keys = "".join(f"{key}\n" for key in args.extra_ssh_public_keys)
+            host.place_file(f"{name}-extra-ssh-keys", EXTRA_SSH_KEYS_FILE,
+                            EXTRA_SSH_KEYS_FILE.render({"extra_ssh_keys": keys}))
         return host
 
     def _opts(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on),
                                       deleted_with=self.droplet)
 
-    def run_script(self, name: str, script_name: str,
-                   args: pulumi.Input[Sequence[str]] = (),
+    def run_script(self, name: str, host_script: HostScript,
+                   stack_values: Mapping[str, pulumi.Input[object]],
                    depends_on: Sequence[pulumi.Resource] = (),
                    triggers: Sequence[pulumi.Input[str]] = ()) -> command.remote.Command:
-        """Run `files/scripts/<script_name>` with `bash -s`; the script travels on stdin.
+        """Run the script with `bash -s` and its arguments; the script travels on stdin.
 
         It re-runs when the script, its arguments, the droplet or any of `triggers` change.
         """
         return command.remote.Command(
             name, connection=self.connection,
-            create=pulumi.Output.from_input(args).apply(
-                lambda values: rendering.script_command(*values)),
-            stdin=rendering.script(script_name),
+            create=_with_stack_values(host_script.stack_values, stack_values).apply(
+                lambda values: commands.script_command(*host_script.arguments(values))),
+            stdin=templates.script(host_script.script),
             triggers=[self.droplet.id, *triggers],
             opts=self._opts(depends_on))
 
-    def place_file(self, name: str, host_file: rendering.HostFile, content: pulumi.Input[str],
+    def place_file(self, name: str, host_file: HostFile, content: pulumi.Input[str],
                    depends_on: Sequence[pulumi.Resource] = ()) -> command.remote.Command:
         """Write `content` (on stdin) to the host file atomically, with its owner and mode."""
         return command.remote.Command(
             name, connection=self.connection,
-            create=rendering.place_file_command(host_file),
+            create=commands.place_file_command(host_file.path, host_file.mode, host_file.uid,
+                                               host_file.gid),
             stdin=pulumi.Output.secret(content) if host_file.secret else content,
             logging=command.remote.Logging.NONE if host_file.secret else None,
             triggers=[self.droplet.id],
             opts=self._opts(depends_on))
+
+
+def _with_stack_values(names: set[str], stack_values: Mapping[str, pulumi.Input[object]]
+                       ) -> pulumi.Output[dict[str, object]]:
+    """The named stack values, resolved together."""
+    return pulumi.Output.all(**{name: stack_values[name] for name in sorted(names)})
+
+
+def rendered_files(host_manifest: HostManifest,
+                   stack_values: Mapping[str, pulumi.Input[object]]
+                   ) -> list[tuple[HostFile, pulumi.Input[str]]]:
+    """Each file of the manifest with its content rendered from the stack's values (which must
+    be exactly the ones the manifest uses), in the manifest's order."""
+    host_manifest.check_stack_values(set(stack_values))
+    return [(host_file,
+             _with_stack_values(host_file.stack_values, stack_values).apply(host_file.render)
+             if host_file.stack_values else host_file.render({}))
+            for host_file in host_manifest.files]

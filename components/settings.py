@@ -18,6 +18,7 @@ from typing import Any
 import pulumi
 
 from components import versions
+from components.manifest import REGISTRY_LAYOUT
 
 PROJECT = "private-registry"
 
@@ -25,7 +26,7 @@ PROJECT = "private-registry"
 REGIONS = ("ams3", "atl1", "blr1", "fra1", "lon1", "nyc1", "nyc3", "sfo2", "sfo3", "sgp1",
            "syd1", "tor1")
 # The registry's own plain-HTTP port and its debug port live inside the host; 22 is SSH.
-RESERVED_PORTS = (22, 5000, 5001)
+RESERVED_PORTS = (22, REGISTRY_LAYOUT.registry_port, REGISTRY_LAYOUT.debug_port)
 MAX_CLIENTS = 10
 MAX_VOLUME_GB = 16384  # DigitalOcean's block storage limit (16 TiB)
 MIN_CERT_HOURS = 24

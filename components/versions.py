@@ -18,6 +18,8 @@ UBUNTU_IMAGE = "ubuntu-24-04-x64"
 # Digest: docker-library/repo-info repos/registry/remote/3.1.1.md at 38feaf4cf947.
 REGISTRY_IMAGE = (
     "registry:3.1.1@sha256:849b7d29920d060df8091770ede2279c07924ecd29e2a4c029ee0b5ea2ea542b")
+# Where the image reads its config (the v3 path).
+REGISTRY_CONFIG_FILE = "/etc/distribution/config.yml"
 
 # nginx:alpine verifies every htpasswd scheme the program may write ({SSHA}, $apr1$, bcrypt);
 # Debian-based nginx images fail on bcrypt.

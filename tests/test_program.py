@@ -13,9 +13,7 @@ import hashlib
 import ipaddress
 import json
 import re
-import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -25,7 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store
 
+from components.manifest import CLIENT_HOST, REGISTRY_HOST, REGISTRY_LAYOUT, command_name
+from components.versions import NGINX_WORKER_GID
 from tests.harness import ROOT, ProgramRun, Registration
+from tests.remote_commands import PlacedFile, placed_file
 
 COMMAND = "command:remote:Command"
 DROPLET = "digitalocean:index/droplet:Droplet"
@@ -51,8 +52,9 @@ CLIENT = "private-registry:index:RegistryClient"
 STACK = "(stack)"
 
 EVERYWHERE = ["0.0.0.0/0", "::/0"]
+CLIENT_CA_FILE = CLIENT_HOST.file("ca_cert").path
+CLIENT_PASSWORD_FILE = CLIENT_HOST.file("login_password").path
 MOCK_VPC_RANGE = "10.110.0.0/20"  # the range the VPC mock assigns, as DigitalOcean would
-NGINX_WORKER_GID = 101  # the nginx:alpine image's `nginx` group
 EXTRA_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
                  " me@laptop")
 VARIANT = {
@@ -61,10 +63,7 @@ VARIANT = {
     "allowedCidrs": ["198.51.100.0/24"], "sshPublicKeys": [EXTRA_SSH_KEY],
 }
 # Every file the registry's service reads, placed by one command each.
-REGISTRY_FILE_COMMANDS = {
-    f"registry-file-{role}" for role in (
-        "compose", "registry-config", "registry-env", "nginx-conf", "htpasswd", "server-cert",
-        "server-key", "ca-cert", "systemd-unit")}
+REGISTRY_FILE_COMMANDS = {command_name("registry", host_file) for host_file in REGISTRY_HOST.files}
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -170,26 +169,6 @@ def md5_fingerprint(openssh_public_key: str) -> str:
 
 def script_command(*args: str) -> str:
     return " ".join(["bash", "-s", "--", *args])
-
-
-@dataclass(frozen=True)
-class PlacedFile:
-    path: str
-    owner: str  # uid:gid
-    mode: str  # octal, four digits
-
-
-def placed_file(registration: Registration) -> PlacedFile:
-    """Path, owner and mode a place-file command gives the file it writes from stdin."""
-    lines = registration.inputs["create"].splitlines()
-
-    def only_line(command_name: str) -> list[str]:
-        found = [shlex.split(line) for line in lines if line.startswith(f"{command_name} ")]
-        assert len(found) == 1, f"{registration.name}: not one `{command_name}` line in {lines}"
-        return found[0]
-
-    return PlacedFile(path=only_line("mv")[-1], owner=only_line("chown")[1],
-                      mode=only_line("chmod")[1])
 
 
 def secret_needles(run: ProgramRun) -> dict[str, list[str]]:
@@ -358,18 +337,18 @@ def test_clients_map_the_registry_name_to_its_private_ip_without_a_domain(
         program_run: ProgramRun) -> None:
     private_ip = program_run.outputs["registryPrivateIp"]
     assert command(program_run, "client-0-trust-registry").inputs["create"] == script_command(
-        "registry.internal", "5043", private_ip)
+        "registry.internal", "5043", CLIENT_CA_FILE, private_ip)
     assert command(program_run, "client-0-verify-registry").inputs["create"] == script_command(
-        "registry.internal:5043", "ci")
+        "registry.internal:5043", "ci", CLIENT_PASSWORD_FILE)
 
 
 def test_clients_use_the_dns_name_and_no_hosts_entry_with_a_domain(
         variant_run: ProgramRun) -> None:
     for index in range(3):
         assert command(variant_run, f"client-{index}-trust-registry").inputs["create"] == \
-            script_command("registry.example.com", "443")
+            script_command("registry.example.com", "443", CLIENT_CA_FILE)
         assert command(variant_run, f"client-{index}-verify-registry").inputs["create"] == \
-            script_command("registry.example.com:443", "ci")
+            script_command("registry.example.com:443", "ci", CLIENT_PASSWORD_FILE)
     assert variant_run.outputs["registryAddress"] == "registry.example.com:443"
     assert "/etc/hosts" not in variant_run.outputs["trustCaSteps"]
 
@@ -536,8 +515,8 @@ def test_no_firewall_rule_opens_the_registrys_own_ports(
     run: ProgramRun = request.getfixturevalue(run_fixture)
     for firewall in run.of_type(FIREWALL):
         for rule in firewall.inputs["inboundRules"]:
-            assert not covers(rule["portRange"], 5000), rule
-            assert not covers(rule["portRange"], 5001), rule
+            assert not covers(rule["portRange"], REGISTRY_LAYOUT.registry_port), rule
+            assert not covers(rule["portRange"], REGISTRY_LAYOUT.debug_port), rule
 
 
 def test_private_ips_are_inside_the_vpc_range_the_registry_port_admits(
@@ -561,7 +540,7 @@ def test_data_volume_is_mounted_after_it_is_attached(program_run: ProgramRun) ->
     mount = command(program_run, "registry-mount-data-volume")
     assert "registry-data-attachment" in dependency_names(program_run, mount)
     assert mount.inputs["create"] == script_command(
-        "registry-dev-data", "/srv/registry", "/srv/registry/data")
+        "registry-dev-data", REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir)
     assert resource(program_run, VOLUME, "registry-data").inputs["name"] == "registry-dev-data"
 
 
@@ -651,10 +630,10 @@ def test_files_holding_secrets_land_private_to_root_or_the_nginx_group(
     placed = {placed_file(c) for c in program_run.commands()
               if leaked_secrets(c.inputs.get("stdin", ""), needles)}
     assert placed == {
-        PlacedFile("/etc/registry/auth/htpasswd", f"0:{NGINX_WORKER_GID}", "0640"),
-        PlacedFile("/etc/registry/registry.env", "0:0", "0600"),
-        PlacedFile("/etc/registry/tls/server.key", "0:0", "0600"),
-        PlacedFile("/etc/private-registry/login-password", "0:0", "0600"),
+        PlacedFile(REGISTRY_HOST.file("htpasswd").path, f"0:{NGINX_WORKER_GID}", "0640"),
+        PlacedFile(REGISTRY_HOST.file("registry_env").path, "0:0", "0600"),
+        PlacedFile(REGISTRY_HOST.file("server_key").path, "0:0", "0600"),
+        PlacedFile(CLIENT_HOST.file("login_password").path, "0:0", "0600"),
     }
 
 

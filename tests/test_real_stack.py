@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from components.manifest import REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Podman, Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust
 from tests.realstack.oci import build_image, layout_digests
+from tests.realstack.sandbox import Sandbox
 
 MiB = 1 << 20
 
@@ -53,10 +55,12 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client_trust(program: ProgramRun, workdir: Path) -> dict[str, object]:
     """The client host's trust script, run twice over a private root."""
     root = workdir / "client-root"
+    etc, local_ca = (Sandbox(root).upper(path)
+                     for path in ("/etc", "/usr/local/share/ca-certificates"))
     first = apply_client_trust(program, root)
-    after_first = tree_snapshot(root / "etc-upper"), tree_snapshot(root / "local-ca")
+    after_first = tree_snapshot(etc), tree_snapshot(local_ca)
     second = apply_client_trust(program, root)
-    after_second = tree_snapshot(root / "etc-upper"), tree_snapshot(root / "local-ca")
+    after_second = tree_snapshot(etc), tree_snapshot(local_ca)
     return {"root": root, "runs": first + second, "first": after_first, "second": after_second}
 
 
@@ -64,7 +68,7 @@ def client_trust(program: ProgramRun, workdir: Path) -> dict[str, object]:
 def sim(program: ProgramRun, workdir: Path,
         client_trust: dict[str, object]) -> Iterator[RegistryHostSim]:
     host = RegistryHostSim(program, workdir / "host")
-    host.set_client_etc(Path(str(client_trust["root"])) / "etc-upper")
+    host.set_client_etc(Sandbox(Path(str(client_trust["root"]))).upper("/etc"))
     with host:
         yield host
     assert not host.leftovers(), "left behind"
@@ -88,10 +92,11 @@ def test_client_trust_script_installs_ca_and_hosts_entry(program: ProgramRun,
     root = Path(str(client_trust["root"]))
     name, port = program.outputs["registryAddress"].rsplit(":", 1)
     ca = program.outputs["caCertificatePem"]
-    etc = root / "etc-upper"
+    etc = Sandbox(root).upper("/etc")
     assert (etc / f"docker/certs.d/{name}:{port}/ca.crt").read_text() == ca
     assert (etc / f"containers/certs.d/{name}:{port}/ca.crt").read_text() == ca
-    assert (root / f"local-ca/private-registry-{name}.crt").read_text() == ca
+    system_ca = f"/usr/local/share/ca-certificates/private-registry-{name}.crt"
+    assert Sandbox(root).upper(system_ca).read_text() == ca
     assert ca.strip() in (etc / "ssl/certs/ca-certificates.crt").read_text()
     hosts = (etc / "hosts").read_text().splitlines()
     expected = f"{program.outputs['registryPrivateIp']} {name} # private-registry {name}"
@@ -272,7 +277,7 @@ def test_plain_http_to_the_tls_port_gets_no_registry_data(sim: RegistryHostSim) 
     assert not header_lines(response, "Docker-Distribution-Api-Version")
 
 
-@pytest.mark.parametrize("port", [5000, 5001])
+@pytest.mark.parametrize("port", [REGISTRY_LAYOUT.registry_port, REGISTRY_LAYOUT.debug_port])
 def test_registry_ports_are_unreachable_from_outside_the_host(sim: RegistryHostSim,
                                                               port: int) -> None:
     for address in (sim.registry_ip, sim.container_ip):
@@ -281,7 +286,7 @@ def test_registry_ports_are_unreachable_from_outside_the_host(sim: RegistryHostS
         assert result.returncode in (7, 28), (address, port, result.returncode)
     # The registry itself is up: the host reaches it on the compose network.
     inside = sim.host_exec("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                           f"http://{sim.container_ip}:5000/v2/")
+                           f"http://{sim.container_ip}:{REGISTRY_LAYOUT.registry_port}/v2/")
     assert inside.stdout == b"200"
 
 

@@ -35,13 +35,14 @@ from pathlib import Path
 
 import pytest
 
-from components import rendering
+from components.manifest import REGISTRY_HOST, REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.mocks import ProviderMocks
 from tests.realstack import probes
 from tests.realstack.clients import Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 from tests.realstack.oci import OciImage, build_image
+from tests.realstack.sandbox import Sandbox
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,7 @@ def activation_reruns(before: ProgramRun, after: ProgramRun) -> bool:
 
 
 def host_file(sim: RegistryHostSim, role: str) -> Path:
-    return sim.files.host_path(rendering.REGISTRY_HOST_FILES[role].path)
+    return sim.files.host_path(REGISTRY_HOST.file(role).path)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def sim(runs: Runs, workdir: Path) -> Iterator[RegistryHostSim]:
     trust = apply_client_trust(runs.base, workdir / "client-root")
     assert all(result.returncode == 0 for result in trust)
     host = RegistryHostSim(runs.base, workdir / "host")
-    host.set_client_etc(workdir / "client-root" / "etc-upper")
+    host.set_client_etc(Sandbox(workdir / "client-root").upper("/etc"))
     with host:
         yield host
     assert not host.leftovers(), "left behind"
@@ -450,8 +451,10 @@ def test_only_the_tls_port_is_reachable_from_the_client(sim: RegistryHostSim) ->
     assert scan(sim.container_ip) == []
     # Control: the same scan finds the registry where it does listen, on the compose network
     # as seen from the host.
-    assert 5000 in scan(sim.container_ip, in_host=True)
-    direct = curl(sim, "--connect-timeout", "3", f"http://{sim.container_ip}:5000/v2/")
+    registry_port = REGISTRY_LAYOUT.registry_port
+    assert registry_port in scan(sim.container_ip, in_host=True)
+    direct = curl(sim, "--connect-timeout", "3",
+                  f"http://{sim.container_ip}:{registry_port}/v2/")
     assert direct.returncode in (7, 28), direct.returncode  # cannot connect / timed out
     # What the sim publishes comes from the compose file: only nginx's port, unchanged.
     services = sim.files.compose["services"]
@@ -643,17 +646,17 @@ def test_restarting_every_service_keeps_every_image_on_the_volume_path(
         workdir: Path) -> None:
     # The registry's storage is the compose volume under the data volume's mount point.
     registry_volumes = [volume for volume in sim.files.compose["services"]["registry"]["volumes"]
-                        if volume.split(":")[1] == "/var/lib/registry"]
-    assert registry_volumes == [f"{rendering.DATA_DIR}:/var/lib/registry"]
-    assert rendering.DATA_DIR.startswith(rendering.DATA_MOUNT + "/")
-    data_path = sim.data_dir / rendering.DATA_DIR.removeprefix("/srv/")
+                        if volume.split(":")[1] == REGISTRY_LAYOUT.registry_storage]
+    assert registry_volumes == [f"{REGISTRY_LAYOUT.data_dir}:{REGISTRY_LAYOUT.registry_storage}"]
+    assert REGISTRY_LAYOUT.data_dir.startswith(REGISTRY_LAYOUT.data_mount + "/")
+    data_path = sim.data_path(REGISTRY_LAYOUT.data_dir)
     for image in baseline.values():
         for digest in image.layer_digests:
             hex_digest = digest.split(":", 1)[1]
             assert (data_path / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest
                     / "data").is_file()
     unit = host_file(sim, "systemd_unit").read_text()
-    assert f"RequiresMountsFor={rendering.DATA_MOUNT}" in unit  # no start without the volume
+    assert f"RequiresMountsFor={REGISTRY_LAYOUT.data_mount}" in unit  # no start without the volume
     stored = registry_data_snapshot(sim)
     try:
         for name in ("nginx", "registry"):  # the order `docker compose down` stops them
@@ -678,7 +681,7 @@ def apply_files(sim: RegistryHostSim, run: ProgramRun, *roles: str) -> None:
     """Place a run's files on the live host, as its remote commands would, then reload nginx as
     the unit's ExecReload does (activate-registry.sh runs `systemctl reload registry`)."""
     for role in roles:
-        sim.place_file(run, f"registry-file-{role.replace('_', '-')}")
+        sim.place_file(run, role)
     sim.reload_nginx()
 
 

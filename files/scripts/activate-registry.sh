@@ -3,13 +3,15 @@
 # definition changed are recreated, and nginx reloads certificates, htpasswd and its config
 # gracefully (in-flight pulls finish; the registry keeps running). Idempotent.
 # Then waits until the TLS front answers /v2/ with 401 for the registry's name.
-# Usage: activate-registry.sh SERVER_NAME PORT
+# Usage: activate-registry.sh SERVER_NAME PORT COMPOSE_FILE CA_FILE
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*"; }
 
 server_name="$1"
 port="$2"
+compose_file="$3"
+ca_file="$4"
 
 systemctl daemon-reload
 systemctl enable --quiet docker.service registry.service
@@ -26,14 +28,14 @@ status=000
 for _ in $(seq 1 60); do
   status="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
     --resolve "${server_name}:${port}:127.0.0.1" \
-    --cacert /etc/registry/tls/ca.crt "https://${server_name}:${port}/v2/" || true)"
+    --cacert "$ca_file" "https://${server_name}:${port}/v2/" || true)"
   [[ "$status" == 401 ]] && break
   sleep 2
 done
 if [[ "$status" != 401 ]]; then
   echo "activate-registry: expected 401 from /v2/, got ${status}" >&2
-  docker compose --file /etc/registry/compose.yaml ps >&2 || true
-  docker compose --file /etc/registry/compose.yaml logs --tail 50 >&2 || true
+  docker compose --file "$compose_file" ps >&2 || true
+  docker compose --file "$compose_file" logs --tail 50 >&2 || true
   exit 1
 fi
 log "registry is up: TLS verified against the stack's CA, /v2/ answers 401"

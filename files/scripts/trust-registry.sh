@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Makes this host trust the registry: its CA for Docker, containerd/podman and the system
 # store, and (when HOSTS_IP is given) its name in /etc/hosts. Idempotent: a second run changes
-# nothing. Reads the CA from CA_FILE (default /etc/private-registry/ca.crt).
-# Usage: trust-registry.sh NAME PORT [HOSTS_IP]
+# nothing. Reads the CA from CA_FILE.
+# Usage: trust-registry.sh NAME PORT CA_FILE [HOSTS_IP]
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*"; }
 
 name="$1"
 port="$2"
-hosts_ip="${3:-}"
-ca_file="${CA_FILE:-/etc/private-registry/ca.crt}"
+ca_file="$3"
+hosts_ip="${4:-}"
 marker="# private-registry ${name}"
 
 if ! grep -q -- '-----BEGIN CERTIFICATE-----' "$ca_file"; then

@@ -1,8 +1,9 @@
 """The registry host for real: the program's own files, run by real nginx and a real registry.
 
-`materialize` runs the program's recorded file-placing commands (their `create` text with their
-stdin, through bash, as SSH would) in a private mount namespace whose /etc is an overlay, so the
-files land in a test directory with the owners and modes the host would give them.
+`materialize` runs the program's recorded file-placing commands for every file of
+`manifest.REGISTRY_HOST` (their `create` text with their stdin, through bash, as SSH would) in a
+`Sandbox`, so the files land in a test directory with the owners and modes the host would give
+them.
 
 `RegistryHostSim` then starts the services the way the compose file describes them, with
 Debian's `nginx` and `docker-registry` instead of the images:
@@ -11,10 +12,10 @@ Debian's `nginx` and `docker-registry` instead of the images:
                                                     nginx, listening as published
                                                         │ veth ("compose network")
                                                         ▼
-                                                 container netns: registry on :5000
+                                                 container netns: the registry's own port
 
 Each compose volume becomes a bind mount at the same container path; `environment` and
-`env_file` become the process environment; the service name `registry` resolves through a
+`env_file` become the process environment; the registry's service name resolves through a
 private /etc/hosts. The only adaptation is `REGISTRY_ARGV` (see there). Nothing outside the
 test directory and the namespaces is touched.
 """
@@ -26,21 +27,23 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from components.versions import NGINX_WORKER_GID
-from tests.harness import ProgramRun
+from components.manifest import CLIENT_HOST, REGISTRY_HOST, REGISTRY_LAYOUT, command_name
+from components.versions import NGINX_WORKER_GID, REGISTRY_CONFIG_FILE
+from tests.harness import ProgramRun, Registration
+from tests.realstack.sandbox import Sandbox, overlay_mount
 
 # The ONE adaptation of the rendered files: the registry image's entrypoint runs
 # `registry serve /etc/distribution/config.yml` (v3's default config path, where compose mounts
 # the rendered config). Debian packages distribution v2.8 as `docker-registry`, whose default
 # path is the v2 one, so the same mounted file is passed explicitly. Nothing else differs.
-REGISTRY_ARGV = ("docker-registry", "serve", "/etc/distribution/config.yml")
+REGISTRY_ARGV = ("docker-registry", "serve", REGISTRY_CONFIG_FILE)
 
 # The nginx:alpine image's `nginx` user and group (same id), which nginx.conf's `user` names.
 NGINX_ID = NGINX_WORKER_GID
@@ -52,11 +55,6 @@ def sh(*argv: str, input: bytes | None = None, check: bool = True,
        timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(list(argv), input=input, capture_output=True, check=check,
                           timeout=timeout)
-
-
-def _overlay_etc(upper: Path, work: Path) -> str:
-    return (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={shlex.quote(str(upper))},"
-            f"workdir={shlex.quote(str(work))} /etc")
 
 
 def with_image_nginx_user() -> dict[str, str]:
@@ -71,50 +69,36 @@ def with_image_nginx_user() -> dict[str, str]:
     return {"/etc/passwd": passwd, "/etc/group": group}
 
 
-def run_in_private_etc(
-        create: str, stdin: bytes, upper: Path, work: Path,
-        extra_binds: Mapping[str, Path] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run a recorded command text (`bash -c`, as sshd runs it) with its stdin, with /etc an
-    overlay whose changes land in `upper`; `extra_binds` maps host paths to test directories."""
-    upper.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    steps = [_overlay_etc(upper, work)]
-    for target, source in (extra_binds or {}).items():
-        source.mkdir(parents=True, exist_ok=True)
-        steps.append(f"mkdir -p {shlex.quote(target)} && "
-                     f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
-    steps.append('exec bash -c "$1"')
-    return sh("unshare", "-m", "--propagation", "private", "bash", "-c", " && ".join(steps),
-              "private-etc", create, input=stdin, check=False, timeout=120)
+# The program's component that is the registry host (its resources are named after it).
+REGISTRY_HOST_NAME = "registry"
 
 
 @dataclass
 class HostFiles:
-    """What the program places on the registry host, materialized under `etc` (the host's /etc)."""
+    """What the program places on the registry host, materialized in `sandbox`."""
 
-    etc: Path
+    sandbox: Sandbox
     compose: dict[str, Any]
 
     def host_path(self, path: str) -> Path:
-        if not path.startswith("/etc/"):
-            raise ValueError(f"{path} is not under /etc")
-        return self.etc / path.removeprefix("/etc/")
+        """Where the file the host has at `path` is, in the test directory."""
+        return self.sandbox.upper(path)
 
 
-def materialize(run: ProgramRun, workdir: Path, prefix: str = "registry-file-") -> HostFiles:
-    """Execute every `<prefix>*` command of the run as the host would; return where files are."""
-    etc = workdir / "etc-upper"
-    commands = sorted((c for c in run.commands() if c.name.startswith(prefix)),
-                      key=lambda c: c.name)
-    if not commands:
-        raise AssertionError(f"the program placed no files ({prefix}*)")
-    for command in commands:
-        result = run_in_private_etc(command.inputs["create"], command.inputs["stdin"].encode(),
-                                    etc, workdir / "etc-work")
-        if result.returncode != 0:
-            raise AssertionError(f"{command.name} failed: {result.stderr.decode()}")
-    compose = yaml.safe_load((etc / "registry" / "compose.yaml").read_text())
-    return HostFiles(etc=etc, compose=compose)
+def run_placing(sandbox: Sandbox, command: Registration) -> None:
+    """Run one recorded place-file command in the sandbox; fail with its stderr."""
+    result = sandbox.run_command(command)
+    if result.returncode != 0:
+        raise AssertionError(f"{command.name} failed: {result.stderr.decode()}")
+
+
+def materialize(run: ProgramRun, workdir: Path) -> HostFiles:
+    """Place every file of the registry host's manifest as the host would."""
+    sandbox = Sandbox(workdir)
+    for host_file in REGISTRY_HOST.files:
+        run_placing(sandbox, run.named(command_name(REGISTRY_HOST_NAME, host_file)))
+    compose_file = sandbox.upper(REGISTRY_HOST.file("compose").path)
+    return HostFiles(sandbox=sandbox, compose=yaml.safe_load(compose_file.read_text()))
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -155,7 +139,7 @@ class RegistryHostSim:
         tag = f"{os.getpid() % 100000}{int(time.time() * 1000) % 1000:03d}"[-7:]
         self.ns_client, self.ns_host, self.ns_container = (f"rs{tag}{role}" for role in "xhc")
         self.container_ip = f"{COMPOSE_NET_PREFIX}.2"
-        self.data_dir = workdir / "srv"
+        self.data_dir = workdir / "data-volume"  # the data volume, mounted at data_mount
         self.nginx_cache = workdir / "nginx-var-cache"
         self.logs = workdir / "logs"
         self.services = self._services()
@@ -176,22 +160,28 @@ class RegistryHostSim:
                 environment.update(_env_file(self.files.host_path(env_file)))
             environment.update({key: str(value)
                                 for key, value in (spec.get("environment") or {}).items()})
-            argv = list(REGISTRY_ARGV) if name == "registry" else list(spec["command"])
+            argv = (list(REGISTRY_ARGV) if name == REGISTRY_LAYOUT.registry_service
+                    else list(spec["command"]))
             services[name] = Service(name=name, binds=binds, environment=environment, argv=argv)
         return services
 
     def _host_source(self, source: str) -> Path:
-        if source.startswith("/etc/"):
+        if Sandbox.covers(source):
             return self.files.host_path(source)
-        if source.startswith("/srv/"):
-            path = self.data_dir / source.removeprefix("/srv/")
-            path.mkdir(parents=True, exist_ok=True)
-            return path
-        raise AssertionError(f"unexpected compose volume source {source}")
+        path = self.data_path(source)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def data_path(self, path: str) -> Path:
+        """Where the host path `path` on the data volume is, in the test directory."""
+        mount = REGISTRY_LAYOUT.data_mount
+        if not path.startswith(mount + "/"):
+            raise AssertionError(f"{path} is neither placed by the program nor on {mount}")
+        return self.data_dir / path.removeprefix(mount + "/")
 
     @property
     def published_port(self) -> int:
-        ports = self.files.compose["services"]["nginx"]["ports"]
+        ports = self.files.compose["services"][REGISTRY_LAYOUT.nginx_service]["ports"]
         host_port, _, container_port = ports[0].partition(":")
         assert host_port == container_port, "the sim publishes the port unchanged"
         return int(host_port)
@@ -223,7 +213,7 @@ class RegistryHostSim:
         """Shell run inside a netns: private /etc overlay, the service's binds, then exec."""
         work = etc_upper.parent / f"{etc_upper.name}-work"
         work.mkdir(parents=True, exist_ok=True)
-        steps = ["set -e", "mount --make-rprivate /", _overlay_etc(etc_upper, work),
+        steps = ["set -e", "mount --make-rprivate /", overlay_mount("/etc", etc_upper, work),
                  "mount -t tmpfs tmpfs /run"]
         for index, (source, target, read_only) in enumerate(service.binds):
             q_source, q_target = shlex.quote(str(source)), shlex.quote(target)
@@ -242,7 +232,7 @@ class RegistryHostSim:
             steps.append(f"mount --bind {q_source} {q_target}")
             if read_only:
                 steps.append(f"mount -o remount,bind,ro {q_target}")
-        if service.name == "nginx":
+        if service.name == REGISTRY_LAYOUT.nginx_service:
             self.nginx_cache.mkdir(parents=True, exist_ok=True)
             (self.nginx_cache / "nginx").mkdir(exist_ok=True)
             steps.append(f"mount --bind {shlex.quote(str(self.nginx_cache))} /var/cache")
@@ -261,7 +251,7 @@ class RegistryHostSim:
     def start_service(self, name: str) -> None:
         service = self.services[name]
         netns = self.netns_of(name)
-        hosts = f"127.0.0.1 localhost\n{self.container_ip} registry\n"
+        hosts = f"127.0.0.1 localhost\n{self.container_ip} {REGISTRY_LAYOUT.registry_service}\n"
         etc_upper = self._etc_upper(name, hosts)
         self.logs.mkdir(exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
@@ -277,7 +267,7 @@ class RegistryHostSim:
     def netns_of(self, name: str) -> str:
         """Each service has its namespace to itself: the registry its container's, nginx the
         host's (where compose publishes its port)."""
-        return self.ns_container if name == "registry" else self.ns_host
+        return self.ns_container if name == REGISTRY_LAYOUT.registry_service else self.ns_host
 
     def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         """Signal the service, then reap whatever it left in its namespace (nginx workers
@@ -313,21 +303,17 @@ class RegistryHostSim:
     def reload_nginx(self) -> None:
         """What `systemctl reload registry` runs: `nginx -c <conf> -s reload` in nginx's
         namespaces (the compose service's `exec`)."""
-        conf = self.services["nginx"].argv[self.services["nginx"].argv.index("-c") + 1]
-        result = sh("nsenter", "-t", str(self.service_pid("nginx")), "-m", "-n",
+        nginx = REGISTRY_LAYOUT.nginx_service
+        conf = self.services[nginx].argv[self.services[nginx].argv.index("-c") + 1]
+        result = sh("nsenter", "-t", str(self.service_pid(nginx)), "-m", "-n",
                     "nginx", "-c", conf, "-s", "reload", check=False)
         if result.returncode != 0:
             raise AssertionError(f"nginx reload failed: {result.stderr.decode()}")
 
-    def place_file(self, run: ProgramRun, command_name: str) -> None:
+    def place_file(self, run: ProgramRun, role: str) -> None:
         """Re-run one of a (new) run's file-placing commands against the live host files."""
-        command = run.named(command_name)
-        scratch = self.workdir / f"scratch-{time.monotonic_ns()}"
-        result = run_in_private_etc(command.inputs["create"], command.inputs["stdin"].encode(),
-                                    scratch / "upper", scratch / "work",
-                                    extra_binds={"/etc/registry": self.files.etc / "registry"})
-        if result.returncode != 0:
-            raise AssertionError(f"{command_name} failed: {result.stderr.decode()}")
+        run_placing(self.files.sandbox, run.named(command_name(REGISTRY_HOST_NAME,
+                                                               REGISTRY_HOST.file(role))))
 
     # -- readiness ------------------------------------------------------------------------
     def _wait(self, what: str, check: Any, timeout: float = 30) -> None:
@@ -346,7 +332,7 @@ class RegistryHostSim:
         return result.stdout.decode()
 
     def wait_registry(self) -> None:
-        url = f"http://{self.container_ip}:5000/v2/"
+        url = f"http://{self.container_ip}:{REGISTRY_LAYOUT.registry_port}/v2/"
         self._wait("registry", lambda: self._http_code(self.ns_host, url) == "200")
 
     def wait_nginx(self) -> None:
@@ -393,9 +379,9 @@ class RegistryHostSim:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> RegistryHostSim:
         self._netns()
-        self.start_service("registry")
+        self.start_service(REGISTRY_LAYOUT.registry_service)
         self.wait_registry()
-        self.start_service("nginx")
+        self.start_service(REGISTRY_LAYOUT.nginx_service)
         self.wait_nginx()
         return self
 
@@ -432,13 +418,8 @@ class RegistryHostSim:
 
 def apply_client_trust(run: ProgramRun, workdir: Path,
                        client: str = "client-0") -> list[subprocess.CompletedProcess[bytes]]:
-    """Run a client's CA-file and trust commands, as the client host would, over a private
-    /etc (changes land in `workdir/etc-upper`) and a private system CA directory."""
-    results = []
-    for command_name in (f"{client}-file-ca-cert", f"{client}-trust-registry"):
-        command = run.named(command_name)
-        results.append(run_in_private_etc(
-            command.inputs["create"], command.inputs["stdin"].encode(),
-            workdir / "etc-upper", workdir / "etc-work",
-            extra_binds={"/usr/local/share/ca-certificates": workdir / "local-ca"}))
-    return results
+    """Run a client's CA-file and trust commands, as the client host would, in a `Sandbox` of
+    `workdir` (its /etc changes land in `Sandbox(workdir).upper("/etc")`)."""
+    sandbox = Sandbox(workdir)
+    entries = (CLIENT_HOST.file("ca_cert"), CLIENT_HOST.script("trust_registry"))
+    return [sandbox.run_command(run.named(command_name(client, entry))) for entry in entries]

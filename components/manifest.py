@@ -1,0 +1,292 @@
+"""What lands on each kind of host, declared once: every file (path, template, mode, owner,
+secret, the values it is rendered with) and every script (with its arguments).
+
+Where things live (directories, ports, compose service names) is stated here and nowhere else:
+templates receive paths and ports as `{{placeholders}}`, scripts as arguments, and the
+components, the tests, the host simulator and the benchmark read these tables instead of
+re-listing them. Facts about the images (the nginx worker's gid, the registry's config path)
+live in `versions.py`. A value only the stack knows (a setting, a certificate, a secret) is a
+`StackValue`, supplied by the component that applies the manifest.
+
+To add a file: one `HostFile` in `registry_host` or `client_host` (plus its template in
+`files/`, and the stack value if it needs a new one). To move a directory: change its layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import TypeVar
+
+from components import versions
+from components.rendering.templates import render_template, sha256_hex
+
+
+@dataclass(frozen=True)
+class StackValue:
+    """A value the stack supplies when the manifest is applied. An `optional` script argument
+    is left out when the stack's value is empty or None (so it must come last)."""
+
+    name: str
+    optional: bool = False
+
+
+Value = str | int | StackValue
+
+
+def _resolve(value: Value, stack: Mapping[str, object]) -> object:
+    return stack[value.name] if isinstance(value, StackValue) else value
+
+
+@dataclass(frozen=True)
+class HostFile:
+    """A file placed on a host: its path, what it is rendered from, its owner and mode, and
+    whether it holds a secret (its command then keeps stdin secret and logs nothing).
+
+    With a `template` (a file in `files/`) the file is the template filled with `values`;
+    without one it holds its single value, `content`, as is (a certificate, a password)."""
+
+    role: str
+    path: str
+    mode: int
+    values: Mapping[str, Value] = field(default_factory=dict)
+    template: str | None = None
+    uid: int = 0
+    gid: int = 0
+    secret: bool = False
+
+    @property
+    def stack_values(self) -> set[str]:
+        return {value.name for value in self.values.values() if isinstance(value, StackValue)}
+
+    def render(self, stack: Mapping[str, object]) -> str:
+        """The file's text, with the stack's values (a mapping of at least `stack_values`)."""
+        values = {name: _resolve(value, stack) for name, value in self.values.items()}
+        if self.template is None:
+            if set(values) != {"content"}:
+                raise ValueError(f"{self.role}: a file without a template holds one `content`")
+            return str(values["content"])
+        return render_template(self.template, **values)
+
+
+@dataclass(frozen=True)
+class HostScript:
+    """A script of `files/scripts/` run on a host, with its arguments in order."""
+
+    role: str
+    script: str
+    args: tuple[Value, ...]
+
+    @property
+    def stack_values(self) -> set[str]:
+        return {value.name for value in self.args if isinstance(value, StackValue)}
+
+    def arguments(self, stack: Mapping[str, object]) -> list[str]:
+        """The command-line arguments, with the stack's values; empty optional ones dropped."""
+        arguments: list[str] = []
+        for value in self.args:
+            resolved = _resolve(value, stack)
+            if isinstance(value, StackValue) and value.optional and resolved in (None, ""):
+                continue
+            if resolved is None:
+                raise ValueError(f"{self.role}: no value for argument {value}")
+            arguments.append(str(resolved))
+        return arguments
+
+
+@dataclass(frozen=True)
+class HostManifest:
+    """Everything one kind of host gets, in the order it is declared."""
+
+    files: tuple[HostFile, ...]
+    scripts: tuple[HostScript, ...]
+
+    def file(self, role: str) -> HostFile:
+        return _by_role(self.files, role)
+
+    def script(self, role: str) -> HostScript:
+        return _by_role(self.scripts, role)
+
+    @property
+    def stack_values(self) -> set[str]:
+        """The names of every value the stack must supply."""
+        entries: list[HostFile | HostScript] = [*self.files, *self.scripts]
+        return {name for entry in entries for name in entry.stack_values}
+
+    def check_stack_values(self, names: set[str]) -> None:
+        """Fail unless `names` are exactly the stack values the manifest uses."""
+        if names != self.stack_values:
+            raise ValueError(f"stack values: missing {sorted(self.stack_values - names)}, "
+                             f"unused {sorted(names - self.stack_values)}")
+
+
+_Entry = TypeVar("_Entry", HostFile, HostScript)
+
+
+def _by_role(entries: tuple[_Entry, ...], role: str) -> _Entry:
+    found = [entry for entry in entries if entry.role == role]
+    if len(found) != 1:
+        raise KeyError(f"no single entry with role {role!r}")
+    return found[0]
+
+
+def command_name(host: str, entry: HostFile | HostScript) -> str:
+    """The resource name of the command that places a file (`<host>-file-<role>`) or runs a
+    script (`<host>-<role>`) on the host named `host`; underscores become dashes."""
+    slug = entry.role.replace("_", "-")
+    return f"{host}-file-{slug}" if isinstance(entry, HostFile) else f"{host}-{slug}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory bind-mounted into a container. Directories, not single files, so a file
+    renamed into place is seen at once (a single-file bind mount keeps the old inode)."""
+
+    host_dir: str
+    container_dir: str
+
+    @property
+    def volume(self) -> str:
+        """The compose volume, `HOST:CONTAINER`."""
+        return f"{self.host_dir}:{self.container_dir}"
+
+    def host_path(self, name: str) -> str:
+        """The host path of the file `name` in this directory."""
+        return f"{self.host_dir}/{name}"
+
+    def in_container(self, host_path: str) -> str:
+        """Where the container sees a host file of this directory."""
+        if not host_path.startswith(self.host_dir + "/"):
+            raise ValueError(f"{host_path} is not under {self.host_dir}")
+        return self.container_dir + host_path.removeprefix(self.host_dir)
+
+
+@dataclass(frozen=True)
+class RegistryHostLayout:
+    """Where things live on the registry host and in its containers."""
+
+    config_dir: str = "/etc/registry"
+    data_mount: str = "/srv/registry"  # the block storage volume
+    unit_path: str = "/etc/systemd/system/registry.service"
+    # Compose service names; nginx reaches the registry on the compose network by its name.
+    registry_service: str = "registry"
+    nginx_service: str = "nginx"
+    # distribution's plain-HTTP port, on the compose network only, and its debug (metrics) port:
+    # neither is ever published, and the TLS port may be neither.
+    registry_port: int = 5000
+    debug_port: int = 5001
+    # Inside the containers.
+    registry_storage: str = "/var/lib/registry"
+    nginx_dir: str = "/etc/nginx"
+
+    @property
+    def data_dir(self) -> str:
+        return f"{self.data_mount}/data"
+
+
+@dataclass(frozen=True)
+class ClientHostLayout:
+    """Where a client host keeps what its trust and proof scripts read."""
+
+    client_dir: str = "/etc/private-registry"
+
+
+def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostManifest:
+    """The registry host: compose, registry and nginx files, the unit, and its scripts."""
+    config_file = PurePosixPath(versions.REGISTRY_CONFIG_FILE)
+    registry_config_dir = Mount(f"{layout.config_dir}/distribution", str(config_file.parent))
+    nginx_conf_dir = Mount(f"{layout.config_dir}/nginx", f"{layout.nginx_dir}/registry")
+    tls_dir = Mount(f"{layout.config_dir}/tls", f"{layout.nginx_dir}/tls")
+    auth_dir = Mount(f"{layout.config_dir}/auth", f"{layout.nginx_dir}/auth")
+    data_dir = Mount(layout.data_dir, layout.registry_storage)
+
+    registry_config = HostFile(
+        "registry_config", registry_config_dir.host_path(config_file.name), 0o644,
+        template="registry-config.yml",
+        values={"registry_port": layout.registry_port, "storage_dir": layout.registry_storage})
+    registry_env = HostFile(
+        "registry_env", f"{layout.config_dir}/registry.env", 0o600, template="registry.env",
+        values={"http_secret": StackValue("http_secret")}, secret=True)
+    server_cert = HostFile("server_cert", tls_dir.host_path("server.crt"), 0o644,
+                           values={"content": StackValue("server_cert_pem")})
+    # Read by nginx's master process (root) only.
+    server_key = HostFile("server_key", tls_dir.host_path("server.key"), 0o600,
+                          values={"content": StackValue("server_key_pem")}, secret=True)
+    ca_cert = HostFile("ca_cert", tls_dir.host_path("ca.crt"), 0o644,
+                       values={"content": StackValue("ca_cert_pem")})
+    # Read per request by nginx's worker (the image's `nginx` group), so 0640 root:nginx.
+    htpasswd = HostFile("htpasswd", auth_dir.host_path("htpasswd"), 0o640,
+                        values={"content": StackValue("htpasswd")},
+                        gid=versions.NGINX_WORKER_GID, secret=True)
+    nginx_conf = HostFile("nginx_conf", nginx_conf_dir.host_path("nginx.conf"), 0o644,
+                          template="nginx.conf", values={
+                              "listen_port": StackValue("port"),
+                              "server_names": StackValue("server_names"),
+                              "registry_upstream":
+                                  f"{layout.registry_service}:{layout.registry_port}",
+                              "server_cert": tls_dir.in_container(server_cert.path),
+                              "server_key": tls_dir.in_container(server_key.path),
+                              "htpasswd": auth_dir.in_container(htpasswd.path),
+                          })
+    compose = HostFile("compose", f"{layout.config_dir}/compose.yaml", 0o644,
+                       template="compose.yaml", values={
+                           "registry_service": layout.registry_service,
+                           "registry_image": StackValue("registry_image"),
+                           "registry_env_file": registry_env.path,
+                           # Changes with config.yml, so `up -d` recreates the registry.
+                           "registry_config_sha256": sha256_hex(registry_config.render({})),
+                           "registry_config_volume": registry_config_dir.volume,
+                           "data_volume": data_dir.volume,
+                           "registry_port": layout.registry_port,
+                           "nginx_service": layout.nginx_service,
+                           "nginx_image": StackValue("nginx_image"),
+                           "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
+                           "port": StackValue("port"),
+                           "nginx_conf_volume": nginx_conf_dir.volume,
+                           "tls_volume": tls_dir.volume,
+                           "auth_volume": auth_dir.volume,
+                       })
+    systemd_unit = HostFile("systemd_unit", layout.unit_path, 0o644, template="registry.service",
+                            values={
+                                "data_mount": layout.data_mount,
+                                "config_dir": layout.config_dir,
+                                "compose_file": compose.path,
+                                "nginx_service": layout.nginx_service,
+                                "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
+                            })
+    files = (compose, registry_config, registry_env, nginx_conf, htpasswd, server_cert,
+             server_key, ca_cert, systemd_unit)
+    scripts = (
+        HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES),
+        HostScript("mount_data_volume", "mount-data-volume.sh",
+                   (StackValue("volume_name"), layout.data_mount, layout.data_dir)),
+        HostScript("activate", "activate-registry.sh",
+                   (StackValue("registry_name"), StackValue("port"), compose.path, ca_cert.path)),
+    )
+    return HostManifest(files, scripts)
+
+
+def client_host(layout: ClientHostLayout = ClientHostLayout()) -> HostManifest:
+    """A client host: the CA and the proof's password, then trust and proof scripts."""
+    ca_cert = HostFile("ca_cert", f"{layout.client_dir}/ca.crt", 0o644,
+                       values={"content": StackValue("ca_cert_pem")})
+    login_password = HostFile("login_password", f"{layout.client_dir}/login-password", 0o600,
+                              values={"content": StackValue("password")}, secret=True)
+    scripts = (
+        HostScript("install_packages", "install-packages.sh", versions.CLIENT_HOST_PACKAGES),
+        HostScript("trust_registry", "trust-registry.sh",
+                   (StackValue("registry_name"), StackValue("port"), ca_cert.path,
+                    StackValue("hosts_ip", optional=True))),
+        HostScript("verify_registry", "verify-registry.sh",
+                   (StackValue("address"), StackValue("user"), login_password.path)),
+    )
+    return HostManifest((ca_cert, login_password), scripts)
+
+
+REGISTRY_LAYOUT = RegistryHostLayout()
+REGISTRY_HOST = registry_host(REGISTRY_LAYOUT)
+CLIENT_HOST = client_host()
+# Every host, when extra SSH public keys are configured (sshd reads authorized_keys2 too).
+EXTRA_SSH_KEYS_FILE = HostFile("extra_ssh_keys", "/root/.ssh/authorized_keys2", 0o600,
+                               values={"content": StackValue("extra_ssh_keys")})
