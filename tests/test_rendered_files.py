@@ -98,6 +98,27 @@ def container_view(compose: Mapping[str, Any], service: str,
     return view
 
 
+# -- the sandbox -----------------------------------------------------------------------------
+
+def test_the_sandbox_keeps_every_write_private_and_persists_it(tmp_path: Path) -> None:
+    """What runs in a sandbox (e.g. update-ca-certificates' hooks writing /var/lib/dpkg) never
+    reaches the machine; a later script in the same sandbox sees it, as on one host."""
+    written_by_tests = ("/etc", "/etc/ssl/certs", "/root", "/var/cache", "/var/lib/dpkg",
+                        "/usr/local/share/ca-certificates")
+    probes = [f"{directory}/.sandbox-probe-{tmp_path.name}" for directory in written_by_tests]
+    sandbox = Sandbox(tmp_path)
+    written = sandbox.run("\n".join(f"echo written >{shlex.quote(probe)}" for probe in probes))
+    leaked = [probe for probe in probes if Path(probe).exists()]
+    for probe in leaked:  # only when the sandbox is broken: leave the machine as it was
+        Path(probe).unlink()
+    assert written.returncode == 0, written.stderr.decode()
+    assert not leaked, "these reached the real file system"
+    for probe in probes:
+        assert sandbox.upper(probe).read_text() == "written\n"
+    read = sandbox.run(f"cat {' '.join(map(shlex.quote, probes))}")
+    assert read.stdout.decode() == "written\n" * len(probes)
+
+
 # -- placing files ---------------------------------------------------------------------------
 
 def run_place_file_commands(commands: Mapping[str, Registration], scratch: Path,
