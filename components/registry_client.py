@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_command as command
 
 from components import manifest
 from components.remote import DropletArgs, RemoteHost, rendered_files
@@ -47,24 +46,17 @@ class RegistryClient(pulumi.ComponentResource):
             "address": f"{args.registry_name}:{args.port}", "user": args.user,
             "hosts_ip": args.hosts_ip, "ca_cert_pem": args.ca_cert_pem, "password": args.password,
         }
-
-        def run(role: str, depends_on: list[pulumi.Resource],
-                triggers: list[pulumi.Input[str]]) -> command.remote.Command:
-            script = host_manifest.script(role)
-            return host.run_script(manifest.command_name(name, script), script, stack_values,
-                                   depends_on=depends_on, triggers=triggers)
-
-        install = run("install_packages", depends_on=[], triggers=[])
-        placed = {host_file.role: host.place_file(manifest.command_name(name, host_file),
-                                                  host_file, content, depends_on=[install])
+        install = host.run_script(host_manifest.script("install_packages"), stack_values)
+        placed = {host_file.role: host.place_file(host_file, content, depends_on=[install])
                   for host_file, content in rendered_files(host_manifest, stack_values)}
-        trust = run("trust_registry", depends_on=[install, placed["ca_cert"]],
-                    triggers=[args.ca_cert_pem])
-        run("verify_registry",
-            depends_on=[trust, placed["login_password"], args.registry_ready],
-            triggers=[pulumi.Output.all(args.password, args.ca_cert_pem,
-                                        args.registry_fingerprint).apply(
-                lambda values: sha256_hex(*values))])
+        trust = host.run_script(host_manifest.script("trust_registry"), stack_values,
+                                depends_on=[install, placed["ca_cert"]],
+                                triggers=[args.ca_cert_pem])
+        host.run_script(host_manifest.script("verify_registry"), stack_values,
+                        depends_on=[trust, placed["login_password"], args.registry_ready],
+                        triggers=[pulumi.Output.all(args.password, args.ca_cert_pem,
+                                                    args.registry_fingerprint).apply(
+                            lambda values: sha256_hex(*values))])
 
         self.public_ip = host.droplet.ipv4_address
         self.private_ip = host.droplet.ipv4_address_private

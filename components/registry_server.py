@@ -95,22 +95,17 @@ class RegistryServer(pulumi.ComponentResource):
         }
         files = rendered_files(host_manifest, stack_values)
 
-        def run(role: str, depends_on: list[pulumi.Resource],
-                triggers: list[pulumi.Input[str]]) -> command.remote.Command:
-            script = host_manifest.script(role)
-            return host.run_script(manifest.command_name(name, script), script, stack_values,
-                                   depends_on=depends_on, triggers=triggers)
-
-        install = run("install_packages", depends_on=[], triggers=[])
-        mount = run("mount_data_volume", depends_on=[attachment], triggers=[volume.id])
-        placed = [host.place_file(manifest.command_name(name, host_file), host_file, content,
-                                  depends_on=[install])
+        install = host.run_script(host_manifest.script("install_packages"), stack_values)
+        mount = host.run_script(host_manifest.script("mount_data_volume"), stack_values,
+                                depends_on=[attachment], triggers=[volume.id])
+        placed = [host.place_file(host_file, content, depends_on=[install])
                   for host_file, content in files]
 
         self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
             lambda texts: sha256_hex(*texts))
-        self.ready = run("activate", depends_on=[install, mount, *placed],
-                         triggers=[self.files_fingerprint])
+        self.ready = host.run_script(host_manifest.script("activate"), stack_values,
+                                     depends_on=[install, mount, *placed],
+                                     triggers=[self.files_fingerprint])
 
         self.public_ip = droplet.ipv4_address
         self.private_ip = droplet.ipv4_address_private

@@ -14,7 +14,13 @@ import pulumi
 import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 
-from components.manifest import EXTRA_SSH_KEYS_FILE, HostFile, HostManifest, HostScript
+from components.manifest import (
+    EXTRA_SSH_KEYS_FILE,
+    HostFile,
+    HostManifest,
+    HostScript,
+    command_name,
+)
 from components.rendering import commands, templates
 
 # A fresh droplet refuses SSH until it has booted. About 60 failed dials (growing waits of up
@@ -43,12 +49,13 @@ class DropletArgs:
 class RemoteHost:
     """A droplet reached as root over SSH with the stack's admin key.
 
-    Commands are children of `parent` and are deleted with the droplet: `pulumi destroy`
-    never tries to reach a host that is already gone.
+    Commands are children of `parent`, named by `manifest.command_name` after `name`, and are
+    deleted with the droplet: `pulumi destroy` never tries to reach a host that is already gone.
     """
 
-    def __init__(self, droplet: digitalocean.Droplet, private_key: pulumi.Input[str],
+    def __init__(self, name: str, droplet: digitalocean.Droplet, private_key: pulumi.Input[str],
                  parent: pulumi.Resource) -> None:
+        self.name = name
         self.droplet = droplet
         self.parent = parent
         self.connection = command.remote.ConnectionArgs(
@@ -65,18 +72,20 @@ class RemoteHost:
             size=args.size, vpc_uuid=args.vpc_id, ssh_keys=[args.ssh_key_fingerprint],
             tags=[args.tag], monitoring=True, ipv6=False, graceful_shutdown=graceful_shutdown,
             opts=pulumi.ResourceOptions(parent=parent))
-        host = cls(droplet, args.ssh_private_key, parent)
+        host = cls(name, droplet, args.ssh_private_key, parent)
         if args.extra_ssh_public_keys:
             keys = "".join(f"{key}\n" for key in args.extra_ssh_public_keys)
-            host.place_file(f"{name}-extra-ssh-keys", EXTRA_SSH_KEYS_FILE,
-                            EXTRA_SSH_KEYS_FILE.render({"extra_ssh_keys": keys}))
+            # Named as before the naming rule existed, so existing stacks keep the resource.
+            host.place_file(EXTRA_SSH_KEYS_FILE,
+                            EXTRA_SSH_KEYS_FILE.render({"extra_ssh_keys": keys}),
+                            resource_name=f"{name}-extra-ssh-keys")
         return host
 
     def _opts(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on),
                                       deleted_with=self.droplet)
 
-    def run_script(self, name: str, host_script: HostScript,
+    def run_script(self, host_script: HostScript,
                    stack_values: Mapping[str, pulumi.Input[object]],
                    depends_on: Sequence[pulumi.Resource] = (),
                    triggers: Sequence[pulumi.Input[str]] = ()) -> command.remote.Command:
@@ -85,18 +94,19 @@ class RemoteHost:
         It re-runs when the script, its arguments, the droplet or any of `triggers` change.
         """
         return command.remote.Command(
-            name, connection=self.connection,
+            command_name(self.name, host_script), connection=self.connection,
             create=_with_stack_values(host_script.stack_values, stack_values).apply(
                 lambda values: commands.script_command(*host_script.arguments(values))),
             stdin=templates.script(host_script.script),
             triggers=[self.droplet.id, *triggers],
             opts=self._opts(depends_on))
 
-    def place_file(self, name: str, host_file: HostFile, content: pulumi.Input[str],
-                   depends_on: Sequence[pulumi.Resource] = ()) -> command.remote.Command:
+    def place_file(self, host_file: HostFile, content: pulumi.Input[str],
+                   depends_on: Sequence[pulumi.Resource] = (),
+                   resource_name: str | None = None) -> command.remote.Command:
         """Write `content` (on stdin) to the host file atomically, with its owner and mode."""
         return command.remote.Command(
-            name, connection=self.connection,
+            resource_name or command_name(self.name, host_file), connection=self.connection,
             create=commands.place_file_command(host_file.path, host_file.mode, host_file.uid,
                                                host_file.gid),
             stdin=pulumi.Output.secret(content) if host_file.secret else content,
