@@ -4,8 +4,6 @@ a port or a service name is stated (moving a directory changes nothing else)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
 
 import pytest
 import yaml
@@ -26,6 +24,7 @@ from components.rendering.templates import SCRIPTS_DIR
 from components.versions import REGISTRY_CONFIG_FILE
 from tests.harness import ProgramRun, run_program
 from tests.mocks import ProviderMocks
+from tests.realstack.hostsim import container_view, nginx_conf_path
 
 MOVED_REGISTRY = RegistryHostLayout(
     config_dir="/opt/moved-config", data_mount="/mnt/moved-data",
@@ -73,18 +72,6 @@ def test_moving_every_directory_port_and_service_leaves_no_old_fact_anywhere() -
             assert not stale, f"{role} still says {stale}:\n{text}"
 
 
-def container_view(compose: Mapping[str, Any], service: str,
-                   host_manifest: HostManifest) -> dict[str, str]:
-    """Container path -> host path of every manifest file a service's bind mounts show."""
-    view = {}
-    for volume in compose["services"][service]["volumes"]:
-        source, target = volume.split(":")[:2]
-        for host_file in host_manifest.files:
-            if host_file.path.startswith(source + "/"):
-                view[target + host_file.path.removeprefix(source)] = host_file.path
-    return view
-
-
 def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> None:
     moved = registry_host(MOVED_REGISTRY)
     stack = sample_stack_values(moved)
@@ -92,9 +79,9 @@ def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> N
     backend, front = MOVED_REGISTRY.registry_service, MOVED_REGISTRY.nginx_service
     assert set(compose["services"]) == {backend, front}
     assert set(compose["services"][front]["depends_on"]) == {backend}
-    nginx_view = container_view(compose, front, moved)
-    command = compose["services"][front]["command"]
-    nginx_conf = command[command.index("-c") + 1]
+    paths = {host_file.path: host_file.path for host_file in moved.files}
+    nginx_view = container_view(compose, front, paths)
+    nginx_conf = nginx_conf_path(compose, front)
     assert nginx_view[nginx_conf] == moved.file("nginx_conf").path
     conf = moved.file("nginx_conf").render(stack)
     for directive, role in (("ssl_certificate", "server_cert"), ("ssl_certificate_key",
@@ -104,7 +91,7 @@ def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> N
                 if line.split()[:1] == [directive]]
         assert read and {nginx_view[path] for path in read} == {moved.file(role).path}, directive
     assert f"server {backend}:{MOVED_REGISTRY.registry_port};" in conf
-    registry_view = container_view(compose, backend, moved)
+    registry_view = container_view(compose, backend, paths)
     assert registry_view[REGISTRY_CONFIG_FILE] == moved.file("registry_config").path
     assert compose["services"][backend]["env_file"] == [moved.file("registry_env").path]
     assert f"{MOVED_REGISTRY.data_dir}:{MOVED_REGISTRY.registry_storage}" in \

@@ -28,7 +28,14 @@ import yaml
 
 from components.manifest import CLIENT_HOST, REGISTRY_HOST, REGISTRY_LAYOUT, command_name
 from tests.harness import ROOT, ProgramRun, Registration
-from tests.realstack.hostsim import REGISTRY_ARGV, REGISTRY_HOST_NAME, with_image_nginx_user
+from tests.realstack.hostsim import (
+    REGISTRY_ARGV,
+    REGISTRY_HOST_NAME,
+    bind_mounts,
+    container_view,
+    nginx_conf_path,
+    with_image_nginx_user,
+)
 from tests.realstack.sandbox import Sandbox
 from tests.remote_commands import place_file_commands
 
@@ -73,29 +80,6 @@ def registry_host_files(program_run: ProgramRun) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def compose(registry_host_files: dict[str, str]) -> dict[str, Any]:
     return yaml.safe_load(registry_host_files[COMPOSE_FILE])
-
-
-def nginx_conf_path(compose: Mapping[str, Any]) -> str:
-    """The config file nginx's compose command starts it with (`-c PATH`)."""
-    command = compose["services"][NGINX]["command"]
-    return str(command[command.index("-c") + 1])
-
-
-def bind_mounts(compose: Mapping[str, Any], service: str) -> list[tuple[str, str]]:
-    """(host path, container path) of each of a service's bind mounts."""
-    return [(volume.split(":")[0], volume.split(":")[1])
-            for volume in compose["services"][service]["volumes"]]
-
-
-def container_view(compose: Mapping[str, Any], service: str,
-                   host_files: Mapping[str, str]) -> dict[str, str]:
-    """Container path -> content of every placed host file the service's bind mounts show."""
-    view = {}
-    for source, target in bind_mounts(compose, service):
-        for path, content in host_files.items():
-            if path.startswith(source + "/"):
-                view[target + path[len(source):]] = content
-    return view
 
 
 # -- the sandbox -----------------------------------------------------------------------------
@@ -279,7 +263,7 @@ def test_registry_reads_its_config_at_the_v3_path(
     assert view["/etc/distribution/config.yml"] == \
         registry_host_files[REGISTRY_HOST.file("registry_config").path]
     assert "/etc/docker/registry/config.yml" not in view  # v2's path: v3 ignores it
-    assert (REGISTRY_LAYOUT.data_dir, REGISTRY_LAYOUT.registry_storage) in \
+    assert (REGISTRY_LAYOUT.data_dir, REGISTRY_LAYOUT.registry_storage, False) in \
         bind_mounts(compose, REGISTRY)
 
 

@@ -27,10 +27,10 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -49,6 +49,7 @@ REGISTRY_ARGV = ("docker-registry", "serve", REGISTRY_CONFIG_FILE)
 NGINX_ID = NGINX_WORKER_GID
 COMPOSE_NET_PREFIX = "172.31.250"
 NETMASK = 20
+T = TypeVar("T")
 
 
 def sh(*argv: str, input: bytes | None = None, check: bool = True,
@@ -101,6 +102,33 @@ def materialize(run: ProgramRun, workdir: Path) -> HostFiles:
     return HostFiles(sandbox=sandbox, compose=yaml.safe_load(compose_file.read_text()))
 
 
+def bind_mounts(compose: Mapping[str, Any], service: str) -> list[tuple[str, str, bool]]:
+    """(host path, container path, read-only) of each of a compose service's bind mounts."""
+    mounts = []
+    for volume in compose["services"][service].get("volumes", []):
+        source, target, *mode = volume.split(":")
+        mounts.append((source, target, mode == ["ro"]))
+    return mounts
+
+
+def container_view(compose: Mapping[str, Any], service: str,
+                   host_files: Mapping[str, T]) -> dict[str, T]:
+    """Container path -> value of every host file (path -> value) the service's mounts show."""
+    view = {}
+    for source, target, _ in bind_mounts(compose, service):
+        for path, value in host_files.items():
+            if path.startswith(source + "/"):
+                view[target + path.removeprefix(source)] = value
+    return view
+
+
+def nginx_conf_path(compose: Mapping[str, Any],
+                    service: str = REGISTRY_LAYOUT.nginx_service) -> str:
+    """The config file nginx's compose command starts it with (`-c PATH`)."""
+    command = compose["services"][service]["command"]
+    return str(command[command.index("-c") + 1])
+
+
 def _env_file(path: Path) -> dict[str, str]:
     env = {}
     for line in path.read_text().splitlines():
@@ -151,10 +179,8 @@ class RegistryHostSim:
     def _services(self) -> dict[str, Service]:
         services = {}
         for name, spec in self.files.compose["services"].items():
-            binds = []
-            for volume in spec.get("volumes", []):
-                source, target, *mode = volume.split(":")
-                binds.append((self._host_source(source), target, mode == ["ro"]))
+            binds = [(self._host_source(source), target, read_only)
+                     for source, target, read_only in bind_mounts(self.files.compose, name)]
             environment = {}
             for env_file in spec.get("env_file", []):
                 environment.update(_env_file(self.files.host_path(env_file)))
