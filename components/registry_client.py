@@ -51,12 +51,14 @@ class RegistryClient(pulumi.ComponentResource):
         trust = host.run_script(
             f"{name}-trust-registry", "trust-registry.sh",
             args=pulumi.Output.from_input(hosts_ip).apply(
-                lambda ip: [args.registry_name, str(args.port), *([ip] if ip else [])]),
+                lambda ip: [args.registry_name, str(args.port), rendering.CLIENT_CA_PATH,
+                            *([ip] if ip else [])]),
             depends_on=[install, ca_file], triggers=[args.ca_cert_pem])
 
         address = f"{args.registry_name}:{args.port}"
         host.run_script(
-            f"{name}-verify-registry", "verify-registry.sh", args=[address, args.user],
+            f"{name}-verify-registry", "verify-registry.sh",
+            args=[address, args.user, rendering.CLIENT_PASSWORD_PATH],
             depends_on=[trust, password_file, args.registry_ready],
             triggers=[pulumi.Output.all(args.password, args.ca_cert_pem,
                                         args.registry_fingerprint).apply(

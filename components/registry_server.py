@@ -95,6 +95,7 @@ class RegistryServer(pulumi.ComponentResource):
             "server_key": certificate.private_key_pem,
             "ca_cert": args.ca.cert_pem,
             "systemd_unit": rendering.systemd_unit(),
+            "docker_daemon": rendering.render_template("docker-daemon.json"),
         }
 
         install = host.run_script(f"{name}-install-packages", "install-packages.sh",
@@ -111,7 +112,9 @@ class RegistryServer(pulumi.ComponentResource):
         self.files_fingerprint = pulumi.Output.all(*contents.values()).apply(
             lambda texts: rendering.sha256_hex(*texts))
         self.ready = host.run_script(
-            f"{name}-activate", "activate-registry.sh", args=[args.registry_name, str(args.port)],
+            f"{name}-activate", "activate-registry.sh",
+            args=[args.registry_name, str(args.port), rendering.REGISTRY_HOST_FILES["compose"].path,
+                  rendering.REGISTRY_HOST_FILES["ca_cert"].path],
             depends_on=[install, mount, *placed], triggers=[self.files_fingerprint])
 
         self.public_ip = droplet.ipv4_address

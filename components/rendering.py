@@ -181,6 +181,8 @@ REGISTRY_HOST_FILES = {
     "server_key": HostFile(f"{CONFIG_DIR}/tls/server.key", 0o600, secret=True),
     "ca_cert": HostFile(f"{CONFIG_DIR}/tls/ca.crt", 0o644),
     "systemd_unit": HostFile(UNIT_PATH, 0o644),
+    # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
+    "docker_daemon": HostFile("/etc/docker/daemon.json", 0o644),
 }
 EXTRA_SSH_KEYS_FILE = HostFile("/root/.ssh/authorized_keys2", 0o600)
 CLIENT_HOST_FILES = {

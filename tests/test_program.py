@@ -64,7 +64,7 @@ VARIANT = {
 REGISTRY_FILE_COMMANDS = {
     f"registry-file-{role}" for role in (
         "compose", "registry-config", "registry-env", "nginx-conf", "htpasswd", "server-cert",
-        "server-key", "ca-cert", "systemd-unit")}
+        "server-key", "ca-cert", "systemd-unit", "docker-daemon")}
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -358,18 +358,19 @@ def test_clients_map_the_registry_name_to_its_private_ip_without_a_domain(
         program_run: ProgramRun) -> None:
     private_ip = program_run.outputs["registryPrivateIp"]
     assert command(program_run, "client-0-trust-registry").inputs["create"] == script_command(
-        "registry.internal", "5043", private_ip)
+        "registry.internal", "5043", "/etc/private-registry/ca.crt", private_ip)
     assert command(program_run, "client-0-verify-registry").inputs["create"] == script_command(
-        "registry.internal:5043", "ci")
+        "registry.internal:5043", "ci", "/etc/private-registry/login-password")
 
 
 def test_clients_use_the_dns_name_and_no_hosts_entry_with_a_domain(
         variant_run: ProgramRun) -> None:
     for index in range(3):
         assert command(variant_run, f"client-{index}-trust-registry").inputs["create"] == \
-            script_command("registry.example.com", "443")
+            script_command("registry.example.com", "443", "/etc/private-registry/ca.crt")
         assert command(variant_run, f"client-{index}-verify-registry").inputs["create"] == \
-            script_command("registry.example.com:443", "ci")
+            script_command("registry.example.com:443", "ci",
+                           "/etc/private-registry/login-password")
     assert variant_run.outputs["registryAddress"] == "registry.example.com:443"
     assert "/etc/hosts" not in variant_run.outputs["trustCaSteps"]
 

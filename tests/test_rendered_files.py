@@ -187,6 +187,7 @@ def test_place_file_commands_land_every_file_with_its_owner_and_mode(
         "/etc/registry/tls/server.key": "600 0:0",
         "/etc/registry/tls/ca.crt": "644 0:0",
         "/etc/systemd/system/registry.service": "644 0:0",
+        "/etc/docker/daemon.json": "644 0:0",
         "/etc/private-registry/ca.crt": "644 0:0",
         "/etc/private-registry/login-password": "600 0:0",
         "/etc/systemd/system": "755 0:0",

@@ -2,15 +2,14 @@
 # The proof that the registry works for a client: docker login (password from a 0600 file,
 # passed on stdin), then build, push, delete locally and pull back a tiny FROM scratch image,
 # and compare digests. Fails (and so fails `pulumi up`) on any error.
-# Usage: verify-registry.sh ADDRESS USER   (password in PASSWORD_FILE, default
-#        /etc/private-registry/login-password)
+# Usage: verify-registry.sh ADDRESS USER PASSWORD_FILE
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*"; }
 
 address="$1"
 user="$2"
-password_file="${PASSWORD_FILE:-/etc/private-registry/login-password}"
+password_file="$3"
 host_name="${address%:*}"
 
 log "waiting for ${host_name} to resolve"
