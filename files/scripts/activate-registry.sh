@@ -7,8 +7,8 @@
 # Then waits until the TLS front answers /v2/ with 401 for the registry's name, verified
 # against CA_FILE.
 # Usage: activate-registry.sh SERVER_NAME PORT COMPOSE_FILE CA_FILE
-#   (env ACTIVATE_WAIT_ATTEMPTS, default 60, and ACTIVATE_WAIT_SECONDS, default 2: the wait for
-#   401; for tests)
+#   (env ACTIVATE_WAIT_ATTEMPTS, default 60: tries of the 401 wait; ACTIVATE_WAIT_SECONDS,
+#   default 2: the interval of that wait and of the live-restore check; for tests)
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*"; }
@@ -32,7 +32,7 @@ if [[ "$(live_restore)" != true ]]; then
   systemctl reload docker.service
   for _ in $(seq 1 10); do
     [[ "$(live_restore)" == true ]] && break
-    sleep 1
+    sleep "$wait_seconds"
   done
   if [[ "$(live_restore)" != true ]]; then
     echo "activate-registry: dockerd did not enable live-restore; check /etc/docker/daemon.json" \
