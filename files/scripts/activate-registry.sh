@@ -26,7 +26,10 @@ systemctl daemon-reload
 systemctl enable --quiet docker.service registry.service
 systemctl is-active --quiet docker.service || systemctl start docker.service
 # dockerd reads daemon.json at start; a running one applies live-restore on reload (SIGHUP),
-# without stopping any container (docs.docker.com/engine/daemon/live-restore).
+# without stopping any container (docs.docker.com/engine/daemon/live-restore). Then a dockerd
+# stop, restart or patch upgrade leaves the containers running and the new dockerd reattaches;
+# should it not (the docs promise patch-to-patch upgrades only), the containers still run, and
+# the compose restart policy covers a container that did stop.
 if [[ "$(live_restore)" != true ]]; then
   log "reloading dockerd to enable live-restore"
   systemctl reload docker.service
