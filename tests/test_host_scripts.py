@@ -175,7 +175,8 @@ class Namespace:
         ready, _, _ = select.select([self.process.stdout], [], [], 10)
         if not ready or self.process.stdout.readline() != b"ready\n":
             self.close()
-            raise AssertionError(f"no namespace: {self.process.stderr.read()!r}")  # type: ignore[union-attr]
+            assert self.process.stderr is not None
+            raise AssertionError(f"no namespace: {self.process.stderr.read()!r}")
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.process.pid), "-m", "--", *argv]
@@ -359,8 +360,7 @@ def test_mount_refuses_a_device_without_a_filesystem_and_never_formats_it(
     assert result.returncode != 0
     assert "has no filesystem" in result.stderr and "Refusing to format" in result.stderr
     assert formatting_calls(host.standins) == []
-    assert host.volume.image.read_bytes(
-    ) == bytes(64 * MiB), "the blank volume was written to"
+    assert host.volume.image.read_bytes() == bytes(64 * MiB), "the blank volume was written to"
     assert host.fstab() == fstab
     assert host.mounts_of_volume() == []
 

@@ -46,11 +46,12 @@ names_this_volume() {
     "$source" == "/dev/disk/by-id/scsi-0DO_Volume_${volume_name}" ]]
 }
 
-# DigitalOcean auto-mounts a volume it formatted at /mnt/<volume name> through a mount unit in
-# /etc/systemd/system (mnt-<name>.mount; docs.digitalocean.com/products/volumes/details/
-# naming-conventions, "Automatic Mount Point" and "Mount Unit File"), and its manual
-# instructions add an fstab line instead. Either would mount the data a second time, also after
-# every reboot: this script owns the one mount, so both go, found by what they mount, not by name.
+# DigitalOcean auto-mounts a volume it formatted at /mnt/<volume name> (hyphens become
+# underscores) through a mount unit in /etc/systemd/system (mnt-<name>.mount;
+# docs.digitalocean.com/products/volumes/details/naming-conventions, "Automatic Mount Point" and
+# "Mount Unit File"), and its manual instructions add an fstab line instead. Either mounts the
+# data a second time, after every reboot too: this script owns the one mount, so both go, found
+# by what they mount rather than by name. (`disable --now` may find the unit stopped already.)
 config_changed=false
 for unit_file in /etc/systemd/system/*.mount; do
   [[ -f "$unit_file" ]] || continue
