@@ -179,6 +179,8 @@ class RegistryHostLayout:
     # Inside the containers.
     registry_storage: str = "/var/lib/registry"
     nginx_dir: str = "/etc/nginx"
+    # dockerd's own configuration file.
+    docker_daemon_config: str = "/etc/docker/daemon.json"
 
     @property
     def data_dir(self) -> str:
@@ -255,8 +257,11 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
                                 "nginx_service": layout.nginx_service,
                                 "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
                             })
+    # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
+    docker_daemon = HostFile("docker_daemon", layout.docker_daemon_config, 0o644,
+                             template="docker-daemon.json")
     files = (compose, registry_config, registry_env, nginx_conf, htpasswd, server_cert,
-             server_key, ca_cert, systemd_unit)
+             server_key, ca_cert, systemd_unit, docker_daemon)
     scripts = (
         HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES),
         HostScript("mount_data_volume", "mount-data-volume.sh",

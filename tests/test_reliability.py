@@ -9,10 +9,9 @@
 - Faults: the registry SIGKILLed mid-push, nginx SIGKILLed, every service restarted.
 - Operations: certificate renewal and a new user reloaded into nginx while clients pull; password
   rotation and user removal; the registry's `http.secret` across restarts.
-- The host scripts run twice and against a held dpkg lock, on this machine.
 
-`mount-data-volume.sh` needs a block device, `activate-registry.sh` and `verify-registry.sh`
-need systemd and Docker: none of them runs here. See tests/realstack/hostsim.py for the setup.
+The host scripts themselves run in tests/test_host_scripts.py. See tests/realstack/hostsim.py
+for the setup.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -822,113 +820,3 @@ def test_removing_a_user_reaches_nginx_without_restarting_the_registry(
         assert http_status(sim, "/v2/", user, passwords[user]) == "200", user
     assert "bob:" not in host_file(sim, "htpasswd").read_text()
     assert sim.service_pid("registry") == registry_pid
-
-
-# -- host scripts on this machine -------------------------------------------------------------
-INSTALL = SCRIPTS / "install-packages.sh"
-LOCK_FRONTEND = "/var/lib/dpkg/lock-frontend"
-HOLD_LOCK = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
-fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a POSIX record lock, as apt and dpkg take
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-"""
-
-
-@pytest.fixture(scope="module")
-def installed_package() -> str:
-    """An essential package that is installed: with `--no-upgrade`, `apt-get install` of it
-    changes nothing on this machine, whether or not a newer version is available."""
-    status = sh("dpkg-query", "-W", "-f=${Status}", "coreutils", check=False).stdout.decode()
-    assert status == "install ok installed", "coreutils is not installed?"
-    return "coreutils"
-
-
-def dpkg_state() -> tuple[str, str]:
-    listing = sh("dpkg", "-l").stdout.decode()
-    return listing, hashlib.sha256(Path("/var/lib/dpkg/status").read_bytes()).hexdigest()
-
-
-def install_packages(*packages: str, lock_timeout: int | None = None,
-                     path_prefix: Path | None = None,
-                     timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
-    env = dict(os.environ)
-    if lock_timeout is not None:
-        env["APT_LOCK_TIMEOUT"] = str(lock_timeout)
-    if path_prefix is not None:
-        env["PATH"] = f"{path_prefix}:{env['PATH']}"
-    return subprocess.run(["bash", str(INSTALL), *packages], capture_output=True, env=env,
-                          timeout=timeout, check=False)
-
-
-@contextmanager
-def dpkg_lock_held(seconds: float) -> Iterator[subprocess.Popen[bytes]]:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, LOCK_FRONTEND, str(seconds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        assert holder.stdout is not None
-        ready, _, _ = select.select([holder.stdout], [], [], 10)
-        assert ready and holder.stdout.readline() == b"locked\n", f"could not take {LOCK_FRONTEND}"
-        yield holder
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-        holder.wait(timeout=10)
-
-
-def test_install_packages_twice_changes_nothing(installed_package: str) -> None:
-    before = dpkg_state()
-    first = install_packages(installed_package)
-    after_first = dpkg_state()
-    second = install_packages(installed_package)
-    for result in (first, second):
-        assert result.returncode == 0, result.stderr.decode()
-        assert b"updating package lists" not in result.stdout  # nothing missing: no apt update
-    assert after_first == before
-    assert dpkg_state() == after_first
-    version = sh("dpkg-query", "-W", "-f=${Version}", installed_package).stdout.decode()
-    assert f"installed: {installed_package} {version}".encode() in second.stdout
-
-
-def test_install_packages_waits_for_a_held_dpkg_lock(installed_package: str) -> None:
-    hold = 3.0
-    with dpkg_lock_held(hold) as holder:
-        started = time.monotonic()
-        result = install_packages(installed_package, timeout=120)
-        elapsed = time.monotonic() - started
-        assert holder.poll() is not None, "the script finished while the lock was still held"
-    assert result.returncode == 0, result.stderr.decode()
-    assert elapsed >= hold - 0.5
-    assert b"Could not get lock /var/lib/dpkg/lock-frontend" in result.stdout + result.stderr
-
-
-def test_install_packages_gives_up_on_a_lock_held_too_long_with_a_clear_message(
-        installed_package: str) -> None:
-    with dpkg_lock_held(120) as holder:
-        started = time.monotonic()
-        result = install_packages(installed_package, lock_timeout=1, timeout=60)
-        elapsed = time.monotonic() - started
-        assert holder.poll() is None
-    assert result.returncode != 0
-    assert elapsed < 20
-    stderr = result.stderr.decode()
-    assert "install-packages: apt-get install failed (or its lock stayed held for 1s)" in stderr
-    assert "lock-frontend" in stderr + result.stdout.decode()
-
-
-def test_install_packages_does_not_upgrade_installed_packages(installed_package: str,
-                                                              tmp_path: Path) -> None:
-    """A re-run on a live host must not upgrade, say, docker.io (which restarts dockerd and with
-    it the registry and nginx). A stand-in apt-get records how it is called; dpkg-query is real."""
-    calls = tmp_path / "apt-get.calls"
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "apt-get").write_text(f'#!/bin/sh\necho "$*" >>{calls}\n')
-    (shim / "apt-get").chmod(0o755)
-    result = install_packages(installed_package, path_prefix=shim)
-    assert result.returncode == 0, result.stderr.decode()
-    installs = [line for line in calls.read_text().splitlines() if " install " in f" {line} "]
-    upgrading = [line for line in installs
-                 if "--no-upgrade" not in line.split() and installed_package in line.split()]
-    assert not upgrading, upgrading

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the given packages from the distribution's archive. Idempotent: a second run only
-# confirms they are installed. Waits for cloud-init and for apt/dpkg locks, with a bound.
+# confirms they are installed. Waits for cloud-init and for the apt lists and dpkg locks, with a
+# bound.
 # Usage: install-packages.sh PACKAGE...   (env APT_LOCK_TIMEOUT, seconds, default 900)
 set -euo pipefail
 
@@ -31,9 +32,33 @@ for package in "$@"; do
   fi
 done
 
+# `apt-get update` takes the lists lock (/var/lib/apt/lists/lock) without waiting: DPkg::Lock::Timeout
+# covers only the dpkg lock, so a concurrent apt-daily run would fail it at once. Retry it while
+# some apt lock is held, within the same bound.
+update_package_lists() {
+  local deadline=$((SECONDS + lock_timeout)) output
+  while true; do
+    if output="$(apt_get update 2>&1)"; then
+      printf '%s\n' "$output"
+      return 0
+    fi
+    if ! grep -q 'Could not get lock' <<<"$output"; then
+      printf '%s\n' "$output" >&2
+      echo "install-packages: apt-get update failed" >&2
+      return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      printf '%s\n' "$output" >&2
+      echo "install-packages: the apt lists lock stayed held for ${lock_timeout}s" >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
+
 if ((${#missing[@]} > 0)); then
-  log "updating package lists (waiting up to ${lock_timeout}s for the apt lock)"
-  apt_get update
+  log "updating package lists (waiting up to ${lock_timeout}s for the apt locks)"
+  update_package_lists
 fi
 log "installing: $* (waiting up to ${lock_timeout}s for the dpkg lock)"
 # --no-upgrade: a re-run never upgrades an installed package (say docker.io, which would

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Makes this host trust the registry: its CA for Docker, containerd/podman and the system
-# store, and (when HOSTS_IP is given) its name in /etc/hosts. Idempotent: a second run changes
-# nothing. Reads the CA from CA_FILE.
+# Makes this host trust the registry: its CA (from CA_FILE) for Docker, containerd/podman and
+# the system store, and (when HOSTS_IP is given) its name in /etc/hosts, also after a reboot.
+# Idempotent: a second run changes nothing.
 # Usage: trust-registry.sh NAME PORT CA_FILE [HOSTS_IP]
 set -euo pipefail
 
@@ -12,6 +12,11 @@ port="$2"
 ca_file="$3"
 hosts_ip="${4:-}"
 marker="# private-registry ${name}"
+# DigitalOcean's cloud-init sets manage_etc_hosts: its update_etc_hosts module runs on every boot
+# and renders /etc/hosts from /etc/cloud/templates/hosts.<os family>.tmpl, "debian" on Ubuntu
+# (cloud-init: cloudinit/config/cc_update_etc_hosts.py, templates/hosts.debian.tmpl, whose
+# header says changes persist only in the template). So the entry goes into both.
+hosts_template=/etc/cloud/templates/hosts.debian.tmpl
 
 if ! grep -q -- '-----BEGIN CERTIFICATE-----' "$ca_file"; then
   echo "trust-registry: ${ca_file} holds no PEM certificate" >&2
@@ -39,13 +44,24 @@ if install_if_changed "$ca_file" "$system_ca"; then
   update-ca-certificates >/dev/null
 fi
 
+# Puts ENTRY (marked) into FILE in place of any older marked entry; fails (1) when unchanged.
+# Rewritten in place (not by rename): /etc/hosts may be a bind mount.
+set_marked_entry() {
+  local file="$1" entry="$2" kept
+  if grep -qxF -- "$entry" "$file" && (($(grep -cF -- "$marker" "$file") == 1)); then
+    return 1
+  fi
+  kept="$(grep -vF -- "$marker" "$file" || true)"
+  printf '%s\n%s\n' "$kept" "$entry" >"$file"
+}
+
 if [[ -n "$hosts_ip" ]]; then
   entry="${hosts_ip} ${name} ${marker}"
-  if ! grep -qxF -- "$entry" /etc/hosts; then
+  if set_marked_entry /etc/hosts "$entry"; then
     log "mapping ${name} to ${hosts_ip} in /etc/hosts"
-    # Rewrite in place (not by rename): /etc/hosts may be a bind mount.
-    kept="$(grep -vF -- "$marker" /etc/hosts || true)"
-    printf '%s\n%s\n' "$kept" "$entry" >/etc/hosts
+  fi
+  if [[ -f "$hosts_template" ]] && set_marked_entry "$hosts_template" "$entry"; then
+    log "keeping the mapping across reboots in ${hosts_template}"
   fi
 fi
 log "trust for ${name}:${port} in place"
