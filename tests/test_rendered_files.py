@@ -102,7 +102,7 @@ def in_namespace(script: str, scratch: Path, files: Mapping[str, str] | None = N
 
 def placed_path(command: Registration) -> str:
     """The host path a place-file command writes its stdin to (its final `mv -f "$tmp" PATH`)."""
-    moves = [shlex.split(line) for line in command.inputs["create"].splitlines()
+    moves = [shlex.split(line) for line in command.inputs.get("create", "").splitlines()
              if line.startswith('mv -f "$tmp" ')]
     assert len(moves) == 1, f"{command.name} is not a place-file command"
     return moves[0][-1]
@@ -111,7 +111,7 @@ def placed_path(command: Registration) -> str:
 def place_file_commands(run: ProgramRun) -> dict[str, Registration]:
     """Host path -> the command that places it, for every host of the run."""
     return {placed_path(command): command for command in run.commands()
-            if '\nmv -f "$tmp" ' in command.inputs["create"]}
+            if '\nmv -f "$tmp" ' in command.inputs.get("create", "")}
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +190,7 @@ def test_place_file_commands_land_every_file_with_its_owner_and_mode(
         "/etc/private-registry/ca.crt": "644 0:0",
         "/etc/private-registry/login-password": "600 0:0",
         "/etc/systemd/system": "755 0:0",
+        "/root/.ssh/authorized_keys2": "600 0:0",  # empty: no extra key configured
     }
 
 
@@ -217,9 +218,11 @@ def test_every_remote_command_line_passes_shellcheck(program_run: ProgramRun,
                                                      tmp_path: Path) -> None:
     paths = []
     for registration in program_run.commands():
-        path = tmp_path / f"{registration.name}.sh"
-        path.write_text(f"#!/bin/sh\n{registration.inputs['create']}\n")
-        paths.append(str(path))
+        for step in ("create", "delete"):
+            if step in registration.inputs:
+                path = tmp_path / f"{registration.name}-{step}.sh"
+                path.write_text(f"#!/bin/sh\n{registration.inputs[step]}\n")
+                paths.append(str(path))
     assert len(paths) >= 15
     result = subprocess.run([debian_tool("shellcheck", "shellcheck"), *paths],
                             capture_output=True, text=True, check=False)
