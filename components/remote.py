@@ -9,10 +9,9 @@ nothing. No command sends its previous output as SSH environment variables
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import shlex
 
 import pulumi
 import pulumi_command as command

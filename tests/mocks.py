@@ -22,7 +22,6 @@ import base64
 import datetime
 import hashlib
 import ipaddress
-import json
 import secrets
 import string
 import uuid
@@ -195,7 +194,7 @@ class ProviderMocks(Mocks):
             raise ValueError(f"digitalocean: volume {resource_id} not found (404)")
         return resource_id, self.volumes[resource_id]
 
-    def call(self, args: MockCallArgs) -> dict[str, Any]:
+    def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         if args.token != "digitalocean:index/getVolume:getVolume":
             raise NotImplementedError(f"the program should not call {args.token}")
         wanted = unwrap(args.args)
@@ -211,7 +210,7 @@ class ProviderMocks(Mocks):
         volume = found[0]
         return {key: volume[key] for key in ("id", "name", "region", "size", "urn",
                                              "description", "filesystemType",
-                                             "filesystemLabel", "dropletIds")}
+                                             "filesystemLabel", "dropletIds")}, []
 
     # -- providers ------------------------------------------------------------------------
     def _create(self, typ: str, name: str, inputs: dict[str, Any],

@@ -44,20 +44,21 @@ class Deployed:
     """A stack after an `up`: the engine (and account) state and the program run it recorded."""
 
     mocks: ProviderMocks
-    run: ProgramRun | None  # None: nothing deployed (a new or destroyed stack)
+    run: ProgramRun
 
 
-def up(previous: Deployed | None, config: Mapping[str, Any] | None = None) -> tuple[Deployed,
-                                                                                     Plan]:
-    """`pulumi up` with config overrides on top of the dev stack, from `previous` (or empty)."""
-    mocks = copy.deepcopy(previous.mocks) if previous else ProviderMocks()
+def up(previous: Deployed | None, config: Mapping[str, Any] | None = None,
+       account: ProviderMocks | None = None) -> tuple[Deployed, Plan]:
+    """`pulumi up` with config overrides on top of the dev stack, from `previous`, or from an
+    empty stack (in a fresh account, or in `account` as a destroy left it)."""
+    mocks = copy.deepcopy(previous.mocks) if previous else account or ProviderMocks()
     run = run_program(mocks=mocks, overrides=config)
-    return Deployed(mocks, run), plan_up(previous and previous.run, run, now=mocks.now)
+    return Deployed(mocks, run), plan_up(previous.run if previous else None, run,
+                                         now=mocks.now)
 
 
 def destroy(deployed: Deployed) -> tuple[ProviderMocks, Plan]:
     """`pulumi destroy`: the plan, and the account afterwards (what was not deleted stays)."""
-    assert deployed.run is not None
     plan = plan_destroy(deployed.run)
     deleted = {step.state.id for step in plan.steps
                if step.type == schema.VOLUME and step.provider_call}
@@ -331,14 +332,14 @@ def test_destroy_keeping_the_volume_then_up_adopting_it(deployed: Deployed) -> N
     account, plan = destroy(kept_up)
     assert not only_step(plan, "registry-data").provider_call
     assert volume_id in account.volumes
-    back, again = up(Deployed(account, None), {"existingVolume": VOLUME_NAME})
+    back, again = up(None, {"existingVolume": VOLUME_NAME}, account=copy.deepcopy(account))
     assert registered(back.run, ATTACHMENT).inputs["volumeId"] == volume_id
     assert back.run.of_type(schema.VOLUME) == []  # adopted: read, never owned
     assert before(again, (ATTACHMENT, "create"), (MOUNT, "create"))
     assert only_step(again, MOUNT).host_command == rendering.script_command(
         VOLUME_NAME, rendering.DATA_MOUNT, rendering.DATA_DIR)
     # Adopted by id works the same, and a later destroy leaves the volume alone.
-    by_id, _ = up(Deployed(copy.deepcopy(account), None), {"existingVolume": volume_id})
+    by_id, _ = up(None, {"existingVolume": volume_id}, account=copy.deepcopy(account))
     assert registered(by_id.run, ATTACHMENT).inputs["volumeId"] == volume_id
     for adopted in (back, by_id):
         _, final = destroy(adopted)
@@ -414,3 +415,62 @@ def test_the_program_refuses_a_long_stack_name_before_any_resource() -> None:
     with pytest.raises(SettingsError, match="`pulumi stack` name"):
         run_program(mocks=mocks, stack="s" * 60, monitor=monitor)
     assert monitor.registrations == {}
+
+
+# -- the planner itself, on hand-made states -------------------------------------------------
+
+def resource_state(name: str, type_token: str, inputs: dict[str, Any],
+                   depends_on: tuple[str, ...] = (), property_dependencies: dict[str, list[str]]
+                   | None = None, deleted_with: str = "", retain_on_delete: bool = False,
+                   delete_before_replace: bool = False) -> Registration:
+    property_dependencies = property_dependencies or {}
+    return Registration(
+        urn=f"urn:{name}", type=type_token, name=name, custom=True, parent="",
+        dependencies=[*depends_on, *(urn for urns in property_dependencies.values()
+                                     for urn in urns)],
+        property_dependencies=property_dependencies, raw_inputs=inputs, inputs=inputs,
+        deleted_with=deleted_with, retain_on_delete=retain_on_delete,
+        delete_before_replace=delete_before_replace)
+
+
+def state_of(*registrations: Registration) -> ProgramRun:
+    return ProgramRun(resources={r.urn: r for r in registrations}, outputs={})
+
+
+def test_planner_deletes_only_dependents_whose_replacing_input_comes_from_a_dbr_resource(
+) -> None:
+    def world(droplet_id: int) -> ProgramRun:
+        return state_of(
+            resource_state("attach", schema.ATTACHMENT, {"dropletId": droplet_id},
+                           delete_before_replace=True),
+            resource_state("release", schema.COMMAND,
+                           {"triggers": [f"a{droplet_id}"], "delete": "release"},
+                           depends_on=("urn:attach",),
+                           property_dependencies={"triggers": ["urn:attach"]}),
+            resource_state("after", schema.COMMAND, {"create": "x"}, depends_on=("urn:attach",)))
+    plan = plan_up(world(1), world(2))
+    assert plan.summary() == ["delete-replaced release", "delete-replaced attach",
+                              "replace attach", "replace release"]
+    assert plan.host_commands() == [("release", "delete-replaced", "release")]
+
+
+def test_planner_skips_the_provider_for_deleted_with_and_retained_resources() -> None:
+    droplet = resource_state("droplet", schema.DROPLET, {"image": "a"})
+    on_host = resource_state("on-host", schema.COMMAND, {"delete": "cleanup"},
+                             property_dependencies={"connection": ["urn:droplet"]},
+                             deleted_with="urn:droplet")
+    volume = resource_state("volume", schema.VOLUME, {"size": 1}, retain_on_delete=True)
+    everything = state_of(droplet, on_host, volume)
+    assert plan_destroy(everything).summary() == [
+        "delete (no provider call) volume", "delete (no provider call) on-host", "delete droplet"]
+    # The droplet stays: the command's delete runs on it.
+    assert plan_up(everything, state_of(droplet, volume)).host_commands() == [
+        ("on-host", "delete", "cleanup")]
+
+
+def test_planner_creates_a_replacement_before_deleting_the_old_one() -> None:
+    def world(image: str, size: str) -> ProgramRun:
+        return state_of(resource_state("droplet", schema.DROPLET, {"image": image, "size": size}))
+    assert plan_up(world("a", "s"), world("a", "m")).summary() == ["update droplet"]
+    assert plan_up(world("a", "s"), world("b", "s")).summary() == [
+        "replace droplet", "delete-replaced droplet"]
