@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 import pulumi
@@ -13,9 +12,7 @@ import pulumi_digitalocean as digitalocean
 from components import rendering, versions
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
 from components.remote import DropletArgs, RemoteHost
-from components.settings import SettingsError
-
-_VOLUME_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+from components.settings import VOLUME_ID, SettingsError
 
 
 @dataclass(frozen=True)
@@ -40,9 +37,9 @@ def _same_region(volume_region: str, region: str, volume: str, adopted: bool) ->
     raise SettingsError(
         f"private-registry:region changed to {region}, but this stack's data volume {volume} "
         f"is in {volume_region}. A DigitalOcean volume cannot move to another region, and "
-        f"replacing it would delete every image. Nothing was changed. Set region back to "
-        f"{volume_region}; to move the registry, follow README \"Operations\" (move to another "
-        f"region).")
+        f"replacing it would delete every image, so no droplet or volume was changed. Set "
+        f"region back to {volume_region}; to move the registry, see README \"Operations\" "
+        f"(Change the region).")
 
 
 @dataclass
@@ -172,7 +169,7 @@ class RegistryServer(pulumi.ComponentResource):
     def _data_volume(self, name: str, args: RegistryServerArgs) -> DataVolume:
         """The stack's own volume, or the adopted one (read only: never changed or deleted)."""
         existing = args.existing_volume
-        if existing is not None and _VOLUME_ID.fullmatch(existing):
+        if existing is not None and VOLUME_ID.fullmatch(existing):
             found = digitalocean.Volume.get(f"{name}-adopted-data", existing,
                                             opts=pulumi.ResourceOptions(parent=self))
             return DataVolume(found.id, found.name, found.region, found.size)

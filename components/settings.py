@@ -48,7 +48,7 @@ _IMAGE_REF = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
 )
 _VOLUME_NAME = re.compile(rf"^[a-z][a-z0-9-]{{0,{MAX_VOLUME_NAME - 1}}}$")
-_VOLUME_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+VOLUME_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SSH_PUBLIC_KEY = re.compile(
     r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"
     r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: [^\n]*)?$"
@@ -240,7 +240,7 @@ def _ssh_public_keys(raw: str) -> tuple[str, ...]:
 def _existing_volume(raw: str) -> str | None:
     if raw == "":
         return None
-    if not (_VOLUME_NAME.fullmatch(raw) or _VOLUME_ID.fullmatch(raw)):
+    if not (_VOLUME_NAME.fullmatch(raw) or VOLUME_ID.fullmatch(raw)):
         raise _Invalid("empty (the stack creates its volume), or the name or id of a DigitalOcean "
                        "volume in the stack's region, such as registry-dev-data or "
                        "506f78a4-e098-11e5-ad9f-000f53306ae1")
