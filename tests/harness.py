@@ -3,7 +3,9 @@
 `run_program` loads config exactly as the Pulumi CLI would (the `config:` defaults of
 Pulumi.yaml, then `Pulumi.<stack>.yaml`, then overrides), runs the program with `preview=False`,
 waits for every output, and returns a `ProgramRun`: each registered resource with its inputs,
-parent, dependencies and options, and the resolved stack outputs with their secretness.
+parent, dependencies, options (deleted_with, retain_on_delete, delete_before_replace,
+ignore_changes, the delete timeout) and the id and outputs the mock provider answered, and the
+resolved stack outputs with their secretness. `tests/lifecycle/planner.py` plans between two.
 """
 
 from __future__ import annotations
