@@ -1,7 +1,5 @@
 """A private Docker registry on DigitalOcean: read settings, build components, export outputs."""
 
-import re
-
 import pulumi
 
 from components.credentials import Credentials, CredentialsArgs
@@ -14,30 +12,32 @@ from components.rendering import instructions
 from components.settings import load_settings
 
 settings = load_settings()
-# DigitalOcean names: lowercase letters, digits and dashes.
-name_prefix = "registry-" + re.sub(r"[^a-z0-9]+", "-", pulumi.get_stack().lower()).strip("-")
+name_prefix = settings.name_prefix
 
 credentials = Credentials("credentials", CredentialsArgs(
     users=settings.users, rotation=settings.password_rotation))
 ca = CertificateAuthority("ca", CertificateAuthorityArgs(
     common_name=f"{name_prefix} CA", key_algorithm=settings.tls_key_algorithm))
 network = Network("network", NetworkArgs(
-    name_prefix=name_prefix, region=settings.region, registry_port=settings.port,
+    name_prefix=name_prefix, registry_port=settings.port,
     admin_cidrs=settings.admin_cidrs, allowed_cidrs=settings.allowed_cidrs))
 
 
-def host(droplet_name: str, size: str, tag: pulumi.Output[str]) -> DropletArgs:
-    """A droplet of this stack: in its VPC and region, behind a firewall tag, with its keys."""
+def host(droplet_name: str, region: pulumi.Input[str], size: str,
+         tag: pulumi.Output[str]) -> DropletArgs:
+    """A droplet of this stack: in its region, behind a firewall tag, with its keys."""
     return DropletArgs(
-        droplet_name=droplet_name, region=settings.region, size=size, image=settings.image,
-        vpc_id=network.vpc_id, tag=tag, ssh_key_fingerprint=network.ssh_key_fingerprint,
+        droplet_name=droplet_name, region=region, size=size, image=settings.image,
+        tag=tag, ssh_key_fingerprint=network.ssh_key_fingerprint,
         ssh_private_key=network.ssh_private_key, extra_ssh_public_keys=settings.ssh_public_keys)
 
 
 server = RegistryServer("registry", RegistryServerArgs(
-    host=host(f"{name_prefix}-registry", settings.registry_size, network.server_tag),
-    name_prefix=name_prefix, volume_size_gb=settings.volume_size_gb,
+    host=host(f"{name_prefix}-registry", settings.region, settings.registry_size,
+              network.server_tag),
+    volume_name=settings.volume_name, volume_size_gb=settings.volume_size_gb,
     retain_volume_on_destroy=settings.retain_volume_on_destroy,
+    existing_volume=settings.existing_volume,
     registry_name=settings.registry_name, domain=settings.domain, dns_name=settings.dns_name,
     port=settings.port, registry_image=settings.registry_image,
     nginx_image=settings.nginx_image, ca=ca, key_algorithm=settings.tls_key_algorithm,
@@ -48,7 +48,9 @@ server = RegistryServer("registry", RegistryServerArgs(
 proof_user = settings.users[0]
 clients = [
     RegistryClient(f"client-{index}", RegistryClientArgs(
-        host=host(f"{name_prefix}-client-{index}", settings.client_size, network.client_tag),
+        # In the region the server checked against its data volume.
+        host=host(f"{name_prefix}-client-{index}", server.region, settings.client_size,
+                  network.client_tag),
         registry_name=settings.client_name, port=settings.port,
         hosts_ip=None if settings.dns_name else server.private_ip, ca_cert_pem=ca.cert_pem,
         user=proof_user, password=credentials.passwords[proof_user],

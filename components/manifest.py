@@ -268,6 +268,8 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
                    (StackValue("volume_name"), layout.data_mount, layout.data_dir)),
         HostScript("activate", "activate-registry.sh",
                    (StackValue("registry_name"), StackValue("port"), compose.path, ca_cert.path)),
+        # Run before the volume is detached (destroy, a replaced droplet or volume).
+        HostScript("release_data_volume", "release-data-volume.sh", (layout.data_mount,)),
     )
     return HostManifest(files, scripts)
 

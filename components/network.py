@@ -1,4 +1,11 @@
-"""Network: the admin SSH key pair, a VPC, droplet tags and the Cloud Firewalls."""
+"""Network: the admin SSH key pair, droplet tags and the Cloud Firewalls.
+
+No VPC of its own: the droplets join their region's default VPC, which DigitalOcean owns. A VPC
+this stack created would become the region's default when it is the first one there ("Create a
+VPC": "the first one that you create will be set as the default for that region"), and a default
+VPC cannot be deleted ("Delete a VPC": 403), so `pulumi destroy` would fail on it (pydo
+reference, vpcs.create / vpcs.delete, docs.digitalocean.com).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,6 @@ EVERYWHERE = ["0.0.0.0/0", "::/0"]
 @dataclass
 class NetworkArgs:
     name_prefix: str
-    region: str
     registry_port: int
     admin_cidrs: Sequence[str]
     allowed_cidrs: Sequence[str]
@@ -33,17 +39,17 @@ def _outbound_anywhere() -> list[digitalocean.FirewallOutboundRuleArgs]:
 
 
 class Network(pulumi.ComponentResource):
-    """SSH key (ED25519, registered with DigitalOcean), VPC, tags and default-deny firewalls.
+    """SSH key (ED25519, registered with DigitalOcean), tags and default-deny firewalls.
 
     Firewalls select droplets by tag, so they exist before the droplets boot. The registry
-    port is open only to the client hosts' tag, the VPC and `allowed_cidrs`; SSH only to
+    port is open only to the client hosts' tag and `allowed_cidrs` (firewalls apply to VPC
+    traffic too, so other droplets in the region's default VPC stay out); SSH only to
     `admin_cidrs`; nothing else is open. The registry's own port 5000 is never published.
     """
 
     ssh_private_key: pulumi.Output[str]
     ssh_public_key: pulumi.Output[str]
     ssh_key_fingerprint: pulumi.Output[str]
-    vpc_id: pulumi.Output[str]
     server_tag: pulumi.Output[str]
     client_tag: pulumi.Output[str]
 
@@ -55,8 +61,6 @@ class Network(pulumi.ComponentResource):
         admin_key = tls.PrivateKey(f"{name}-admin-ssh-key", algorithm="ED25519", opts=child)
         do_key = digitalocean.SshKey(f"{name}-admin-ssh-key", name=f"{args.name_prefix}-admin",
                                      public_key=admin_key.public_key_openssh, opts=child)
-        vpc = digitalocean.Vpc(f"{name}-vpc", name=f"{args.name_prefix}-vpc", region=args.region,
-                               description="private registry and its clients", opts=child)
         server_tag = digitalocean.Tag(f"{name}-server-tag", name=f"{args.name_prefix}-server",
                                       opts=child)
         client_tag = digitalocean.Tag(f"{name}-client-tag", name=f"{args.name_prefix}-client",
@@ -72,8 +76,7 @@ class Network(pulumi.ComponentResource):
                 digitalocean.FirewallInboundRuleArgs(
                     protocol="tcp", port_range=str(args.registry_port),
                     source_tags=[client_tag.name],
-                    source_addresses=pulumi.Output.from_input(vpc.ip_range).apply(
-                        lambda ip_range: [ip_range, *args.allowed_cidrs])),
+                    source_addresses=list(args.allowed_cidrs) or None),
             ],
             outbound_rules=_outbound_anywhere(), opts=child)
         digitalocean.Firewall(
@@ -84,7 +87,6 @@ class Network(pulumi.ComponentResource):
         self.ssh_private_key = admin_key.private_key_openssh
         self.ssh_public_key = admin_key.public_key_openssh
         self.ssh_key_fingerprint = do_key.fingerprint
-        self.vpc_id = vpc.id
         self.server_tag = server_tag.name
         self.client_tag = client_tag.name
-        self.register_outputs({"vpcId": self.vpc_id, "sshPublicKey": self.ssh_public_key})
+        self.register_outputs({"sshPublicKey": self.ssh_public_key})

@@ -32,6 +32,11 @@ MAX_VOLUME_GB = 16384  # DigitalOcean's block storage limit (16 TiB)
 MIN_CERT_HOURS = 24
 MAX_CERT_HOURS = 87600  # 10 years, the CA's own validity
 KEY_ALGORITHMS = ("ECDSA", "RSA")
+# DigitalOcean name limits. Volumes: "lowercase ... numbers, letters and "-", up to a limit of 64
+# characters ... must begin with a letter" (digitalocean_volume reference, docs.digitalocean.com).
+# Droplet names set the host name and follow host name rules: one DNS label, 63 characters.
+MAX_VOLUME_NAME = 64
+MAX_DROPLET_NAME = 63
 
 _USER = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -43,6 +48,8 @@ _IMAGE_REF = re.compile(
     r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
 )
+_VOLUME_NAME = re.compile(rf"^[a-z][a-z0-9-]{{0,{MAX_VOLUME_NAME - 1}}}$")
+VOLUME_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SSH_PUBLIC_KEY = re.compile(
     r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"
     r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: [^\n]*)?$"
@@ -75,6 +82,17 @@ class Settings:
     cert_validity_hours: int
     cert_early_renewal_hours: int
     ssh_public_keys: tuple[str, ...]
+    existing_volume: str | None
+    name_prefix: str  # of every DigitalOcean name, from the stack name
+
+    @property
+    def volume_name(self) -> str:
+        """The name of the data volume this stack creates (unless it adopts one)."""
+        return f"{self.name_prefix}-data"
+
+    def droplet_names(self) -> list[str]:
+        return [f"{self.name_prefix}-registry",
+                *(f"{self.name_prefix}-client-{index}" for index in range(self.client_count))]
 
     @property
     def dns_name(self) -> str | None:
@@ -220,6 +238,35 @@ def _ssh_public_keys(raw: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in keys)
 
 
+def _existing_volume(raw: str) -> str | None:
+    if raw == "":
+        return None
+    if not (_VOLUME_NAME.fullmatch(raw) or VOLUME_ID.fullmatch(raw)):
+        raise _Invalid("empty (the stack creates its volume), or the name or id of a DigitalOcean "
+                       "volume in the stack's region, such as registry-dev-data or "
+                       "506f78a4-e098-11e5-ad9f-000f53306ae1")
+    return raw
+
+
+def name_prefix(stack: str) -> str:
+    """`registry-<stack>`: DigitalOcean names take lowercase letters, digits and dashes."""
+    return "registry-" + re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-")
+
+
+def _derived_name_problems(settings: Settings, stack: str) -> list[str]:
+    """The longest name made from the stack name that DigitalOcean would refuse, if any."""
+    names = [(name, "droplet", MAX_DROPLET_NAME) for name in settings.droplet_names()]
+    if settings.existing_volume is None:
+        names.append((settings.volume_name, "volume", MAX_VOLUME_NAME))
+    excess, name, kind, limit = max((len(name) - limit, name, kind, limit)
+                                    for name, kind, limit in names)
+    if excess <= 0:
+        return []
+    return [f"  `pulumi stack` name {stack!r} makes the {kind} name {name!r} ({len(name)} "
+            f"characters; DigitalOcean allows {limit}): expected a stack name of at most "
+            f"{len(stack) - excess} characters (`pulumi stack init <shorter name>`)"]
+
+
 # key -> (field, parser). The order is the order of Pulumi.yaml and of error messages.
 _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "region": ("region", _region),
@@ -253,6 +300,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
                                                "an integer number of hours, 0 or more and less "
                                                "than certValidityHours")),
     "sshPublicKeys": ("ssh_public_keys", _ssh_public_keys),
+    "existingVolume": ("existing_volume", _existing_volume),
 }
 
 CONFIG_KEYS = tuple(_FIELDS)
@@ -263,8 +311,9 @@ def _problem(key: str, raw: str | None, form: str) -> str:
     return f"  {PROJECT}:{key} = {shown}: expected {form}"
 
 
-def parse_settings(raw_config: Mapping[str, str | None]) -> Settings:
-    """Validate the raw config strings (keys without the project prefix) into `Settings`."""
+def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> Settings:
+    """Validate the raw config strings (keys without the project prefix) into `Settings`, for
+    the stack `stack` (DigitalOcean names are derived from it)."""
     values: dict[str, Any] = {}
     problems: list[str] = []
     for key, (field, parse) in _FIELDS.items():
@@ -282,14 +331,17 @@ def parse_settings(raw_config: Mapping[str, str | None]) -> Settings:
                                  raw_config.get("certEarlyRenewalHours"),
                                  "fewer hours than certValidityHours "
                                  f"({values['cert_validity_hours']})"))
-    if problems:
+    settings = None if problems else Settings(**values, name_prefix=name_prefix(stack))
+    if settings is not None:
+        problems += _derived_name_problems(settings, stack)
+    if problems or settings is None:
         raise SettingsError("Invalid stack configuration:\n" + "\n".join(problems)
                             + "\nFix with `pulumi config set <key> <value>` "
                               "(lists: `pulumi config set --path '<key>[0]' <value>`).")
-    return Settings(**values)
+    return settings
 
 
 def load_settings() -> Settings:
     """Read this project's config through the Pulumi SDK and validate it."""
     config = pulumi.Config(PROJECT)
-    return parse_settings({key: config.get(key) for key in CONFIG_KEYS})
+    return parse_settings({key: config.get(key) for key in CONFIG_KEYS}, pulumi.get_stack())

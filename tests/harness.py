@@ -3,7 +3,9 @@
 `run_program` loads config exactly as the Pulumi CLI would (the `config:` defaults of
 Pulumi.yaml, then `Pulumi.<stack>.yaml`, then overrides), runs the program with `preview=False`,
 waits for every output, and returns a `ProgramRun`: each registered resource with its inputs,
-parent, dependencies and options, and the resolved stack outputs with their secretness.
+parent, dependencies, options (deleted_with, retain_on_delete, delete_before_replace,
+ignore_changes, the delete timeout) and the id and outputs the mock provider answered, and the
+resolved stack outputs with their secretness. `tests/lifecycle/planner.py` plans between two.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class Registration:
     inputs: dict[str, Any]  # secrets unwrapped
     deleted_with: str
     retain_on_delete: bool
+    delete_before_replace: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
+    delete_timeout: str = ""  # custom_timeouts.delete, as the engine passes it to the provider
+    id: str = ""  # what the provider (mock) answered
+    outputs: dict[str, Any] = field(default_factory=dict)  # secrets unwrapped
 
     def is_secret_input(self, key: str) -> bool:
         return contains_secret(self.raw_inputs.get(key))
@@ -82,12 +89,16 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def __init__(self, mocks: ProviderMocks) -> None:
         super().__init__(mocks)
+        self.mocks: ProviderMocks = mocks
         self.registrations: dict[str, Registration] = {}
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC name)
+        # The engine keeps the stored value of an ignored input; so does the mock provider.
+        self.mocks.ignored_inputs[(request.type, request.name)] = list(request.ignoreChanges)
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             raw = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            outputs = rpc.deserialize_properties(response.object, keep_unknowns=True)
             self.registrations[response.urn] = Registration(
                 urn=response.urn, type=request.type, name=request.name,
                 custom=bool(request.custom), parent=request.parent,
@@ -95,7 +106,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 property_dependencies={key: list(value.urns)
                                        for key, value in request.propertyDependencies.items()},
                 raw_inputs=raw, inputs=unwrap(raw), deleted_with=request.deletedWith,
-                retain_on_delete=bool(request.retainOnDelete))
+                retain_on_delete=bool(request.retainOnDelete),
+                delete_before_replace=bool(request.deleteBeforeReplace),
+                ignore_changes=list(request.ignoreChanges),
+                delete_timeout=request.customTimeouts.delete, id=response.id,
+                outputs=unwrap(outputs))
         return response
 
 

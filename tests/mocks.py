@@ -8,7 +8,12 @@
 - Outputs the providers mark secret (`additional_secret_outputs`) come back wrapped as secrets,
   as the engine would mark them.
 - Like the engine with its state file: a resource registered again with identical inputs keeps
-  its outputs (no new key, password or IP), so two runs of the program can be compared.
+  its outputs (no new key, password or IP), so two runs of the program can be compared; one whose
+  changed inputs the provider updates in place (`tests/lifecycle/schema.py`) keeps its id and
+  computed outputs; ignored inputs (`ignore_changes`) keep their stored values; a certificate
+  past its early renewal time (see `advance_clock`) is issued anew, as the tls provider does.
+- An account: volumes outlive the stack that made them (`after_destroy`), `getVolume` and
+  `Volume.get` find them, and a second volume with the same name in a region fails (409).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import base64
 import datetime
 import hashlib
 import ipaddress
-import json
 import secrets
 import string
 import uuid
@@ -30,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi.runtime import MockCallArgs, MockResourceArgs, Mocks
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret, wrap_rpc_secret
+
+from tests.lifecycle import schema
 
 # Outputs each provider marks secret (copied from the SDKs' additional_secret_outputs).
 SECRET_OUTPUTS = {
@@ -120,26 +126,91 @@ class ProviderMocks(Mocks):
     """Provider-like mocks with engine-like state across program runs (see module doc)."""
 
     def __init__(self) -> None:
-        self._state: dict[tuple[str, str], tuple[str, str, dict[str, Any]]] = {}
+        # (type, name) -> (inputs, id, outputs): the engine's state of this stack.
+        self._state: dict[tuple[str, str], tuple[dict[str, Any], str, dict[str, Any]]] = {}
+        # (type, name) -> the inputs registered with `ignore_changes` (set by the monitor).
+        self.ignored_inputs: dict[tuple[str, str], list[str]] = {}
+        # The account's volumes by id, whichever stack made them.
+        self.volumes: dict[str, dict[str, Any]] = {}
         self._next_droplet = 0
         self._clock = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+    @property
+    def now(self) -> datetime.datetime:
+        return self._clock
+
+    def advance_clock(self, delta: datetime.timedelta) -> None:
+        """Let time pass before the next run (certificates come due for renewal)."""
+        self._clock += delta
+
+    def after_destroy(self, deleted_volume_ids: set[str]) -> ProviderMocks:
+        """The account after `pulumi destroy`: an empty stack; volumes not deleted remain."""
+        after = ProviderMocks()
+        after.volumes = {volume_id: dict(volume) for volume_id, volume in self.volumes.items()
+                         if volume_id not in deleted_volume_ids}
+        after._next_droplet = self._next_droplet
+        after._clock = self._clock
+        return after
 
     # -- the Mocks interface --------------------------------------------------------------
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         inputs = unwrap(args.inputs)
-        fingerprint = json.dumps(inputs, sort_keys=True, default=str)
-        key = (args.typ, args.name)
-        if key in self._state and self._state[key][0] == fingerprint:
-            _, resource_id, outputs = self._state[key]
+        if args.resource_id and args.custom is None:  # `Resource.get`: read, never owned
+            resource_id, outputs = self._read(args.typ, args.resource_id)
         else:
-            resource_id, outputs = self._create(args.typ, args.name, inputs, args.custom)
-            self._state[key] = (fingerprint, resource_id, outputs)
+            resource_id, outputs = self._register(args.typ, args.name, inputs, args.custom)
         secret = SECRET_OUTPUTS.get(args.typ, set())
         return resource_id, {name: wrap_rpc_secret(value) if name in secret else value
                              for name, value in outputs.items()}
 
+    def _register(self, typ: str, name: str, inputs: dict[str, Any],
+                  custom: bool | None) -> tuple[str, dict[str, Any]]:
+        key = (typ, name)
+        if key not in self._state:
+            resource_id, outputs = self._create(typ, name, inputs, custom)
+            self._state[key] = (inputs, resource_id, outputs)
+            return resource_id, outputs
+        old_inputs, resource_id, outputs = self._state[key]
+        for ignored in self.ignored_inputs.get(key, []):
+            if ignored in old_inputs:
+                inputs[ignored] = old_inputs[ignored]
+        changed = schema.changed_inputs(old_inputs, inputs)
+        if not custom or not (changed or schema.due_for_renewal(typ, outputs, self._clock)):
+            return resource_id, outputs
+        if schema.replacing_inputs(typ, changed) or schema.due_for_renewal(typ, outputs,
+                                                                             self._clock):
+            resource_id, outputs = self._create(typ, name, inputs, custom)
+        else:  # an in-place update: same id, computed outputs kept, inputs as given
+            outputs = {**{k: v for k, v in outputs.items() if k not in old_inputs}, **inputs}
+            if typ == schema.VOLUME:
+                self.volumes[resource_id] = outputs
+        self._state[key] = (inputs, resource_id, outputs)
+        return resource_id, outputs
+
+    def _read(self, typ: str, resource_id: str) -> tuple[str, dict[str, Any]]:
+        if typ != schema.VOLUME:
+            raise NotImplementedError(f"the program should not read a {typ}")
+        if resource_id not in self.volumes:
+            raise ValueError(f"digitalocean: volume {resource_id} not found (404)")
+        return resource_id, self.volumes[resource_id]
+
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        raise NotImplementedError(f"the program should not call {args.token}")
+        if args.token != "digitalocean:index/getVolume:getVolume":
+            raise NotImplementedError(f"the program should not call {args.token}")
+        wanted = unwrap(args.args)
+        found = [{"id": volume_id, **volume} for volume_id, volume in self.volumes.items()
+                 if volume["name"] == wanted["name"]
+                 and wanted.get("region") in (None, volume["region"])]
+        # The data source's own errors (datasource_volume.go, findVolumeByName).
+        if not found:
+            raise ValueError(f"no volumes found with name {wanted['name']}")
+        if len(found) > 1:
+            raise ValueError(f"too many volumes found with name {wanted['name']} "
+                             f"(found {len(found)}, expected 1)")
+        volume = found[0]
+        return {key: volume[key] for key in ("id", "name", "region", "size", "urn",
+                                             "description", "filesystemType",
+                                             "filesystemLabel", "dropletIds")}, []
 
     # -- providers ------------------------------------------------------------------------
     def _create(self, typ: str, name: str, inputs: dict[str, Any],
@@ -154,9 +225,8 @@ class ProviderMocks(Mocks):
             "random:index/randomPassword:RandomPassword": self._random_password,
             "random:index/randomBytes:RandomBytes": self._random_bytes,
             "digitalocean:index/droplet:Droplet": self._droplet,
-            "digitalocean:index/volume:Volume": self._with_uuid("volume"),
+            "digitalocean:index/volume:Volume": self._volume,
             "digitalocean:index/volumeAttachment:VolumeAttachment": self._volume_attachment,
-            "digitalocean:index/vpc:Vpc": self._vpc,
             "digitalocean:index/sshKey:SshKey": self._ssh_key,
             "digitalocean:index/tag:Tag": self._tag,
             "digitalocean:index/firewall:Firewall": self._with_uuid("firewall"),
@@ -313,15 +383,24 @@ class ProviderMocks(Mocks):
             return resource_id, {**inputs, "urn": f"do:{kind}:{resource_id}"}
         return create
 
+    def _volume(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        for volume in self.volumes.values():
+            if (volume["name"], volume["region"]) == (inputs["name"], inputs["region"]):
+                raise ValueError(f"Error creating Volume: POST https://api.digitalocean.com/v2/"
+                                 f"volumes: 409 a volume named {inputs['name']} already exists "
+                                 f"in {inputs['region']}")
+        volume_id = str(uuid.uuid4())
+        outputs = {**inputs, "urn": f"do:volume:{volume_id}",
+                   "filesystemType": inputs.get("initialFilesystemType", ""),
+                   "filesystemLabel": inputs.get("initialFilesystemLabel", ""),
+                   "dropletIds": []}
+        self.volumes[volume_id] = outputs
+        return volume_id, outputs
+
     def _volume_attachment(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if not isinstance(inputs.get("dropletId"), (int, float)):
             raise TypeError("digitalocean: VolumeAttachment.droplet_id must be a number")
         return f"{int(inputs['dropletId'])}-{inputs['volumeId']}", inputs
-
-    def _vpc(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        resource_id = str(uuid.uuid4())
-        return resource_id, {"ipRange": "10.110.0.0/20", **inputs,
-                             "urn": f"do:vpc:{resource_id}"}
 
     def _ssh_key(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         blob = base64.b64decode(inputs["publicKey"].split()[1])

@@ -34,7 +34,7 @@ def placed_file(registration: Registration) -> PlacedFile:
 
 
 def is_place_file_command(registration: Registration) -> bool:
-    return f"\n{_MOVE}" in registration.inputs["create"]
+    return f"\n{_MOVE}" in registration.inputs.get("create", "")
 
 
 def place_file_commands(run: ProgramRun) -> dict[str, Registration]:

@@ -116,12 +116,14 @@ def test_the_program_places_and_runs_only_the_moved_layout(
     commands = run.commands()
     assert len(commands) >= 15
     for registration in commands:
-        for field in ("create", "stdin"):
+        for field in ("create", "update", "delete", "stdin"):
             text = str(registration.inputs.get(field, ""))
             stale = [fact for fact in ("/etc/registry", "/srv/registry", "/etc/private-registry")
                      if fact in text]
             assert not stale, f"{registration.name}.{field} still says {stale}"
-    placed = "\n".join(str(c.inputs["create"]) for c in commands)
+    placed = "\n".join(str(c.inputs.get("create", "")) for c in commands)
+    released = run.named("registry-release-data-volume").inputs["delete"]
+    assert released.endswith(f" {MOVED_REGISTRY.data_mount}")
     assert f'mv -f "$tmp" {MOVED_REGISTRY.config_dir}/compose.yaml' in placed
     assert f'mv -f "$tmp" {MOVED_CLIENT.client_dir}/ca.crt' in placed
 

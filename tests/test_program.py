@@ -33,6 +33,7 @@ DROPLET = "digitalocean:index/droplet:Droplet"
 FIREWALL = "digitalocean:index/firewall:Firewall"
 SSH_KEY = "digitalocean:index/sshKey:SshKey"
 VPC = "digitalocean:index/vpc:Vpc"
+RELEASE = "registry-release-data-volume"
 TAG = "digitalocean:index/tag:Tag"
 VOLUME = "digitalocean:index/volume:Volume"
 ATTACHMENT = "digitalocean:index/volumeAttachment:VolumeAttachment"
@@ -54,7 +55,6 @@ STACK = "(stack)"
 EVERYWHERE = ["0.0.0.0/0", "::/0"]
 CLIENT_CA_FILE = CLIENT_HOST.file("ca_cert").path
 CLIENT_PASSWORD_FILE = CLIENT_HOST.file("login_password").path
-MOCK_VPC_RANGE = "10.110.0.0/20"  # the range the VPC mock assigns, as DigitalOcean would
 EXTRA_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
                  " me@laptop")
 VARIANT = {
@@ -211,7 +211,7 @@ def expected_resources(users: list[str], client_count: int) -> set[tuple[str, st
         (PASSWORD, "credentials-registry-http-secret", "credentials"),
         (PRIVATE_KEY, "ca-key", "ca"), (SELF_SIGNED, "ca-cert", "ca"),
         (PRIVATE_KEY, "network-admin-ssh-key", "network"),
-        (SSH_KEY, "network-admin-ssh-key", "network"), (VPC, "network-vpc", "network"),
+        (SSH_KEY, "network-admin-ssh-key", "network"),
         (TAG, "network-server-tag", "network"), (TAG, "network-client-tag", "network"),
         (FIREWALL, "network-server-firewall", "network"),
         (FIREWALL, "network-client-firewall", "network"),
@@ -223,7 +223,8 @@ def expected_resources(users: list[str], client_count: int) -> set[tuple[str, st
         (SIGNED_CERT, "registry-tls-cert", "registry-tls"),
         (COMMAND, "registry-install-packages", "registry"),
         (COMMAND, "registry-mount-data-volume", "registry"),
-        (COMMAND, "registry-activate", "registry"),
+        (COMMAND, "registry-activate", "registry"), (COMMAND, RELEASE, "registry"),
+        (COMMAND, "registry-extra-ssh-keys", "registry"),
         *((COMMAND, name, "registry") for name in REGISTRY_FILE_COMMANDS),
     }
     for user in users:
@@ -234,7 +235,7 @@ def expected_resources(users: list[str], client_count: int) -> set[tuple[str, st
         expected |= {(CLIENT, client, STACK), (DROPLET, f"{client}-droplet", client),
                      *((COMMAND, f"{client}-{step}", client) for step in (
                          "install-packages", "file-ca-cert", "file-login-password",
-                         "trust-registry", "verify-registry"))}
+                         "trust-registry", "verify-registry", "extra-ssh-keys"))}
     return expected
 
 
@@ -253,10 +254,7 @@ def test_zero_clients_makes_no_client_and_everything_else(no_client_run: Program
 
 
 def test_three_clients_make_three_client_hosts(variant_run: ProgramRun) -> None:
-    optional = {(DNS_RECORD, "registry-dns", "registry"),
-                (COMMAND, "registry-extra-ssh-keys", "registry"),
-                *((COMMAND, f"client-{index}-extra-ssh-keys", f"client-{index}")
-                  for index in range(3))}
+    optional = {(DNS_RECORD, "registry-dns", "registry")}
     assert inventory(variant_run) == expected_resources(["ci", "alice"], client_count=3) | optional
     public_ips = variant_run.outputs["clientPublicIps"]
     assert len(public_ips) == 3 and len(set(public_ips)) == 3
@@ -269,23 +267,25 @@ def test_three_clients_make_three_client_hosts(variant_run: ProgramRun) -> None:
     ("registry-droplet", "s-1vcpu-2gb", "network-server-tag"),
     ("client-0-droplet", "s-1vcpu-1gb", "network-client-tag"),
 ])
-def test_droplets_run_in_the_vpc_with_monitoring_and_the_admin_ssh_key(
+def test_droplets_run_in_the_default_vpc_with_monitoring_and_the_admin_ssh_key(
         program_run: ProgramRun, droplet_name: str, size: str, tag: str) -> None:
     droplet = resource(program_run, DROPLET, droplet_name)
     ssh_key = resource(program_run, SSH_KEY, "network-admin-ssh-key")
     inputs = droplet.inputs
     assert (inputs["region"], inputs["size"], inputs["image"]) == ("fra1", size, "ubuntu-24-04-x64")
     assert inputs["monitoring"] is True
-    vpc = resource(program_run, VPC, "network-vpc")
-    assert droplet.property_dependencies["vpcUuid"] == [vpc.urn]
+    assert "vpcUuid" not in inputs  # the region's default VPC, which DigitalOcean owns
     assert inputs["sshKeys"] == [md5_fingerprint(ssh_key.inputs["publicKey"])]
     assert droplet.property_dependencies["sshKeys"] == [ssh_key.urn]
     assert inputs["tags"] == [resource(program_run, TAG, tag).inputs["name"]]
     assert "privateNetworking" not in inputs  # deprecated: vpc_uuid places it
 
 
-def test_vpc_is_in_the_configured_region(program_run: ProgramRun) -> None:
-    assert resource(program_run, VPC, "network-vpc").inputs["region"] == "fra1"
+@pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
+def test_no_vpc_that_destroy_could_not_delete(request: pytest.FixtureRequest,
+                                              run_fixture: str) -> None:
+    run: ProgramRun = request.getfixturevalue(run_fixture)
+    assert run.of_type(VPC) == []
 
 
 def test_admin_ssh_key_output_is_the_ed25519_key_registered_with_digitalocean(
@@ -483,19 +483,19 @@ def covers(port_range: str, port: int) -> bool:
 
 
 @pytest.mark.parametrize(("run_fixture", "admin_cidrs", "port", "registry_sources"), [
-    ("program_run", EVERYWHERE, "5043", [MOCK_VPC_RANGE]),
-    ("variant_run", ["203.0.113.7/32"], "443", [MOCK_VPC_RANGE, "198.51.100.0/24"]),
+    ("program_run", EVERYWHERE, "5043", None),
+    ("variant_run", ["203.0.113.7/32"], "443", ["198.51.100.0/24"]),
 ])
-def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_and_vpc_only(
+def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_only(
         request: pytest.FixtureRequest, run_fixture: str, admin_cidrs: list[str], port: str,
-        registry_sources: list[str]) -> None:
+        registry_sources: list[str] | None) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     ssh = {"protocol": "tcp", "portRange": "22", "sourceAddresses": admin_cidrs}
     client_tag = resource(run, TAG, "network-client-tag").inputs["name"]
     assert inbound_rules(run, "network-server-firewall") == [
         ssh,
         {"protocol": "tcp", "portRange": port, "sourceTags": [client_tag],
-         "sourceAddresses": registry_sources},
+         **({"sourceAddresses": registry_sources} if registry_sources else {})},
     ]
     assert inbound_rules(run, "network-client-firewall") == [ssh]
     assert outbound_is_open(run, "network-server-firewall")
@@ -517,13 +517,6 @@ def test_no_firewall_rule_opens_the_registrys_own_ports(
         for rule in firewall.inputs["inboundRules"]:
             assert not covers(rule["portRange"], REGISTRY_LAYOUT.registry_port), rule
             assert not covers(rule["portRange"], REGISTRY_LAYOUT.debug_port), rule
-
-
-def test_private_ips_are_inside_the_vpc_range_the_registry_port_admits(
-        program_run: ProgramRun) -> None:
-    vpc = ipaddress.ip_network(MOCK_VPC_RANGE)
-    for ip in [program_run.outputs["registryPrivateIp"], *program_run.outputs["clientPrivateIps"]]:
-        assert ipaddress.ip_address(ip) in vpc
 
 
 # -- remote commands: order, lifetime, connection --------------------------------------------
@@ -561,7 +554,11 @@ def test_every_command_is_deleted_with_its_droplet(
         request: pytest.FixtureRequest, run_fixture: str) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     for registration in run.commands():
-        assert registration.deleted_with == droplet_of(run, registration).urn, registration.name
+        if registration.name == RELEASE:  # must run on destroy: see tests/test_lifecycle.py
+            assert registration.deleted_with == ""
+        else:
+            assert registration.deleted_with == droplet_of(run, registration).urn, \
+                registration.name
 
 
 def test_every_command_reaches_its_droplet_as_root_with_a_patient_dial(
@@ -580,8 +577,8 @@ def test_every_command_reaches_its_droplet_as_root_with_a_patient_dial(
 def test_scripts_travel_on_stdin_as_the_files_in_the_repository(program_run: ProgramRun) -> None:
     scripts = {path.read_text() for path in (ROOT / "files" / "scripts").glob("*.sh")}
     script_commands = [c for c in program_run.commands()
-                       if c.inputs["create"].startswith("bash -s -- ")]
-    assert len(script_commands) == 6
+                       if (c.inputs.get("create") or c.inputs["delete"]).startswith("bash -s -- ")]
+    assert len(script_commands) == 7
     for registration in script_commands:
         assert registration.inputs["stdin"] in scripts, registration.name
 

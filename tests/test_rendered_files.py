@@ -26,7 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from components.manifest import CLIENT_HOST, REGISTRY_HOST, REGISTRY_LAYOUT, command_name
+from components.manifest import (
+    CLIENT_HOST,
+    EXTRA_SSH_KEYS_FILE,
+    REGISTRY_HOST,
+    REGISTRY_LAYOUT,
+    command_name,
+)
 from tests.harness import ROOT, ProgramRun, Registration
 from tests.realstack.hostsim import (
     REGISTRY_ARGV,
@@ -137,7 +143,7 @@ def test_place_file_commands_land_every_file_with_its_owner_and_mode(
                                      inspect=(unit_dir,))
     assert states == {
         **{host_file.path: f"{host_file.mode:o} {host_file.uid}:{host_file.gid}"
-           for host_file in (*REGISTRY_HOST.files, *CLIENT_HOST.files)},
+           for host_file in (*REGISTRY_HOST.files, *CLIENT_HOST.files, EXTRA_SSH_KEYS_FILE)},
         unit_dir: "755 0:0",
     }
 
@@ -166,9 +172,11 @@ def test_every_remote_command_line_passes_shellcheck(program_run: ProgramRun,
                                                      tmp_path: Path) -> None:
     paths = []
     for registration in program_run.commands():
-        path = tmp_path / f"{registration.name}.sh"
-        path.write_text(f"#!/bin/sh\n{registration.inputs['create']}\n")
-        paths.append(str(path))
+        for step in ("create", "delete"):
+            if step in registration.inputs:
+                path = tmp_path / f"{registration.name}-{step}.sh"
+                path.write_text(f"#!/bin/sh\n{registration.inputs[step]}\n")
+                paths.append(str(path))
     assert len(paths) >= 15
     result = subprocess.run([debian_tool("shellcheck", "shellcheck"), *paths],
                             capture_output=True, text=True, check=False)

@@ -60,6 +60,7 @@ VOLUME_FORM = "an integer number of GiB from 1 to 16384"
 CONTAINER_IMAGE_FORM = "an image reference with an explicit tag or digest"
 CERT_HOURS_FORM = "an integer from 24 to 87600"
 SSH_KEYS_FORM = "a list of OpenSSH public keys"
+EXISTING_VOLUME_FORM = "the name or id of a DigitalOcean volume in the stack's region"
 
 # (key, bad value as a Python value or raw CLI string, a part of the accepted form)
 BAD_VALUES: list[tuple[str, Any, str]] = [
@@ -148,6 +149,10 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     # A newline would smuggle a second line into authorized_keys.
     ("sshPublicKeys", [ED25519_KEY + "\nssh-ed25519 AAAAC3Nza evil"], SSH_KEYS_FORM),
     ("sshPublicKeys", ED25519_KEY, SSH_KEYS_FORM),  # not a list
+    ("existingVolume", "Registry-Data", EXISTING_VOLUME_FORM),
+    ("existingVolume", "1data", EXISTING_VOLUME_FORM),
+    ("existingVolume", "a" * 65, EXISTING_VOLUME_FORM),
+    ("existingVolume", "506f78a4-e098-11e5-ad9f", EXISTING_VOLUME_FORM),
 ]
 
 
@@ -226,7 +231,7 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
         allowed_cidrs=(), domain=None, volume_size_gb=20, retain_volume_on_destroy=False,
         registry_image=versions.REGISTRY_IMAGE, nginx_image=versions.NGINX_IMAGE,
         tls_key_algorithm="ECDSA", cert_validity_hours=8760, cert_early_renewal_hours=720,
-        ssh_public_keys=())
+        ssh_public_keys=(), existing_volume=None, name_prefix="registry-dev")
 
 
 def test_defaults_without_a_domain_use_the_registry_name_and_no_dns_name() -> None:
@@ -265,6 +270,10 @@ def test_dev_stack_file_parses() -> None:
     ("certEarlyRenewalHours", 8759, "cert_early_renewal_hours", 8759),
     ("sshPublicKeys", [f"  {ED25519_KEY}  "], "ssh_public_keys", (ED25519_KEY,)),
     ("image", "ubuntu-22-04-x64", "image", "ubuntu-22-04-x64"),
+    ("existingVolume", "registry-dev-data", "existing_volume", "registry-dev-data"),
+    ("existingVolume", "a" * 64, "existing_volume", "a" * 64),
+    ("existingVolume", "506f78a4-e098-11e5-ad9f-000f53306ae1", "existing_volume",
+     "506f78a4-e098-11e5-ad9f-000f53306ae1"),
 ])
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
     assert getattr(parse_settings(config(**{key: value})), field) == parsed

@@ -1,0 +1,1 @@
+"""A model of what the Pulumi engine does between two program runs (see `planner`)."""
