@@ -27,6 +27,8 @@ from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, St
 
 from tests.harness import ROOT, ProgramRun, Registration
 
+pytestmark = pytest.mark.program
+
 COMMAND = "command:remote:Command"
 DROPLET = "digitalocean:index/droplet:Droplet"
 FIREWALL = "digitalocean:index/firewall:Firewall"

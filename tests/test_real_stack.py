@@ -21,6 +21,8 @@ from tests.realstack.clients import Podman, Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust
 from tests.realstack.oci import build_image, layout_digests
 
+pytestmark = pytest.mark.host
+
 MiB = 1 << 20
 
 

