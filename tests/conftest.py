@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ except (ImportError, AttributeError) as moved:  # pragma: no cover - only when t
 from tests.mocks import ProviderMocks  # noqa: E402
 
 LAYERS = ("program", "files", "host")
+BIG_FILE = 1 << 20
 # State that podman, skopeo, update-ca-certificates' hooks and apt would leave outside the
 # tests' own directories: a run must not add to it (the session fails if it does).
 MACHINE_STATE = ("/run/libpod", "/run/containers", "/run/nginx.pid", "/var/lib/containers",
@@ -117,6 +118,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped, which counts as a failure here: {report.longrepr}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_big_files_kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A failing run keeps its temporary directories for debugging (pyproject.toml), but not
+    the layers and registry data the real-stack tests make (hundreds of MiB): logs, configs and
+    small files stay."""
+    yield
+    for path in tmp_path_factory.getbasetemp().rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size > BIG_FILE:
+            path.unlink()
 
 
 @dataclass(frozen=True)

@@ -585,9 +585,9 @@ def test_registry_killed_mid_push_fails_the_client_fast_and_the_retry_succeeds(
         workdir: Path) -> None:
     image = build_image(workdir / "killed", "v1", [256 * MiB], seed="killed-mid-push")
     push = subprocess.Popen(
-        sim.client_argv(["skopeo", "copy", "--quiet", "--dest-authfile",
-                         str(skopeo.authfile("ci")), image.reference,
-                         f"docker://{sim.address}/team/killed:v1"]),
+        sim.client_argv(skopeo.argv("copy", "--quiet", "--dest-authfile",
+                                    str(skopeo.authfile("ci")), image.reference,
+                                    f"docker://{sim.address}/team/killed:v1")),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         def uploaded() -> int:

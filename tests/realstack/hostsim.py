@@ -433,12 +433,16 @@ class RegistryHostSim:
 def apply_client_trust(run: ProgramRun, workdir: Path,
                        client: str = "client-0") -> list[subprocess.CompletedProcess[bytes]]:
     """Run a client's CA-file and trust commands, as the client host would, over a private
-    /etc (changes land in `workdir/etc-upper`) and a private system CA directory."""
+    /etc (changes land in `workdir/etc-upper`) and a private system CA directory.
+
+    update-ca-certificates' hooks do not run: this machine's (ca-certificates-java) would write
+    the real /var/lib and run dpkg's triggers on the real package database."""
     results = []
     for command_name in (f"{client}-file-ca-cert", f"{client}-trust-registry"):
         command = run.named(command_name)
         results.append(run_in_private_etc(
             command.inputs["create"], command.inputs["stdin"].encode(),
             workdir / "etc-upper", workdir / "etc-work",
-            extra_binds={"/usr/local/share/ca-certificates": workdir / "local-ca"}))
+            extra_binds={"/usr/local/share/ca-certificates": workdir / "local-ca",
+                         "/etc/ca-certificates/update.d": workdir / "no-ca-hooks"}))
     return results
