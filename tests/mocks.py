@@ -140,6 +140,12 @@ class ProviderMocks(Mocks):
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         raise NotImplementedError(f"the program should not call {args.token}")
 
+    def provided(self, typ: str, name: str) -> tuple[str, dict[str, Any]]:
+        """The id and outputs this provider returned for a resource (to check what the program
+        did with them)."""
+        _, resource_id, outputs = self._state[(typ, name)]
+        return resource_id, outputs
+
     # -- providers ------------------------------------------------------------------------
     def _create(self, typ: str, name: str, inputs: dict[str, Any],
                 custom: bool | None) -> tuple[str, dict[str, Any]]:

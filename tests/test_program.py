@@ -16,7 +16,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography import x509
@@ -26,6 +26,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store
 
 from tests.harness import ROOT, ProgramRun, Registration
+
+if TYPE_CHECKING:
+    from tests.conftest import DevStack
 
 pytestmark = pytest.mark.program
 
@@ -164,12 +167,6 @@ def env_file_value(text: str, name: str) -> str:
     return values[name]
 
 
-def md5_fingerprint(openssh_public_key: str) -> str:
-    """DigitalOcean's fingerprint of an SSH key: MD5 of the key blob, colon-separated hex."""
-    digest = hashlib.md5(base64.b64decode(openssh_public_key.split()[1])).hexdigest()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
-
-
 def script_command(*args: str) -> str:
     return " ".join(["bash", "-s", "--", *args])
 
@@ -293,7 +290,8 @@ def test_three_clients_make_three_client_hosts(variant_run: ProgramRun) -> None:
     ("client-0-droplet", "s-1vcpu-1gb", "network-client-tag"),
 ])
 def test_droplets_run_in_the_vpc_with_monitoring_and_the_admin_ssh_key(
-        program_run: ProgramRun, droplet_name: str, size: str, tag: str) -> None:
+        dev_stack: DevStack, droplet_name: str, size: str, tag: str) -> None:
+    program_run = dev_stack.run
     droplet = resource(program_run, DROPLET, droplet_name)
     ssh_key = resource(program_run, SSH_KEY, "network-admin-ssh-key")
     inputs = droplet.inputs
@@ -301,7 +299,9 @@ def test_droplets_run_in_the_vpc_with_monitoring_and_the_admin_ssh_key(
     assert inputs["monitoring"] is True
     vpc = resource(program_run, VPC, "network-vpc")
     assert droplet.property_dependencies["vpcUuid"] == [vpc.urn]
-    assert inputs["sshKeys"] == [md5_fingerprint(ssh_key.inputs["publicKey"])]
+    # The fingerprint DigitalOcean returned for the admin key.
+    assert inputs["sshKeys"] == [
+        dev_stack.mocks.provided(SSH_KEY, "network-admin-ssh-key")[1]["fingerprint"]]
     assert droplet.property_dependencies["sshKeys"] == [ssh_key.urn]
     assert inputs["tags"] == [resource(program_run, TAG, tag).inputs["name"]]
     assert "privateNetworking" not in inputs  # deprecated: vpc_uuid places it
@@ -542,11 +542,12 @@ def test_no_firewall_rule_opens_the_registrys_own_ports(
             assert not covers(rule["portRange"], 5001), rule
 
 
-def test_private_ips_are_inside_the_vpc_range_the_registry_port_admits(
-        program_run: ProgramRun) -> None:
-    vpc = ipaddress.ip_network(MOCK_VPC_RANGE)
-    for ip in [program_run.outputs["registryPrivateIp"], *program_run.outputs["clientPrivateIps"]]:
-        assert ipaddress.ip_address(ip) in vpc
+def test_the_registry_port_admits_the_vpc_the_droplets_run_in(program_run: ProgramRun) -> None:
+    vpc = resource(program_run, VPC, "network-vpc")
+    assert vpc.urn in resource(program_run, FIREWALL, "network-server-firewall") \
+        .property_dependencies["inboundRules"]
+    for droplet in program_run.of_type(DROPLET):
+        assert droplet.property_dependencies["vpcUuid"] == [vpc.urn], droplet.name
 
 
 # -- remote commands: order, lifetime, connection --------------------------------------------
@@ -720,14 +721,18 @@ def test_adding_a_user_adds_an_htpasswd_line_and_keeps_the_others(
 
 # -- outputs ---------------------------------------------------------------------------------
 
-def test_outputs_describe_the_registry(program_run: ProgramRun) -> None:
-    outputs = program_run.outputs
+def test_outputs_describe_the_registry(dev_stack: DevStack) -> None:
+    outputs, mocks = dev_stack.run.outputs, dev_stack.mocks
     assert outputs["registryAddress"] == "registry.internal:5043"
     assert outputs["users"] == ["ci", "alice"]
-    assert ipaddress.ip_address(outputs["registryPublicIp"]).version == 4
-    assert ipaddress.ip_address(outputs["registryPrivateIp"]).is_private
-    assert isinstance(outputs["dataVolumeId"], str) and outputs["dataVolumeId"]
-    assert outputs["caCertificatePem"].startswith("-----BEGIN CERTIFICATE-----")
+    # Each address and id is the one DigitalOcean returned for that very resource.
+    _, registry = mocks.provided(DROPLET, "registry-droplet")
+    assert (outputs["registryPublicIp"], outputs["registryPrivateIp"]) == (
+        registry["ipv4Address"], registry["ipv4AddressPrivate"])
+    assert outputs["clientPrivateIps"] == [
+        mocks.provided(DROPLET, "client-0-droplet")[1]["ipv4AddressPrivate"]]
+    assert outputs["dataVolumeId"] == mocks.provided(VOLUME, "registry-data")[0]
+    assert outputs["caCertificatePem"] == mocks.provided(SELF_SIGNED, "ca-cert")[1]["certPem"]
 
 
 def test_docker_login_command_reads_the_password_from_stdin(program_run: ProgramRun) -> None:
