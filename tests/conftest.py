@@ -124,11 +124,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def no_big_files_kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A failing run keeps its temporary directories for debugging (pyproject.toml), but not
     the layers and registry data the real-stack tests make (hundreds of MiB): logs, configs and
-    small files stay."""
+    small files stay. And all of it can be removed, by the next run or by hand."""
     yield
-    for path in tmp_path_factory.getbasetemp().rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_size > BIG_FILE:
-            path.unlink()
+    base = tmp_path_factory.getbasetemp()
+    for directory, subdirectories, files in os.walk(base):
+        for name in subdirectories:  # overlayfs leaves `work/work` at mode 000: make it removable
+            if not os.access(os.path.join(directory, name), os.R_OK | os.W_OK | os.X_OK):
+                os.chmod(os.path.join(directory, name), 0o700)
+        for name in files:
+            path = Path(directory, name)
+            if not path.is_symlink() and path.stat().st_size > BIG_FILE:
+                path.unlink()
 
 
 @dataclass(frozen=True)
