@@ -116,7 +116,7 @@ def rsa_server_identity(files: FrontFiles, context: Context) -> FrontFiles:
     ca_key = serialization.load_pem_private_key(context.ca_key_pem.encode(), password=None)
     ca_cert = x509.load_pem_x509_certificate(context.ca_cert_pem.encode())
     key = rsa.generate_private_key(65537, 3072)
-    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (Python 3.10)
+    now = datetime.datetime.now(datetime.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(current.subject)
                .issuer_name(ca_cert.subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())

@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     started = time.time()
     results: dict[str, Any] = {
-        "started": datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (Python 3.10)
+        "started": datetime.datetime.now(datetime.timezone.utc)
         .isoformat(timespec="seconds"),
         "machine": report.machine(),
         "settings": {"fronts": args.fronts, "repetitions": args.reps,

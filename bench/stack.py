@@ -154,7 +154,7 @@ class BenchStack:
         self.installed: FrontFiles | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
-    def __enter__(self) -> BenchStack:  # noqa: PYI034 (typing.Self needs Python 3.11)
+    def __enter__(self) -> BenchStack:
         self.sim.__enter__()
         try:
             self.installed = self.read_files()

@@ -206,7 +206,8 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
     registry_config = HostFile(
         "registry_config", registry_config_dir.host_path(config_file.name), 0o644,
         template="registry-config.yml",
-        values={"registry_port": layout.registry_port, "storage_dir": layout.registry_storage})
+        values={"registry_port": layout.registry_port, "debug_port": layout.debug_port,
+                "storage_dir": layout.registry_storage})
     registry_env = HostFile(
         "registry_env", f"{layout.config_dir}/registry.env", 0o600, template="registry.env",
         values={"http_secret": StackValue("http_secret")}, secret=True)

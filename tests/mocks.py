@@ -2,8 +2,8 @@
 
 - tls: real keys (ECDSA/RSA/ED25519), a real self-signed CA, real CSRs, and certificates really
   signed by the CA key they are given, with SANs and key usages taken from the inputs.
-- random: passwords that follow the inputs' character rules, real bcrypt hashes (`$2a$`, cost
-  10, as Go's bcrypt), random bytes.
+- random: passwords that follow the inputs' character rules (no `bcryptHash`: the program does
+  not read it), random bytes.
 - digitalocean: numeric droplet ids, public and VPC-private IPv4 addresses, MD5 key fingerprints.
 - Outputs the providers mark secret (`additional_secret_outputs`) come back wrapped as secrets,
   as the engine would mark them.
@@ -27,7 +27,6 @@ import string
 import uuid
 from typing import Any
 
-import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -212,6 +211,12 @@ class ProviderMocks(Mocks):
                                              "description", "filesystemType",
                                              "filesystemLabel", "dropletIds")}, []
 
+    def provided(self, typ: str, name: str) -> tuple[str, dict[str, Any]]:
+        """The id and outputs this provider returned for a resource (to check what the program
+        did with them)."""
+        _, resource_id, outputs = self._state[(typ, name)]
+        return resource_id, outputs
+
     # -- providers ------------------------------------------------------------------------
     def _create(self, typ: str, name: str, inputs: dict[str, Any],
                 custom: bool | None) -> tuple[str, dict[str, Any]]:
@@ -356,10 +361,7 @@ class ProviderMocks(Mocks):
         everything = "".join(alphabet for _, alphabet in classes)
         chars += [secrets.choice(everything) for _ in range(length - len(chars))]
         secrets.SystemRandom().shuffle(chars)
-        result = "".join(chars)
-        # Go's bcrypt writes the $2a$ prefix at cost 10.
-        hashed = bcrypt.hashpw(result.encode(), bcrypt.gensalt(10, prefix=b"2a")).decode()
-        return "none", {**inputs, "result": result, "bcryptHash": hashed}
+        return "none", {**inputs, "result": "".join(chars)}
 
     def _random_bytes(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         data = secrets.token_bytes(int(inputs["length"]))

@@ -14,7 +14,8 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography import x509
@@ -27,6 +28,11 @@ from components.manifest import CLIENT_HOST, REGISTRY_HOST, REGISTRY_LAYOUT, com
 from components.versions import NGINX_WORKER_GID
 from tests.harness import ROOT, ProgramRun, Registration
 from tests.remote_commands import PlacedFile, placed_file
+
+if TYPE_CHECKING:
+    from tests.conftest import DevStack
+
+pytestmark = pytest.mark.program
 
 COMMAND = "command:remote:Command"
 DROPLET = "digitalocean:index/droplet:Droplet"
@@ -161,12 +167,6 @@ def env_file_value(text: str, name: str) -> str:
     return values[name]
 
 
-def md5_fingerprint(openssh_public_key: str) -> str:
-    """DigitalOcean's fingerprint of an SSH key: MD5 of the key blob, colon-separated hex."""
-    digest = hashlib.md5(base64.b64decode(openssh_public_key.split()[1])).hexdigest()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
-
-
 def script_command(*args: str) -> str:
     return " ".join(["bash", "-s", "--", *args])
 
@@ -268,14 +268,17 @@ def test_three_clients_make_three_client_hosts(variant_run: ProgramRun) -> None:
     ("client-0-droplet", "s-1vcpu-1gb", "network-client-tag"),
 ])
 def test_droplets_run_in_the_default_vpc_with_monitoring_and_the_admin_ssh_key(
-        program_run: ProgramRun, droplet_name: str, size: str, tag: str) -> None:
+        dev_stack: DevStack, droplet_name: str, size: str, tag: str) -> None:
+    program_run = dev_stack.run
     droplet = resource(program_run, DROPLET, droplet_name)
     ssh_key = resource(program_run, SSH_KEY, "network-admin-ssh-key")
     inputs = droplet.inputs
     assert (inputs["region"], inputs["size"], inputs["image"]) == ("fra1", size, "ubuntu-24-04-x64")
     assert inputs["monitoring"] is True
     assert "vpcUuid" not in inputs  # the region's default VPC, which DigitalOcean owns
-    assert inputs["sshKeys"] == [md5_fingerprint(ssh_key.inputs["publicKey"])]
+    # The fingerprint DigitalOcean returned for the admin key.
+    assert inputs["sshKeys"] == [
+        dev_stack.mocks.provided(SSH_KEY, "network-admin-ssh-key")[1]["fingerprint"]]
     assert droplet.property_dependencies["sshKeys"] == [ssh_key.urn]
     assert inputs["tags"] == [resource(program_run, TAG, tag).inputs["name"]]
     assert "privateNetworking" not in inputs  # deprecated: vpc_uuid places it
@@ -694,14 +697,18 @@ def test_adding_a_user_adds_an_htpasswd_line_and_keeps_the_others(
 
 # -- outputs ---------------------------------------------------------------------------------
 
-def test_outputs_describe_the_registry(program_run: ProgramRun) -> None:
-    outputs = program_run.outputs
+def test_outputs_describe_the_registry(dev_stack: DevStack) -> None:
+    outputs, mocks = dev_stack.run.outputs, dev_stack.mocks
     assert outputs["registryAddress"] == "registry.internal:5043"
     assert outputs["users"] == ["ci", "alice"]
-    assert ipaddress.ip_address(outputs["registryPublicIp"]).version == 4
-    assert ipaddress.ip_address(outputs["registryPrivateIp"]).is_private
-    assert isinstance(outputs["dataVolumeId"], str) and outputs["dataVolumeId"]
-    assert outputs["caCertificatePem"].startswith("-----BEGIN CERTIFICATE-----")
+    # Each address and id is the one DigitalOcean returned for that very resource.
+    _, registry = mocks.provided(DROPLET, "registry-droplet")
+    assert (outputs["registryPublicIp"], outputs["registryPrivateIp"]) == (
+        registry["ipv4Address"], registry["ipv4AddressPrivate"])
+    assert outputs["clientPrivateIps"] == [
+        mocks.provided(DROPLET, "client-0-droplet")[1]["ipv4AddressPrivate"]]
+    assert outputs["dataVolumeId"] == mocks.provided(VOLUME, "registry-data")[0]
+    assert outputs["caCertificatePem"] == mocks.provided(SELF_SIGNED, "ca-cert")[1]["certPem"]
 
 
 def test_docker_login_command_reads_the_password_from_stdin(program_run: ProgramRun) -> None:

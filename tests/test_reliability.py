@@ -5,6 +5,9 @@
   longer offer (SSLv3, RC4, 3DES, EXPORT). Every refusal has a negative control: a permissive
   `openssl s_server` with nginx's own certificate and key accepts the same offer, so the refusal
   is nginx's, not the client's or the key type's. Both key types (ECDSA default, RSA) are run.
+  Debian's OpenSSL refuses TLS 1.0 and 1.1 by itself (security level), so the protocol test runs
+  nginx with every cipher at security level 0 (a test-only `ssl_conf_command`): there only the
+  config's `ssl_protocols` refuses them, and with `TLSv1 TLSv1.1` added nginx accepts them.
 - Exposure by a full TCP port scan from the client's network namespace.
 - Faults: the registry SIGKILLed mid-push, nginx SIGKILLed, every service restarted.
 - Operations: certificate renewal and a new user reloaded into nginx while clients pull; password
@@ -25,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
@@ -41,6 +44,8 @@ from tests.realstack.clients import Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 from tests.realstack.oci import OciImage, build_image
 from tests.realstack.sandbox import Sandbox
+
+pytestmark = pytest.mark.host
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -387,6 +392,78 @@ def test_only_tls12_and_tls13_by_raw_client_hello(tls: TlsStack) -> None:
     assert handshake(tls, tls.nginx, "-tls1_3") is not None
 
 
+def eventually(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    """Wait for `check` (e.g. for a reload's new workers, which start after the signal)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def nginx_config_changed(sim: RegistryHostSim, change: Callable[[str], str],
+                         in_force: Callable[[], bool]) -> Iterator[None]:
+    """nginx serving the placed nginx.conf as `change` rewrites it, from when `in_force` says
+    the reload took effect; then the placed file again, until `in_force` says it no longer
+    holds. The change exists only in this test's copy of the host's files."""
+    conf = host_file(sim, "nginx_conf")
+    placed = conf.read_text()
+    changed = change(placed)
+    assert changed != placed, "the change did not apply to the placed nginx.conf"
+    try:
+        conf.write_text(changed)
+        sim.reload_nginx()
+        eventually(in_force, "nginx serves the changed config")
+        yield
+    finally:
+        conf.write_text(placed)
+        sim.reload_nginx()
+        eventually(lambda: not in_force(), "nginx serves the placed config again")
+
+
+def every_cipher_at_security_level_0(conf: str) -> str:
+    """The config with every TLS 1.0-1.2 cipher allowed at OpenSSL security level 0, after its
+    own `ssl_ciphers` (`ssl_conf_command` applies last): no cipher list and no system policy
+    (Debian's OpenSSL refuses TLS 1.0 and 1.1 below level 0) can refuse an old protocol; only
+    `ssl_protocols` can."""
+    return re.sub(r"^(\s*)(ssl_protocols [^;]*;)$",
+                  r"\1\2\n\1ssl_conf_command CipherString ALL:@SECLEVEL=0;", conf,
+                  count=1, flags=re.MULTILINE)
+
+
+def with_old_protocols(conf: str) -> str:
+    return re.sub(r"^(\s*)ssl_protocols ", r"\1ssl_protocols TLSv1 TLSv1.1 ", conf, count=1,
+                  flags=re.MULTILINE)
+
+
+def test_tls10_and_tls11_are_refused_by_the_configs_ssl_protocols(ecdsa_tls: TlsStack) -> None:
+    """The TLS 1.0 and 1.1 refusals are the program's config's, not this machine's OpenSSL
+    policy: nginx runs with every cipher at security level 0, so only `ssl_protocols` decides.
+    Controls: the permissive server and, with `TLSv1 TLSv1.1` added to `ssl_protocols`, nginx
+    itself accept the very same hellos."""
+    tls, cbc = ecdsa_tls, CBC_SUITE["ECDSA"]  # ECDHE-ECDSA-AES128-SHA: negotiable in TLS 1.0
+    old_versions = (0x0301, 0x0302)
+    for version in old_versions:
+        assert hello(tls, tls.control, version, [cbc]) == f"server-hello {version:04x} {cbc:04x}"
+    assert handshake(tls, tls.control, "-tls1", "-cipher", "ALL:@SECLEVEL=0") is not None
+    def accepts(version: int) -> bool:
+        return hello(tls, tls.nginx, version, [cbc]) == f"server-hello {version:04x} {cbc:04x}"
+
+    assert not accepts(0x0303), "the placed config accepts a CBC suite"
+    # In force once nginx accepts CBC in TLS 1.2, which the placed config refuses.
+    with nginx_config_changed(tls.sim, every_cipher_at_security_level_0, lambda: accepts(0x0303)):
+        for version in old_versions:
+            answer = hello(tls, tls.nginx, version, [cbc])
+            assert answer == "alert 70", f"{version:04x}: {answer}"  # protocol_version
+        assert handshake(tls, tls.nginx, "-tls1", "-cipher", "ALL:@SECLEVEL=0") is None
+        assert handshake(tls, tls.nginx, "-tls1_1", "-cipher", "ALL:@SECLEVEL=0") is None
+    # Control: nginx itself accepts the same hellos once `ssl_protocols` allows them.
+    with nginx_config_changed(
+            tls.sim, lambda conf: with_old_protocols(every_cipher_at_security_level_0(conf)),
+            lambda: accepts(0x0301)):
+        assert accepts(0x0302)
+
+
 @pytest.mark.parametrize("tls", ["ECDSA", "RSA"], indirect=True)
 def test_rc4_3des_export_null_and_anonymous_suites_are_refused(tls: TlsStack) -> None:
     for family, suites in LEGACY_SUITES.items():
@@ -448,9 +525,9 @@ def test_only_the_tls_port_is_reachable_from_the_client(sim: RegistryHostSim) ->
     assert scan(sim.registry_ip) == [sim.published_port]
     assert scan(sim.container_ip) == []
     # Control: the same scan finds the registry where it does listen, on the compose network
-    # as seen from the host.
+    # as seen from the host: its API and its debug server.
     registry_port = REGISTRY_LAYOUT.registry_port
-    assert registry_port in scan(sim.container_ip, in_host=True)
+    assert {registry_port, REGISTRY_LAYOUT.debug_port} <= set(scan(sim.container_ip, in_host=True))
     direct = curl(sim, "--connect-timeout", "3",
                   f"http://{sim.container_ip}:{registry_port}/v2/")
     assert direct.returncode in (7, 28), direct.returncode  # cannot connect / timed out
@@ -584,9 +661,9 @@ def test_registry_killed_mid_push_fails_the_client_fast_and_the_retry_succeeds(
         workdir: Path) -> None:
     image = build_image(workdir / "killed", "v1", [256 * MiB], seed="killed-mid-push")
     push = subprocess.Popen(
-        sim.client_argv(["skopeo", "copy", "--quiet", "--dest-authfile",
-                         str(skopeo.authfile("ci")), image.reference,
-                         f"docker://{sim.address}/team/killed:v1"]),
+        sim.client_argv(skopeo.argv("copy", "--quiet", "--dest-authfile",
+                                    str(skopeo.authfile("ci")), image.reference,
+                                    f"docker://{sim.address}/team/killed:v1")),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         def uploaded() -> int:

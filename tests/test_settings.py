@@ -18,6 +18,8 @@ from components import versions
 from components.settings import CONFIG_KEYS, Settings, SettingsError, parse_settings
 from tests.harness import PROJECT, ROOT, cli_config_value
 
+pytestmark = pytest.mark.program
+
 if TYPE_CHECKING:
     from tests.conftest import FailedRun
 

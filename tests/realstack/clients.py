@@ -1,14 +1,18 @@
 """Real clients against the simulated registry host: skopeo, podman, curl, openssl.
 
 Credentials go to `login --password-stdin` and live in a per-user auth file; never on argv.
+skopeo and podman run with the machine-wide state they would write kept private (see
+`with_private_state`), so a test run leaves nothing in /run, /dev/shm, /var/lib or /var/tmp.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.realstack.hostsim import RegistryHostSim
@@ -19,6 +23,23 @@ def header_lines(raw: str, name: str) -> list[str]:
     """The lines of an HTTP response (`curl -i`) that carry header `name`."""
     return [line.rstrip("\r") for line in raw.splitlines()
             if line.lower().startswith(name.lower() + ":")]
+
+
+def with_private_state(big_files: Path, argv: Sequence[str]) -> list[str]:
+    """argv, run so that what containers/image and libpod write outside their `--root` stays
+    private: /run (libpod's tmp dir, /run/containers), /dev/shm (libpod's lock), /var/lib
+    (the blob-info cache in /var/lib/containers/cache) on throwaway tmpfs, and big temporary
+    files (/var/tmp) in `big_files`. Only for the sim's client commands, which run in a mount
+    namespace of their own (`ip netns exec`), so none of it reaches the machine.
+
+    A fresh blob-info cache per command also means every push really uploads its layers
+    (containers/image would otherwise mount a blob it has seen from another repository)."""
+    big_files.mkdir(parents=True, exist_ok=True)
+    script = " && ".join([
+        *(f"mount -t tmpfs -o mode=0755 tmpfs {path}" for path in ("/run", "/dev/shm", "/var/lib")),
+        f"mount --bind {shlex.quote(str(big_files))} /var/tmp",
+        'exec "$@"'])
+    return ["bash", "-c", script, "private-state", *argv]
 
 
 class Skopeo:
@@ -38,32 +59,38 @@ class Skopeo:
     def authfile(self, user: str) -> Path:
         return self.workdir / f"auth-{user}.json"
 
+    def argv(self, *args: str) -> list[str]:
+        """A skopeo command line as `sim.client` or `sim.client_argv` take it."""
+        return with_private_state(self.workdir / "tmp", ["skopeo", *args])
+
+    def __call__(self, *args: str, input: bytes | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        return self.sim.client(*self.argv(*args), input=input, check=check)
+
     def login(self, user: str, password: str | None = None,
               check: bool = True) -> subprocess.CompletedProcess[bytes]:
         secret = self.sim.passwords[user] if password is None else password
-        return self.sim.client("skopeo", "login", "--authfile", str(self.authfile(user)),
-                               "--username", user, "--password-stdin", self.sim.address,
-                               input=secret.encode(), check=check)
+        return self("login", "--authfile", str(self.authfile(user)), "--username", user,
+                    "--password-stdin", self.sim.address, input=secret.encode(), check=check)
 
     def push(self, image: OciImage, repository: str, user: str) -> str:
         """Copy the layout to the registry; return the manifest digest skopeo wrote."""
         digest_file = self.workdir / f"digest-{repository.replace('/', '_')}-{image.tag}"
-        self.sim.client("skopeo", "copy", "--quiet", "--dest-authfile", str(self.authfile(user)),
-                        "--digestfile", str(digest_file), image.reference,
-                        f"docker://{self.sim.address}/{repository}:{image.tag}")
+        self("copy", "--quiet", "--dest-authfile", str(self.authfile(user)), "--digestfile",
+             str(digest_file), image.reference,
+             f"docker://{self.sim.address}/{repository}:{image.tag}")
         return digest_file.read_text().strip()
 
     def pull(self, repository: str, tag: str, user: str,
              destination: Path) -> tuple[str, tuple[str, ...]]:
         """Copy from the registry into a fresh OCI layout; return its verified digests."""
-        self.sim.client("skopeo", "copy", "--quiet", "--src-authfile", str(self.authfile(user)),
-                        f"docker://{self.sim.address}/{repository}:{tag}",
-                        f"oci:{destination}:{tag}")
+        self("copy", "--quiet", "--src-authfile", str(self.authfile(user)),
+             f"docker://{self.sim.address}/{repository}:{tag}", f"oci:{destination}:{tag}")
         return layout_digests(destination, tag)
 
     def raw_manifest_digest(self, repository: str, tag: str, user: str) -> str:
-        result = self.sim.client("skopeo", "inspect", "--authfile", str(self.authfile(user)),
-                                 f"docker://{self.sim.address}/{repository}:{tag}")
+        result = self("inspect", "--authfile", str(self.authfile(user)),
+                      f"docker://{self.sim.address}/{repository}:{tag}")
         return json.loads(result.stdout)["Digest"]
 
 
@@ -82,10 +109,10 @@ class Podman:
 
     def __call__(self, *args: str, input: bytes | None = None,
                  check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return self.sim.client(
+        return self.sim.client(*with_private_state(self.workdir / "tmp", [
             "podman", "--root", str(self.workdir / "root"), "--runroot",
             str(self.runroot), "--storage-driver", "vfs", "--cgroup-manager",
-            "cgroupfs", "--events-backend", "none", *args, input=input, check=check)
+            "cgroupfs", "--events-backend", "none", *args]), input=input, check=check)
 
     @property
     def authfile(self) -> Path:

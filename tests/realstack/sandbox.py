@@ -15,8 +15,6 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-import pytest
-
 from tests.harness import Registration
 
 # Everything the program's commands and the tested tools write to (the client's trust script
@@ -62,9 +60,9 @@ class Sandbox:
             files: Mapping[str, str] | None = None, directories: Mapping[str, int] | None = None,
             network: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
         """Run `script` with `bash -c` in the sandbox; `files` (path -> text) and `directories`
-        (path -> mode) are put in the upper layers first."""
-        if os.geteuid() != 0:
-            pytest.fail("these tests need root, for unshare and overlay mounts", pytrace=False)
+        (path -> mode) are put in the upper layers first. /run is a private tmpfs (`nginx -t`
+        writes its pid file there). Without root, in a user namespace in which this user is root
+        (enough for the mounts; files then belong to this user)."""
         for path, mode in (directories or {}).items():
             self.upper(path).mkdir(parents=True, exist_ok=True)
             self.upper(path).chmod(mode)
@@ -77,10 +75,12 @@ class Sandbox:
             upper.mkdir(parents=True, exist_ok=True)
             work.mkdir(parents=True, exist_ok=True)
             mounts.append(overlay_mount(root, upper, work))
-        preamble = ["set -euo pipefail", *mounts, *(["ip link set lo up"] if network else [])]
+        preamble = ["set -euo pipefail", *mounts, "mount -t tmpfs tmpfs /run",
+                    *(["ip link set lo up"] if network else [])]
         # The script runs as its own `bash -c`, exactly as sshd would run a command's text.
-        unshare = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-                   "--kill-child", *(["--net"] if network else [])]
+        unshare = ["unshare", *(["--user", "--map-root-user"] if os.geteuid() != 0 else []),
+                   "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+                   *(["--net"] if network else [])]
         return subprocess.run(
             [*unshare, "bash", "-c", "\n".join([*preamble, 'exec bash -c "$1"']), "sandbox",
              script], input=b"" if stdin is None else stdin, capture_output=True,
@@ -90,3 +90,21 @@ class Sandbox:
         """Run a recorded remote command (its `create` text, its stdin) as SSH would."""
         return self.run(registration.inputs["create"],
                         stdin=str(registration.inputs.get("stdin", "")).encode())
+
+
+def mapped_accounts(accounts: Mapping[str, str]) -> dict[str, str]:
+    """/etc/passwd and /etc/group texts for a sandbox: without root, its user namespace maps only
+    id 0, so the `nginx` user (whose id nginx chowns its temp paths to) becomes id 0."""
+    if os.geteuid() == 0:
+        return dict(accounts)
+    mapped = {}
+    for path, text in accounts.items():
+        lines = []
+        for line in text.splitlines():
+            fields = line.split(":")
+            if fields[0] == "nginx":
+                ids = 2 if path == "/etc/passwd" else 1  # name:x:uid:gid:... or name:x:gid:...
+                fields[2:2 + ids] = ["0"] * ids
+            lines.append(":".join(fields) + "\n")
+        mapped[path] = "".join(lines)
+    return mapped
