@@ -68,8 +68,9 @@ class RegistryServer(pulumi.ComponentResource):
     """A droplet running distribution behind nginx under Docker Compose and systemd.
 
     Everything placed on the host and run there is `manifest.REGISTRY_HOST`. The registry's data
-    lives on a block storage volume (the layout's `data_mount`), so it survives a replaced droplet; the volume is the stack's own or an adopted one. `region` is the
-    region every droplet must use: the configured one, checked against the volume's. `ready`
+    lives on a block storage volume (the layout's `data_mount`), so it survives a replaced
+    droplet; the volume is the stack's own or an adopted one. `region` is the region every
+    droplet must use: the configured one, checked against the volume's. `ready`
     completes once the TLS front answers on the host; `files_fingerprint` changes whenever any
     file placed on the host changes.
     """
@@ -135,9 +136,9 @@ class RegistryServer(pulumi.ComponentResource):
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
         # Re-runs (and grows the filesystem) when the volume or its size changes; the size is the
         # provider's output, so this runs after the resize.
+        size = volume.size.apply(lambda gib: str(int(gib)))
         mount = host.run_script(host_manifest.script("mount_data_volume"), stack_values,
-                                depends_on=[attachment],
-                                triggers=[volume.id, volume.size.apply(lambda size: str(int(size)))])
+                                depends_on=[attachment], triggers=[volume.id, size])
         placed = [host.place_file(host_file, content, depends_on=[install])
                   for host_file, content in files]
 

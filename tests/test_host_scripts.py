@@ -811,8 +811,9 @@ def test_registry_unit_is_valid_and_a_dockerd_restart_does_not_stop_it(tmp_path:
     (root / "usr/bin/docker").chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / REGISTRY_LAYOUT.unit_path.lstrip("/")).write_text(unit)
-    verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", REGISTRY_LAYOUT.unit_path],
-                            capture_output=True, text=True, check=False)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", REGISTRY_LAYOUT.unit_path],
+        capture_output=True, text=True, check=False)
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
 
     entries = unit_entries(unit, "Unit")

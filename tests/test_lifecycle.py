@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from components.manifest import REGISTRY_LAYOUT
+from components.remote import DROPLET_DELETE_TIMEOUT
 from components.rendering.commands import script_command
 from components.rendering.templates import script
-from components.remote import DROPLET_DELETE_TIMEOUT
 from components.settings import SettingsError, parse_settings
 from tests.harness import ProgramRun, RecordingMonitor, Registration, run_program, stack_config
 from tests.lifecycle import schema
