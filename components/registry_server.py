@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -9,6 +10,7 @@ import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 
 from components import rendering, versions
+from components.access import Account
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
 from components.remote import DropletArgs, RemoteHost
 
@@ -30,6 +32,7 @@ class RegistryServerArgs:
     cert_validity_hours: int
     cert_early_renewal_hours: int
     htpasswd: pulumi.Input[str]
+    accounts: Sequence[Account]  # who may do what; nginx enforces it
     http_secret: pulumi.Input[str]
 
 
@@ -89,7 +92,7 @@ class RegistryServer(pulumi.ComponentResource):
             "registry_config": registry_config,
             "registry_env": pulumi.Output.from_input(args.http_secret).apply(
                 rendering.registry_env),
-            "nginx_conf": rendering.nginx_conf(args.port, server_names),
+            "nginx_conf": rendering.nginx_conf(args.port, server_names, args.accounts),
             "htpasswd": args.htpasswd,
             "server_cert": certificate.cert_pem,
             "server_key": certificate.private_key_pem,

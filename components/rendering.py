@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.access import Account, access_maps
 from components.versions import NGINX_WORKER_GID
 
 FILES_DIR = Path(__file__).resolve().parent.parent / "files"
@@ -121,8 +122,9 @@ def htpasswd(entries: Iterable[tuple[str, str, bytes]]) -> str:
     return "".join(f"{user}:{ssha_hash(password, salt)}\n" for user, password, salt in entries)
 
 
-def nginx_conf(port: int, server_names: Sequence[str]) -> str:
-    return render_template("nginx.conf", listen_port=port, server_names=" ".join(server_names))
+def nginx_conf(port: int, server_names: Sequence[str], accounts: Sequence[Account]) -> str:
+    return render_template("nginx.conf", listen_port=port, server_names=" ".join(server_names),
+                           access_maps=access_maps(tuple(accounts)))
 
 
 def registry_config() -> str:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pulumi
 
-from components import versions
+from components import access, versions
+from components.access import Account
 
 PROJECT = "private-registry"
 
@@ -32,7 +33,6 @@ MIN_CERT_HOURS = 24
 MAX_CERT_HOURS = 87600  # 10 years, the CA's own validity
 KEY_ALGORITHMS = ("ECDSA", "RSA")
 
-_USER = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 # At least two labels, and the last one (the TLD) not all digits, so an IP address is refused.
 _DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.(?=[a-z0-9-]*[a-z]){_LABEL}$")
@@ -60,7 +60,7 @@ class Settings:
     image: str
     registry_name: str
     port: int
-    users: tuple[str, ...]
+    accounts: tuple[Account, ...]  # from the `users` key
     password_rotation: int
     client_count: int
     admin_cidrs: tuple[str, ...]
@@ -74,6 +74,17 @@ class Settings:
     cert_validity_hours: int
     cert_early_renewal_hours: int
     ssh_public_keys: tuple[str, ...]
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The user names, in config order."""
+        return tuple(account.name for account in self.accounts)
+
+    @property
+    def proof_user(self) -> str:
+        """The first user who may push the client hosts' proof (validated when there are clients)."""
+        return next((account.name for account in self.accounts
+                     if account.may("write", access.PROOF_REPOSITORY)), self.accounts[0].name)
 
     @property
     def dns_name(self) -> str | None:
@@ -157,16 +168,28 @@ def _port(raw: str) -> int:
     return port
 
 
-def _users(raw: str) -> tuple[str, ...]:
-    form = ('a non-empty list of distinct user names, each lowercase letters, digits, "_" or '
-            '"-", starting with a letter, at most 32 characters, e.g. ["ci", "alice"]')
-    users = _string_list(raw, form)
-    if not users or len(set(users)) != len(users):
-        raise _Invalid(form)
-    for user in users:
-        if not _USER.fullmatch(user):
-            raise _Invalid(form)
-    return tuple(users)
+USERS_FORM = (
+    'a non-empty list of distinct users, each NAME, NAME:ROLE or NAME:ROLE:SCOPE,SCOPE...; '
+    'NAME: lowercase letters, digits, "_" or "-", starting with a letter, at most 32 characters; '
+    'ROLE: pull, push (the default) or admin; SCOPE: a repository pattern, * within one path '
+    'component, ** as the last component for everything below (default **: every repository); '
+    'e.g. ["ci:push:team/*", "viewer:pull", "ops:admin"]')
+
+
+def _accounts(raw: str) -> tuple[Account, ...]:
+    entries = _string_list(raw, USERS_FORM)
+    if not entries:
+        raise _Invalid(USERS_FORM)
+    accounts = []
+    for entry in entries:
+        try:
+            accounts.append(access.parse_account(entry))
+        except ValueError as error:
+            raise _Invalid(f"{USERS_FORM} ({error})") from None
+    names = [account.name for account in accounts]
+    if len(set(names)) != len(names):
+        raise _Invalid(f"{USERS_FORM} (a user is listed twice)")
+    return tuple(accounts)
 
 
 def _cidrs(raw: str, allow_empty: bool) -> tuple[str, ...]:
@@ -227,7 +250,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "image": ("image", _image),
     "registryName": ("registry_name", _registry_name),
     "port": ("port", _port),
-    "users": ("users", _users),
+    "users": ("accounts", _accounts),
     "passwordRotation": ("password_rotation",
                          lambda raw: _int(raw, 0, 1_000_000, "an integer from 0 to 1000000; "
                                           "raise it to rotate every password")),
@@ -281,6 +304,13 @@ def parse_settings(raw_config: Mapping[str, str | None]) -> Settings:
                                  raw_config.get("certEarlyRenewalHours"),
                                  "fewer hours than certValidityHours "
                                  f"({values['cert_validity_hours']})"))
+    if (not problems and values["client_count"] > 0
+            and not any(account.may("write", access.PROOF_REPOSITORY)
+                        for account in values["accounts"])):
+        problems.append(_problem("users", raw_config.get("users"),
+                                 "a push or admin user whose scopes include "
+                                 f"{access.PROOF_REPOSITORY} (the client hosts push their proof "
+                                 "there), or clientCount 0"))
     if problems:
         raise SettingsError("Invalid stack configuration:\n" + "\n".join(problems)
                             + "\nFix with `pulumi config set <key> <value>` "

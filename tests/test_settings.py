@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from components import versions
+from components.access import Account
 from components.settings import CONFIG_KEYS, Settings, SettingsError, parse_settings
 from tests.harness import PROJECT, ROOT, cli_config_value
 
@@ -52,8 +53,8 @@ SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
 IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
 NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
 PORT_FORM = "an integer from 1 to 65535 other than 22, 5000, 5001 (e.g. 5043 or 443)"
-USERS_FORM = ('a non-empty list of distinct user names, each lowercase letters, digits, "_" or '
-              '"-", starting with a letter, at most 32 characters')
+USERS_FORM = ("a non-empty list of distinct users, each NAME, NAME:ROLE or "
+              "NAME:ROLE:SCOPE,SCOPE...; NAME: lowercase letters")
 CIDRS_FORM = 'a list of CIDR blocks such as ["203.0.113.7/32", "2001:db8::/48"]'
 DOMAIN_FORM = "empty, or a domain managed in DigitalOcean DNS such as example.com"
 VOLUME_FORM = "an integer number of GiB from 1 to 16384"
@@ -92,7 +93,22 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("port", "5043.0", PORT_FORM),
     ("users", [], USERS_FORM),
     ("users", ["ci", "ci"], USERS_FORM),
-    ("users", ["ci:admin"], USERS_FORM),
+    ("users", ["ci:owner"], "(unknown role 'owner' in 'ci:owner')"),
+    ("users", ["ci:Admin"], "(unknown role 'Admin' in 'ci:Admin')"),
+    ("users", ["ci:"], "(unknown role '' in 'ci:')"),
+    ("users", ["ci:push:"], "(empty scope list in 'ci:push:')"),
+    ("users", ["ci:push:team/"], "(empty path component in scope 'team/' in 'ci:push:team/')"),
+    ("users", ["ci:push:/team"], "(empty path component in scope '/team'"),
+    ("users", ["ci:push:team//app"], "(empty path component in scope 'team//app'"),
+    ("users", ["ci:push:team/*,"], "(empty path component in scope ''"),
+    ("users", ["ci:push:Team/*"], "(scope 'Team/*' has characters other than lowercase"),
+    ("users", ["ci:push:team/[a-z]"], "(scope 'team/[a-z]' has characters other than"),
+    ("users", ["ci:push:team app"], "(scope 'team app' has characters other than"),
+    ("users", ["ci:push:**/app"], "(** is allowed only as the last component, in '**/app'"),
+    ("users", ["ci:push:team/a**"], "(scope 'team/a**' has characters other than"),
+    ("users", ["ci:push:a,a"], "(repeated scope in 'ci:push:a,a')"),
+    ("users", ["ci:push:a:b"], "(scope 'a:b' has characters other than"),
+    ("users", ["ci", "ci:pull"], "(a user is listed twice)"),
     ("users", ["bad user"], USERS_FORM),
     ("users", ["Alice"], USERS_FORM),
     ("users", ["1ci"], USERS_FORM),
@@ -222,7 +238,7 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
     assert parse_settings(declared_defaults()) == Settings(
         region="nyc3", registry_size="s-1vcpu-2gb", client_size="s-1vcpu-1gb",
         image=versions.UBUNTU_IMAGE, registry_name="registry.internal", port=5043,
-        users=("ci",), password_rotation=0, client_count=1, admin_cidrs=("0.0.0.0/0", "::/0"),
+        accounts=(Account("ci", "push", ("**",)),), password_rotation=0, client_count=1, admin_cidrs=("0.0.0.0/0", "::/0"),
         allowed_cidrs=(), domain=None, volume_size_gb=20, retain_volume_on_destroy=False,
         registry_image=versions.REGISTRY_IMAGE, nginx_image=versions.NGINX_IMAGE,
         tls_key_algorithm="ECDSA", cert_validity_hours=8760, cert_early_renewal_hours=720,
@@ -250,6 +266,11 @@ def test_dev_stack_file_parses() -> None:
     ("clientCount", 10, "client_count", 10),
     ("users", ["ci", "alice_2", "bob-the-builder"], "users", ("ci", "alice_2", "bob-the-builder")),
     ("users", ["a" * 32], "users", ("a" * 32,)),
+    ("users", ["ci", "viewer:pull:team/*", "ops:admin"], "accounts",
+     (Account("ci", "push", ("**",)), Account("viewer", "pull", ("team/*",)),
+      Account("ops", "admin", ("**",)))),
+    ("users", ["ci:push:team/**,base,proj-*/app.x,private-registry/*"], "accounts",
+     (Account("ci", "push", ("team/**", "base", "proj-*/app.x", "private-registry/*")),)),
     ("adminCidrs", ["203.0.113.7/32", "2001:db8::/48"], "admin_cidrs",
      ("203.0.113.7/32", "2001:db8::/48")),
     ("allowedCidrs", ["198.51.100.0/24"], "allowed_cidrs", ("198.51.100.0/24",)),
@@ -282,11 +303,12 @@ def test_domain_gives_a_dns_name_that_clients_use() -> None:
 
 @pytest.mark.parametrize(("overrides", "key"), [
     ({"port": 5000}, "port"),
-    ({"users": ["ci:admin"]}, "users"),
+    ({"users": ["ci:owner"]}, "users"),
+    ({"users": ["ci:push:team//x"]}, "users"),
     ({"adminCidrs": ["203.0.113.0/33"]}, "adminCidrs"),
     ({"domain": "not a domain"}, "domain"),
     ({"clientCount": -1}, "clientCount"),
-], ids=["port", "users", "adminCidrs", "domain", "clientCount"])
+], ids=["port", "users-role", "users-scope", "adminCidrs", "domain", "clientCount"])
 def test_program_with_bad_config_raises_settings_error_before_any_resource(
         run_failing: Callable[[Mapping[str, Any]], FailedRun],
         overrides: Mapping[str, Any], key: str) -> None:
@@ -295,3 +317,57 @@ def test_program_with_bad_config_raises_settings_error_before_any_resource(
     assert [line.split(" = ")[0].strip() for line in problem_lines(failed.error)] == [
         f"{PROJECT}:{key}"]
     assert failed.registrations == {}
+
+
+@pytest.mark.parametrize(("scope", "repository", "covered"), [
+    ("team/*", "team/app", True),
+    ("team/*", "team/a.b-c_d", True),
+    ("team/*", "team", False),
+    ("team/*", "team/app/sub", False),
+    ("team/*", "teams/app", False),
+    ("team/*", "other/team/app", False),
+    ("team/**", "team/app", True),
+    ("team/**", "team/app/sub", True),
+    ("team/**", "team", False),
+    ("proj-*/app", "proj-x/app", True),
+    ("proj-*/app", "proj-x/app2", False),
+    ("base", "base", True),
+    ("base", "base/x", False),
+    ("a.b", "axb", False),  # "." is literal
+    ("**", "anything/at/all", True),
+])
+def test_scope_patterns_cover_the_documented_repositories(scope: str, repository: str,
+                                                          covered: bool) -> None:
+    account = Account("ci", "push", (scope,))
+    assert account.may("read", repository) is covered
+    assert account.may("write", repository) is covered
+    assert not account.may("delete", repository)
+
+
+def test_roles_grant_read_write_and_delete_in_order() -> None:
+    assert [Account("u", role).may(action, "x/y") for role in ("pull", "push", "admin")
+            for action in ("read", "write", "delete")] == [
+        True, False, False, True, True, False, True, True, True]
+
+
+def test_plain_user_list_keeps_working_as_push_users_of_every_repository() -> None:
+    settings = parse_settings(config(users=["ci", "alice"]))
+    assert settings.users == ("ci", "alice")
+    assert all(account.role == "push" and account.unscoped for account in settings.accounts)
+    assert settings.proof_user == "ci"
+
+
+def test_proof_user_is_the_first_who_may_push_the_proof_repository() -> None:
+    settings = parse_settings(config(users=["viewer:pull", "team:push:team/*", "ci:push"]))
+    assert settings.proof_user == "ci"
+    assert settings.users == ("viewer", "team", "ci")
+
+
+def test_clients_need_a_user_who_may_push_their_proof() -> None:
+    users = ["viewer:pull", "team:push:team/*"]
+    error = settings_error(config(users=users))
+    assert problem_lines(error) == [
+        f"  {PROJECT}:users = {cli_config_value(users)!r}: expected a push or admin user whose "
+        "scopes include private-registry/proof (the client hosts push their proof there), or "
+        "clientCount 0"]
+    assert parse_settings(config(users=users, clientCount=0)).users == ("viewer", "team")
