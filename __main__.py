@@ -44,6 +44,7 @@ server = RegistryServer("registry", RegistryServerArgs(
     cert_validity_hours=settings.cert_validity_hours,
     cert_early_renewal_hours=settings.cert_early_renewal_hours,
     htpasswd=credentials.htpasswd, accounts=settings.accounts,
+    gc_schedule=settings.gc_schedule, gc_delete_untagged=settings.gc_delete_untagged,
     http_secret=credentials.http_secret))
 
 proof_user = settings.proof_user

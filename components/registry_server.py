@@ -33,6 +33,8 @@ class RegistryServerArgs:
     cert_early_renewal_hours: int
     htpasswd: pulumi.Input[str]
     accounts: Sequence[Account]  # who may do what; nginx enforces it
+    gc_schedule: str  # systemd OnCalendar of registry-gc.timer
+    gc_delete_untagged: bool
     http_secret: pulumi.Input[str]
 
 
@@ -98,6 +100,9 @@ class RegistryServer(pulumi.ComponentResource):
             "server_key": certificate.private_key_pem,
             "ca_cert": args.ca.cert_pem,
             "systemd_unit": rendering.systemd_unit(),
+            "gc_script": rendering.gc_script(args.gc_delete_untagged),
+            "gc_service": rendering.gc_service(),
+            "gc_timer": rendering.gc_timer(args.gc_schedule),
         }
 
         install = host.run_script(f"{name}-install-packages", "install-packages.sh",

@@ -26,6 +26,10 @@ CONFIG_DIR = "/etc/registry"
 DATA_MOUNT = "/srv/registry"
 DATA_DIR = f"{DATA_MOUNT}/data"
 UNIT_PATH = "/etc/systemd/system/registry.service"
+COMPOSE_PATH = f"{CONFIG_DIR}/compose.yaml"
+GC_SCRIPT_PATH = f"{CONFIG_DIR}/registry-gc.sh"
+GC_SERVICE_PATH = "/etc/systemd/system/registry-gc.service"
+GC_TIMER_PATH = "/etc/systemd/system/registry-gc.timer"
 # Where the client hosts keep what the trust and proof scripts read.
 CLIENT_DIR = "/etc/private-registry"
 CLIENT_CA_PATH = f"{CLIENT_DIR}/ca.crt"
@@ -146,6 +150,20 @@ def systemd_unit() -> str:
     return render_template("registry.service", data_mount=DATA_MOUNT)
 
 
+def gc_script(delete_untagged: bool) -> str:
+    return render_template("registry-gc.sh", compose_file=shlex.quote(COMPOSE_PATH),
+                           data_dir=shlex.quote(DATA_DIR), data_mount=shlex.quote(DATA_MOUNT),
+                           gc_flags="--delete-untagged" if delete_untagged else "")
+
+
+def gc_service() -> str:
+    return render_template("registry-gc.service", data_mount=DATA_MOUNT, gc_script=GC_SCRIPT_PATH)
+
+
+def gc_timer(schedule: str) -> str:
+    return render_template("registry-gc.timer", schedule=schedule)
+
+
 def login_command(stack_output_passwords: str, user: str, address: str) -> str:
     """A `docker login` that reads the password from the stack output, never from argv."""
     return (f"pulumi stack output {stack_output_passwords} --show-secrets --json"
@@ -172,7 +190,7 @@ def trust_steps(name: str, port: int, public_ip: str, hosts_entry_needed: bool) 
 # Every file the registry host gets, by role. Containers see these directories, not single
 # files, through bind mounts, so an atomically renamed file is visible without a restart.
 REGISTRY_HOST_FILES = {
-    "compose": HostFile(f"{CONFIG_DIR}/compose.yaml", 0o644),
+    "compose": HostFile(COMPOSE_PATH, 0o644),
     "registry_config": HostFile(f"{CONFIG_DIR}/distribution/config.yml", 0o644),
     "registry_env": HostFile(f"{CONFIG_DIR}/registry.env", 0o600, secret=True),
     "nginx_conf": HostFile(f"{CONFIG_DIR}/nginx/nginx.conf", 0o644),
@@ -183,6 +201,9 @@ REGISTRY_HOST_FILES = {
     "server_key": HostFile(f"{CONFIG_DIR}/tls/server.key", 0o600, secret=True),
     "ca_cert": HostFile(f"{CONFIG_DIR}/tls/ca.crt", 0o644),
     "systemd_unit": HostFile(UNIT_PATH, 0o644),
+    "gc_script": HostFile(GC_SCRIPT_PATH, 0o755),
+    "gc_service": HostFile(GC_SERVICE_PATH, 0o644),
+    "gc_timer": HostFile(GC_TIMER_PATH, 0o644),
 }
 EXTRA_SSH_KEYS_FILE = HostFile("/root/.ssh/authorized_keys2", 0o600)
 CLIENT_HOST_FILES = {

@@ -74,6 +74,8 @@ class Settings:
     cert_validity_hours: int
     cert_early_renewal_hours: int
     ssh_public_keys: tuple[str, ...]
+    gc_schedule: str
+    gc_delete_untagged: bool
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -242,6 +244,21 @@ def _ssh_public_keys(raw: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in keys)
 
 
+_GC_SHORTHANDS = ("hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly",
+                  "annually")
+# A systemd calendar expression such as "Sun *-*-* 03:00:00" or "Mon..Fri 02:30".
+_CALENDAR = re.compile(r"^(?:[A-Z][a-z]{2}(?:(?:\.\.|,)[A-Z][a-z]{2})* )?"
+                       r"(?:[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]* )?"
+                       r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(?::[0-9*][0-9*,./]*)?$")
+
+
+def _gc_schedule(raw: str) -> str:
+    if raw in _GC_SHORTHANDS or _CALENDAR.fullmatch(raw):
+        return raw
+    raise _Invalid("a systemd OnCalendar schedule: " + ", ".join(_GC_SHORTHANDS)
+                   + ', or [WEEKDAY] [YEAR-MONTH-DAY] HH:MM[:SS] such as "Sun *-*-* 03:00"')
+
+
 # key -> (field, parser). The order is the order of Pulumi.yaml and of error messages.
 _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "region": ("region", _region),
@@ -275,6 +292,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
                                                "an integer number of hours, 0 or more and less "
                                                "than certValidityHours")),
     "sshPublicKeys": ("ssh_public_keys", _ssh_public_keys),
+    "gcSchedule": ("gc_schedule", _gc_schedule),
+    "gcDeleteUntagged": ("gc_delete_untagged", _bool),
 }
 
 CONFIG_KEYS = tuple(_FIELDS)

@@ -64,7 +64,7 @@ VARIANT = {
 REGISTRY_FILE_COMMANDS = {
     f"registry-file-{role}" for role in (
         "compose", "registry-config", "registry-env", "nginx-conf", "htpasswd", "server-cert",
-        "server-key", "ca-cert", "systemd-unit")}
+        "server-key", "ca-cert", "systemd-unit", "gc-script", "gc-service", "gc-timer")}
 
 
 # -- runs ------------------------------------------------------------------------------------

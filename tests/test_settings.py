@@ -7,6 +7,7 @@ anything, with one `SettingsError` (a `pulumi.RunError`: printed without a trace
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,7 @@ VOLUME_FORM = "an integer number of GiB from 1 to 16384"
 CONTAINER_IMAGE_FORM = "an image reference with an explicit tag or digest"
 CERT_HOURS_FORM = "an integer from 24 to 87600"
 SSH_KEYS_FORM = "a list of OpenSSH public keys"
+GC_SCHEDULE_FORM = "a systemd OnCalendar schedule: hourly, daily, weekly"
 
 # (key, bad value as a Python value or raw CLI string, a part of the accepted form)
 BAD_VALUES: list[tuple[str, Any, str]] = [
@@ -164,6 +166,12 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     # A newline would smuggle a second line into authorized_keys.
     ("sshPublicKeys", [ED25519_KEY + "\nssh-ed25519 AAAAC3Nza evil"], SSH_KEYS_FORM),
     ("sshPublicKeys", ED25519_KEY, SSH_KEYS_FORM),  # not a list
+    ("gcSchedule", "", GC_SCHEDULE_FORM),
+    ("gcSchedule", "minutely", GC_SCHEDULE_FORM),  # a read-only window every minute
+    ("gcSchedule", "every sunday", GC_SCHEDULE_FORM),
+    ("gcSchedule", "Sun 03:00\nExecStart=/bin/evil", GC_SCHEDULE_FORM),  # a unit-file line
+    ("gcSchedule", "0 3 * * 0", GC_SCHEDULE_FORM),  # cron, not systemd
+    ("gcDeleteUntagged", "yes", "true or false"),
 ]
 
 
@@ -242,7 +250,7 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
         allowed_cidrs=(), domain=None, volume_size_gb=20, retain_volume_on_destroy=False,
         registry_image=versions.REGISTRY_IMAGE, nginx_image=versions.NGINX_IMAGE,
         tls_key_algorithm="ECDSA", cert_validity_hours=8760, cert_early_renewal_hours=720,
-        ssh_public_keys=())
+        ssh_public_keys=(), gc_schedule="weekly", gc_delete_untagged=False)
 
 
 def test_defaults_without_a_domain_use_the_registry_name_and_no_dns_name() -> None:
@@ -286,6 +294,11 @@ def test_dev_stack_file_parses() -> None:
     ("certEarlyRenewalHours", 8759, "cert_early_renewal_hours", 8759),
     ("sshPublicKeys", [f"  {ED25519_KEY}  "], "ssh_public_keys", (ED25519_KEY,)),
     ("image", "ubuntu-22-04-x64", "image", "ubuntu-22-04-x64"),
+    ("gcSchedule", "daily", "gc_schedule", "daily"),
+    ("gcSchedule", "Sun *-*-* 03:00:00", "gc_schedule", "Sun *-*-* 03:00:00"),
+    ("gcSchedule", "Mon..Fri 02:30", "gc_schedule", "Mon..Fri 02:30"),
+    ("gcSchedule", "Sat,Sun *-*-1..7 04:00", "gc_schedule", "Sat,Sun *-*-1..7 04:00"),
+    ("gcDeleteUntagged", True, "gc_delete_untagged", True),
 ])
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
     assert getattr(parse_settings(config(**{key: value})), field) == parsed
@@ -371,3 +384,12 @@ def test_clients_need_a_user_who_may_push_their_proof() -> None:
         "scopes include private-registry/proof (the client hosts push their proof there), or "
         "clientCount 0"]
     assert parse_settings(config(users=users, clientCount=0)).users == ("viewer", "team")
+
+
+@pytest.mark.parametrize("schedule", ["weekly", "daily", "Sun *-*-* 03:00:00", "Mon..Fri 02:30",
+                                      "Sat,Sun *-*-1..7 04:00", "*-*-* 00/6:00"])
+def test_accepted_gc_schedules_are_valid_for_systemd(schedule: str) -> None:
+    assert parse_settings(config(gcSchedule=schedule)).gc_schedule == schedule
+    result = subprocess.run(["systemd-analyze", "calendar", schedule], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr

@@ -13,6 +13,9 @@ port="$2"
 
 systemctl daemon-reload
 systemctl enable --quiet docker.service registry.service
+# Garbage collection on its schedule; restarting the timer applies a changed gcSchedule now.
+systemctl enable --quiet registry-gc.timer
+systemctl restart registry-gc.timer
 if systemctl is-active --quiet registry.service; then
   log "registry.service is running: applying changes and reloading nginx"
   systemctl reload registry.service
