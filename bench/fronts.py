@@ -167,7 +167,9 @@ def _tutorial(files: FrontFiles, context: Context) -> FrontFiles:
 
 def _without_authorization(files: FrontFiles, context: Context) -> FrontFiles:
     """No authorization check: the maps stay but are never evaluated (nginx maps are lazy)."""
-    check = "            if ($registry_access_denied) {\n                return 418;\n            }\n"
+    check = ("            if ($registry_access_denied) {\n"
+             "                return 418;\n"
+             "            }\n")
     return replace(files, nginx_conf=replace_once(files.nginx_conf, check, ""))
 
 
@@ -195,10 +197,10 @@ STEPS: dict[str, tuple[str, Step]] = {
     "apr1": ("htpasswd with $apr1$ (openssl passwd -apr1)",
              lambda files, context: replace(files, htpasswd=apr1_htpasswd(context.passwords))),
     "rsa": ("RSA 3072 server key instead of ECDSA P-256", rsa_server_identity),
-    "no-authz": ("no authorization check (roles and scopes not evaluated): the cost before "
-                 "access control", _without_authorization),
-    "scoped-user": (f"the benchmark user pushes to bench/* only, after {SCOPED_USER_PEERS} other "
-                    "scoped users in the grant map", _scoped_user),
+    "no-authz": (("no authorization check (roles and scopes not evaluated): the cost before "
+                  "access control"), _without_authorization),
+    "scoped-user": ((f"the benchmark user pushes to bench/* only, after {SCOPED_USER_PEERS} "
+                     "other scoped users in the grant map"), _scoped_user),
     "workers-1": _nginx_settings(("worker_processes", "1")),
     "no-reuseport": ("listen without reuseport",
                      _nginx(lambda t: replace_once(t, " ssl reuseport;", " ssl;"))),

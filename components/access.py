@@ -144,8 +144,8 @@ def _request_map() -> list[str]:
         (rf"^PUT /v2/{name}/manifests/{_REFERENCE}{_QUERY}$", "write $1"),
         (rf"^POST /v2/{name}/blobs/uploads/{_UPLOAD_START_QUERY}$", "write $1"),
         (rf"^(?:GET|HEAD|PATCH|PUT) /v2/{name}/blobs/uploads/{_UPLOAD_ID}{_QUERY}$", "write $1"),
-        (rf"^DELETE /v2/{name}/(?:manifests/{_REFERENCE}|blobs/{_DIGEST}"
-         rf"|blobs/uploads/{_UPLOAD_ID}){_QUERY}$", "delete $1"),
+        ((rf"^DELETE /v2/{name}/(?:manifests/{_REFERENCE}|blobs/{_DIGEST}"
+          rf"|blobs/uploads/{_UPLOAD_ID}){_QUERY}$"), "delete $1"),
     ]
     return ['    map "$request_method $request_uri" $registry_request {',
             '        default "other";',
@@ -173,8 +173,8 @@ def _grant_map(accounts: tuple[Account, ...]) -> list[str]:
              '        "~^[^ ]+ base$" 1;']
     for account in accounts:
         actions = "|".join(ROLE_ACTIONS[account.role])
-        lines.append(f"        {_quoted(f'~^{account.name} (?:{actions}) {_scopes_regex(account)}$')}"
-                     " 1;")
+        grant = f"~^{account.name} (?:{actions}) {_scopes_regex(account)}$"
+        lines.append(f"        {_quoted(grant)} 1;")
         if account.role == "admin" and account.unscoped:
             lines.append(f"        {_quoted(f'{account.name} catalog')} 1;")
     return [*lines, "    }"]

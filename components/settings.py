@@ -84,7 +84,8 @@ class Settings:
 
     @property
     def proof_user(self) -> str:
-        """The first user who may push the client hosts' proof (validated when there are clients)."""
+        """The first user who may push the client hosts' proof (checked when there are
+        clients)."""
         return next((account.name for account in self.accounts
                      if account.may("write", access.PROOF_REPOSITORY)), self.accounts[0].name)
 

@@ -228,7 +228,8 @@ def test_manifest_put_outside_scope_is_denied(stack: Stack) -> None:
 
 def test_unauthenticated_or_wrong_password_gets_401_even_where_403_would_apply(
         stack: Stack) -> None:
-    paths = [("GET", "_catalog"), ("GET", "secret/app/tags/list"), ("POST", "secret/x/blobs/uploads/"),
+    paths = [("GET", "_catalog"), ("GET", "secret/app/tags/list"),
+             ("POST", "secret/x/blobs/uploads/"),
              ("DELETE", f"team/app/manifests/{stack.team_app.manifest_digest}"),
              ("GET", "secret%2Fapp/tags/list"), ("GET", "nothing/here/at/all")]
     for method, path in paths:

@@ -246,7 +246,8 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
     assert parse_settings(declared_defaults()) == Settings(
         region="nyc3", registry_size="s-1vcpu-2gb", client_size="s-1vcpu-1gb",
         image=versions.UBUNTU_IMAGE, registry_name="registry.internal", port=5043,
-        accounts=(Account("ci", "push", ("**",)),), password_rotation=0, client_count=1, admin_cidrs=("0.0.0.0/0", "::/0"),
+        accounts=(Account("ci", "push", ("**",)),), password_rotation=0, client_count=1,
+        admin_cidrs=("0.0.0.0/0", "::/0"),
         allowed_cidrs=(), domain=None, volume_size_gb=20, retain_volume_on_destroy=False,
         registry_image=versions.REGISTRY_IMAGE, nginx_image=versions.NGINX_IMAGE,
         tls_key_algorithm="ECDSA", cert_validity_hours=8760, cert_early_renewal_hours=720,
@@ -380,9 +381,9 @@ def test_clients_need_a_user_who_may_push_their_proof() -> None:
     users = ["viewer:pull", "team:push:team/*"]
     error = settings_error(config(users=users))
     assert problem_lines(error) == [
-        f"  {PROJECT}:users = {cli_config_value(users)!r}: expected a push or admin user whose "
-        "scopes include private-registry/proof (the client hosts push their proof there), or "
-        "clientCount 0"]
+        (f"  {PROJECT}:users = {cli_config_value(users)!r}: expected a push or admin user whose "
+         "scopes include private-registry/proof (the client hosts push their proof there), or "
+         "clientCount 0")]
     assert parse_settings(config(users=users, clientCount=0)).users == ("viewer", "team")
 
 
