@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,3 +308,39 @@ def test_only_admins_delete_and_an_admin_delete_removes_the_manifest(stack: Stac
     assert stack.request("viewer", "GET", "team/doomed/manifests/v1", *OCI_ACCEPT).status == 404
     assert stack.request("ops", "GET", f"secret/app/manifests/{stack.secret_app.manifest_digest}",
                          *OCI_ACCEPT).status == 200
+
+
+# -- the garbage collection window, through the front ----------------------------------------
+def test_push_during_the_read_only_window_fails_fast_with_a_clear_error_and_pulls_work(
+        stack: Stack) -> None:
+    sim = stack.sim
+    environment = sim.services["registry"].environment
+    image = build_image(stack.workdir / "window", "v1", [16 * 1024], seed="window")
+
+    def restart_registry() -> None:
+        sim.stop_service("registry")
+        sim.start_service("registry")
+        sim.wait_registry()
+
+    # What registry-gc.sh's compose override sets.
+    environment["REGISTRY_STORAGE_MAINTENANCE_READONLY"] = '{"enabled": true}'
+    try:
+        restart_registry()
+        started = time.monotonic()
+        push = stack.skopeo_copy("ci", image.reference, stack.docker_ref("team/window"))
+        assert push.returncode != 0
+        assert time.monotonic() - started < 30
+        assert "the registry is read-only for maintenance" in push.stderr.decode(), push.stderr
+        upload = stack.request("ci", "POST", "team/window/blobs/uploads/")
+        assert upload.status == 405
+        assert header_lines(upload.head, "Content-Type") == ["Content-Type: application/json"]
+        assert json.loads(upload.body)["errors"][0]["code"] == "UNSUPPORTED"
+        pulled = stack.skopeo_copy("viewer", stack.docker_ref("team/app"),
+                                   f"oci:{stack.workdir / 'window-pull'}:v1")
+        assert pulled.returncode == 0, pulled.stderr.decode()
+        # Unauthenticated writes still get 401, never the read-only answer.
+        assert stack.request(None, "POST", "team/window/blobs/uploads/").status == 401
+    finally:
+        del environment["REGISTRY_STORAGE_MAINTENANCE_READONLY"]
+        restart_registry()
+    assert stack.skopeo.push(image, "team/window", "ci") == image.manifest_digest
