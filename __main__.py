@@ -43,9 +43,11 @@ server = RegistryServer("registry", RegistryServerArgs(
     nginx_image=settings.nginx_image, ca=ca, key_algorithm=settings.tls_key_algorithm,
     cert_validity_hours=settings.cert_validity_hours,
     cert_early_renewal_hours=settings.cert_early_renewal_hours,
-    htpasswd=credentials.htpasswd, http_secret=credentials.http_secret))
+    htpasswd=credentials.htpasswd, accounts=settings.accounts,
+    gc_schedule=settings.gc_schedule, gc_delete_untagged=settings.gc_delete_untagged,
+    http_secret=credentials.http_secret))
 
-proof_user = settings.users[0]
+proof_user = settings.proof_user
 clients = [
     RegistryClient(f"client-{index}", RegistryClientArgs(
         # In the region the server checked against its data volume.
@@ -64,12 +66,16 @@ pulumi.export("registryPrivateIp", server.private_ip)
 pulumi.export("clientPublicIps", [client.public_ip for client in clients])
 pulumi.export("clientPrivateIps", [client.private_ip for client in clients])
 pulumi.export("users", list(settings.users))
+pulumi.export("userAccess", {account.name: account.describe() for account in settings.accounts})
 pulumi.export("passwords", pulumi.Output.secret(credentials.passwords))
 pulumi.export("caCertificatePem", ca.cert_pem)
 pulumi.export("sshPrivateKey", pulumi.Output.secret(network.ssh_private_key))
 pulumi.export("dataVolumeId", server.volume_id)
 pulumi.export("dockerLoginCommand",
               instructions.login_command("passwords", proof_user, settings.address))
+pulumi.export("dockerLoginCommands",
+              {user: instructions.login_command("passwords", user, settings.address)
+               for user in settings.users})
 pulumi.export("trustCaSteps", server.public_ip.apply(
     lambda ip: instructions.trust_steps(settings.client_name, settings.port, ip,
                                         hosts_entry_needed=settings.dns_name is None)))

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from components.access import Account, access_maps
 from tests.harness import ProgramRun
 
 
@@ -164,6 +165,28 @@ def _tutorial(files: FrontFiles, context: Context) -> FrontFiles:
     return replace(files, nginx_conf=conf, htpasswd=apr1_htpasswd(context.passwords))
 
 
+def _without_authorization(files: FrontFiles, context: Context) -> FrontFiles:
+    """No authorization check: the maps stay but are never evaluated (nginx maps are lazy)."""
+    check = ("            if ($registry_access_denied) {\n"
+             "                return 418;\n"
+             "            }\n")
+    return replace(files, nginx_conf=replace_once(files.nginx_conf, check, ""))
+
+
+SCOPED_USER_PEERS = 20
+
+
+def _scoped_user(files: FrontFiles, context: Context) -> FrontFiles:
+    """The benchmark's user as a push user scoped to bench/*, listed after 20 other scoped
+    users: its grant is the last regex nginx tries."""
+    user = min(context.passwords)
+    unscoped = access_maps(tuple(Account(name) for name in context.passwords))
+    peers = tuple(Account(f"user{index:02d}", "push", (f"team{index:02d}/*", "shared/**"))
+                  for index in range(SCOPED_USER_PEERS))
+    scoped = access_maps((*peers, Account(user, "push", ("bench/*",))))
+    return replace(files, nginx_conf=replace_once(files.nginx_conf, unscoped, scoped))
+
+
 STEPS: dict[str, tuple[str, Step]] = {
     "program": ("the program's rendered files, unchanged", lambda files, context: files),
     "tutorial": (("the original tutorial's proxying (request buffering on, HTTP/1.0 upstream "
@@ -174,6 +197,10 @@ STEPS: dict[str, tuple[str, Step]] = {
     "apr1": ("htpasswd with $apr1$ (openssl passwd -apr1)",
              lambda files, context: replace(files, htpasswd=apr1_htpasswd(context.passwords))),
     "rsa": ("RSA 3072 server key instead of ECDSA P-256", rsa_server_identity),
+    "no-authz": (("no authorization check (roles and scopes not evaluated): the cost before "
+                  "access control"), _without_authorization),
+    "scoped-user": ((f"the benchmark user pushes to bench/* only, after {SCOPED_USER_PEERS} "
+                     "other scoped users in the grant map"), _scoped_user),
     "workers-1": _nginx_settings(("worker_processes", "1")),
     "no-reuseport": ("listen without reuseport",
                      _nginx(lambda t: replace_once(t, " ssl reuseport;", " ssl;"))),

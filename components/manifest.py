@@ -231,6 +231,7 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
                               "server_cert": tls_dir.in_container(server_cert.path),
                               "server_key": tls_dir.in_container(server_key.path),
                               "htpasswd": auth_dir.in_container(htpasswd.path),
+                              "access_maps": StackValue("access_maps"),
                           })
     compose = HostFile("compose", f"{layout.config_dir}/compose.yaml", 0o644,
                        template="compose.yaml", values={
@@ -258,11 +259,31 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
                                 "nginx_service": layout.nginx_service,
                                 "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
                             })
+    registry_unit = PurePosixPath(layout.unit_path)
+    gc_script = HostFile("gc_script", f"{layout.config_dir}/registry-gc.sh", 0o755,
+                         template="registry-gc.sh", values={
+                             "compose_file": compose.path,
+                             "data_dir": layout.data_dir,
+                             "data_mount": layout.data_mount,
+                             "registry_unit": registry_unit.name,
+                             "registry_service": layout.registry_service,
+                             "registry_config": versions.REGISTRY_CONFIG_FILE,
+                             "nginx_service": layout.nginx_service,
+                             "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
+                             "gc_flags": StackValue("gc_flags"),
+                         })
+    gc_unit = registry_unit.with_name(f"{registry_unit.stem}-gc.service")
+    gc_service = HostFile("gc_service", str(gc_unit), 0o644, template="registry-gc.service",
+                          values={"registry_unit": registry_unit.name,
+                                  "data_mount": layout.data_mount, "gc_script": gc_script.path})
+    gc_timer = HostFile("gc_timer", str(gc_unit.with_suffix(".timer")), 0o644,
+                        template="registry-gc.timer",
+                        values={"schedule": StackValue("gc_schedule")})
     # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
     docker_daemon = HostFile("docker_daemon", layout.docker_daemon_config, 0o644,
                              template="docker-daemon.json")
     files = (compose, registry_config, registry_env, nginx_conf, htpasswd, server_cert,
-             server_key, ca_cert, systemd_unit, docker_daemon)
+             server_key, ca_cert, systemd_unit, gc_script, gc_service, gc_timer, docker_daemon)
     scripts = (
         HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES),
         HostScript("mount_data_volume", "mount-data-volume.sh",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -10,6 +11,7 @@ import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 
 from components import manifest
+from components.access import Account, access_maps
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
 from components.remote import DropletArgs, RemoteHost, rendered_files
 from components.rendering.templates import sha256_hex
@@ -61,6 +63,9 @@ class RegistryServerArgs:
     cert_validity_hours: int
     cert_early_renewal_hours: int
     htpasswd: pulumi.Input[str]
+    accounts: Sequence[Account]  # who may do what; nginx enforces it
+    gc_schedule: str  # systemd OnCalendar of registry-gc.timer
+    gc_delete_untagged: bool
     http_secret: pulumi.Input[str]
 
 
@@ -130,6 +135,9 @@ class RegistryServer(pulumi.ComponentResource):
             "http_secret": args.http_secret, "htpasswd": args.htpasswd,
             "server_cert_pem": certificate.cert_pem,
             "server_key_pem": certificate.private_key_pem, "ca_cert_pem": args.ca.cert_pem,
+            "access_maps": access_maps(tuple(args.accounts)),
+            "gc_schedule": args.gc_schedule,
+            "gc_flags": "--delete-untagged" if args.gc_delete_untagged else "",
         }
         files = rendered_files(host_manifest, stack_values)
 

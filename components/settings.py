@@ -17,7 +17,8 @@ from typing import Any
 
 import pulumi
 
-from components import versions
+from components import access, versions
+from components.access import Account
 from components.manifest import REGISTRY_LAYOUT
 
 PROJECT = "private-registry"
@@ -38,7 +39,6 @@ KEY_ALGORITHMS = ("ECDSA", "RSA")
 MAX_VOLUME_NAME = 64
 MAX_DROPLET_NAME = 63
 
-_USER = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 # At least two labels, and the last one (the TLD) not all digits, so an IP address is refused.
 _DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.(?=[a-z0-9-]*[a-z]){_LABEL}$")
@@ -68,7 +68,7 @@ class Settings:
     image: str
     registry_name: str
     port: int
-    users: tuple[str, ...]
+    accounts: tuple[Account, ...]  # from the `users` key
     password_rotation: int
     client_count: int
     admin_cidrs: tuple[str, ...]
@@ -93,6 +93,20 @@ class Settings:
     def droplet_names(self) -> list[str]:
         return [f"{self.name_prefix}-registry",
                 *(f"{self.name_prefix}-client-{index}" for index in range(self.client_count))]
+    gc_schedule: str
+    gc_delete_untagged: bool
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The user names, in config order."""
+        return tuple(account.name for account in self.accounts)
+
+    @property
+    def proof_user(self) -> str:
+        """The first user who may push the client hosts' proof (checked when there are
+        clients)."""
+        return next((account.name for account in self.accounts
+                     if account.may("write", access.PROOF_REPOSITORY)), self.accounts[0].name)
 
     @property
     def dns_name(self) -> str | None:
@@ -176,16 +190,28 @@ def _port(raw: str) -> int:
     return port
 
 
-def _users(raw: str) -> tuple[str, ...]:
-    form = ('a non-empty list of distinct user names, each lowercase letters, digits, "_" or '
-            '"-", starting with a letter, at most 32 characters, e.g. ["ci", "alice"]')
-    users = _string_list(raw, form)
-    if not users or len(set(users)) != len(users):
-        raise _Invalid(form)
-    for user in users:
-        if not _USER.fullmatch(user):
-            raise _Invalid(form)
-    return tuple(users)
+USERS_FORM = (
+    'a non-empty list of distinct users, each NAME, NAME:ROLE or NAME:ROLE:SCOPE,SCOPE...; '
+    'NAME: lowercase letters, digits, "_" or "-", starting with a letter, at most 32 characters; '
+    'ROLE: pull, push (the default) or admin; SCOPE: a repository pattern, * within one path '
+    'component, ** as the last component for everything below (default **: every repository); '
+    'e.g. ["ci:push:team/*", "viewer:pull", "ops:admin"]')
+
+
+def _accounts(raw: str) -> tuple[Account, ...]:
+    entries = _string_list(raw, USERS_FORM)
+    if not entries:
+        raise _Invalid(USERS_FORM)
+    accounts = []
+    for entry in entries:
+        try:
+            accounts.append(access.parse_account(entry))
+        except ValueError as error:
+            raise _Invalid(f"{USERS_FORM} ({error})") from None
+    names = [account.name for account in accounts]
+    if len(set(names)) != len(names):
+        raise _Invalid(f"{USERS_FORM} (a user is listed twice)")
+    return tuple(accounts)
 
 
 def _cidrs(raw: str, allow_empty: bool) -> tuple[str, ...]:
@@ -265,6 +291,19 @@ def _derived_name_problems(settings: Settings, stack: str) -> list[str]:
     return [f"  `pulumi stack` name {stack!r} makes the {kind} name {name!r} ({len(name)} "
             f"characters; DigitalOcean allows {limit}): expected a stack name of at most "
             f"{len(stack) - excess} characters (`pulumi stack init <shorter name>`)"]
+_GC_SHORTHANDS = ("hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly",
+                  "annually")
+# A systemd calendar expression such as "Sun *-*-* 03:00:00" or "Mon..Fri 02:30".
+_CALENDAR = re.compile(r"^(?:[A-Z][a-z]{2}(?:(?:\.\.|,)[A-Z][a-z]{2})* )?"
+                       r"(?:[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]* )?"
+                       r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(?::[0-9*][0-9*,./]*)?$")
+
+
+def _gc_schedule(raw: str) -> str:
+    if raw in _GC_SHORTHANDS or _CALENDAR.fullmatch(raw):
+        return raw
+    raise _Invalid("a systemd OnCalendar schedule: " + ", ".join(_GC_SHORTHANDS)
+                   + ', or [WEEKDAY] [YEAR-MONTH-DAY] HH:MM[:SS] such as "Sun *-*-* 03:00"')
 
 
 # key -> (field, parser). The order is the order of Pulumi.yaml and of error messages.
@@ -275,7 +314,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "image": ("image", _image),
     "registryName": ("registry_name", _registry_name),
     "port": ("port", _port),
-    "users": ("users", _users),
+    "users": ("accounts", _accounts),
     "passwordRotation": ("password_rotation",
                          lambda raw: _int(raw, 0, 1_000_000, "an integer from 0 to 1000000; "
                                           "raise it to rotate every password")),
@@ -301,6 +340,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
                                                "than certValidityHours")),
     "sshPublicKeys": ("ssh_public_keys", _ssh_public_keys),
     "existingVolume": ("existing_volume", _existing_volume),
+    "gcSchedule": ("gc_schedule", _gc_schedule),
+    "gcDeleteUntagged": ("gc_delete_untagged", _bool),
 }
 
 CONFIG_KEYS = tuple(_FIELDS)
@@ -320,7 +361,7 @@ def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> 
         raw = raw_config.get(key)
         if raw is None:
             problems.append(_problem(key, None, "a value (Pulumi.yaml declares its default; "
-                                                "use Pulumi CLI 3.100 or newer)"))
+                                                "use Pulumi CLI 3.120 or newer)"))
             continue
         try:
             values[field] = parse(raw)
@@ -331,6 +372,13 @@ def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> 
                                  raw_config.get("certEarlyRenewalHours"),
                                  "fewer hours than certValidityHours "
                                  f"({values['cert_validity_hours']})"))
+    if (not problems and values["client_count"] > 0
+            and not any(account.may("write", access.PROOF_REPOSITORY)
+                        for account in values["accounts"])):
+        problems.append(_problem("users", raw_config.get("users"),
+                                 "a push or admin user whose scopes include "
+                                 f"{access.PROOF_REPOSITORY} (the client hosts push their proof "
+                                 "there), or clientCount 0"))
     settings = None if problems else Settings(**values, name_prefix=name_prefix(stack))
     if settings is not None:
         problems += _derived_name_problems(settings, stack)

@@ -863,6 +863,7 @@ def test_activate_first_start_enables_live_restore_then_waits_for_401(
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
         "daemon-reload", "enable --quiet docker.service registry.service",
+        "enable --quiet registry-gc.timer", "restart registry-gc.timer",
         "reload docker.service", "start registry.service"]
     curls = standins.calls("curl")
     assert len(curls) == 4
@@ -879,6 +880,7 @@ def test_activate_starts_a_stopped_dockerd_which_reads_live_restore_itself(
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
         "daemon-reload", "enable --quiet docker.service registry.service",
+        "enable --quiet registry-gc.timer", "restart registry-gc.timer",
         "start docker.service", "start registry.service"]
 
 
@@ -889,6 +891,7 @@ def test_activate_reloads_a_running_registry_and_leaves_dockerd_alone(
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
         "daemon-reload", "enable --quiet docker.service registry.service",
+        "enable --quiet registry-gc.timer", "restart registry-gc.timer",
         "reload registry.service"]
     assert len(standins.calls("curl")) == 1
 

@@ -686,8 +686,10 @@ def test_password_rotation_rewrites_htpasswd_and_reactivates_without_other_file_
 
 def test_adding_a_user_adds_an_htpasswd_line_and_keeps_the_others(
         program_run: ProgramRun, added_user_run: ProgramRun) -> None:
+    # nginx.conf carries each user's grants (components/access.py), so it changes too.
     assert changed_commands(program_run, added_user_run) == {
-        "registry-file-htpasswd", "registry-activate", "client-0-verify-registry"}
+        "registry-file-htpasswd", "registry-file-nginx-conf", "registry-activate",
+        "client-0-verify-registry"}
     old_lines, new_lines = htpasswd_lines(program_run), htpasswd_lines(added_user_run)
     assert list(new_lines) == ["ci", "alice", "bob"]
     assert {user: new_lines[user] for user in old_lines} == old_lines

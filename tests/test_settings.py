@@ -7,6 +7,7 @@ anything, with one `SettingsError` (a `pulumi.RunError`: printed without a trace
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from components import versions
+from components.access import Account
 from components.settings import CONFIG_KEYS, Settings, SettingsError, parse_settings
 from tests.harness import PROJECT, ROOT, cli_config_value
 
@@ -54,8 +56,8 @@ SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
 IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
 NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
 PORT_FORM = "an integer from 1 to 65535 other than 22, 5000, 5001 (e.g. 5043 or 443)"
-USERS_FORM = ('a non-empty list of distinct user names, each lowercase letters, digits, "_" or '
-              '"-", starting with a letter, at most 32 characters')
+USERS_FORM = ("a non-empty list of distinct users, each NAME, NAME:ROLE or "
+              "NAME:ROLE:SCOPE,SCOPE...; NAME: lowercase letters")
 CIDRS_FORM = 'a list of CIDR blocks such as ["203.0.113.7/32", "2001:db8::/48"]'
 DOMAIN_FORM = "empty, or a domain managed in DigitalOcean DNS such as example.com"
 VOLUME_FORM = "an integer number of GiB from 1 to 16384"
@@ -63,6 +65,7 @@ CONTAINER_IMAGE_FORM = "an image reference with an explicit tag or digest"
 CERT_HOURS_FORM = "an integer from 24 to 87600"
 SSH_KEYS_FORM = "a list of OpenSSH public keys"
 EXISTING_VOLUME_FORM = "the name or id of a DigitalOcean volume in the stack's region"
+GC_SCHEDULE_FORM = "a systemd OnCalendar schedule: hourly, daily, weekly"
 
 # (key, bad value as a Python value or raw CLI string, a part of the accepted form)
 BAD_VALUES: list[tuple[str, Any, str]] = [
@@ -95,7 +98,22 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("port", "5043.0", PORT_FORM),
     ("users", [], USERS_FORM),
     ("users", ["ci", "ci"], USERS_FORM),
-    ("users", ["ci:admin"], USERS_FORM),
+    ("users", ["ci:owner"], "(unknown role 'owner' in 'ci:owner')"),
+    ("users", ["ci:Admin"], "(unknown role 'Admin' in 'ci:Admin')"),
+    ("users", ["ci:"], "(unknown role '' in 'ci:')"),
+    ("users", ["ci:push:"], "(empty scope list in 'ci:push:')"),
+    ("users", ["ci:push:team/"], "(empty path component in scope 'team/' in 'ci:push:team/')"),
+    ("users", ["ci:push:/team"], "(empty path component in scope '/team'"),
+    ("users", ["ci:push:team//app"], "(empty path component in scope 'team//app'"),
+    ("users", ["ci:push:team/*,"], "(empty path component in scope ''"),
+    ("users", ["ci:push:Team/*"], "(scope 'Team/*' has characters other than lowercase"),
+    ("users", ["ci:push:team/[a-z]"], "(scope 'team/[a-z]' has characters other than"),
+    ("users", ["ci:push:team app"], "(scope 'team app' has characters other than"),
+    ("users", ["ci:push:**/app"], "(** is allowed only as the last component, in '**/app'"),
+    ("users", ["ci:push:team/a**"], "(scope 'team/a**' has characters other than"),
+    ("users", ["ci:push:a,a"], "(repeated scope in 'ci:push:a,a')"),
+    ("users", ["ci:push:a:b"], "(scope 'a:b' has characters other than"),
+    ("users", ["ci", "ci:pull"], "(a user is listed twice)"),
     ("users", ["bad user"], USERS_FORM),
     ("users", ["Alice"], USERS_FORM),
     ("users", ["1ci"], USERS_FORM),
@@ -155,6 +173,12 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("existingVolume", "1data", EXISTING_VOLUME_FORM),
     ("existingVolume", "a" * 65, EXISTING_VOLUME_FORM),
     ("existingVolume", "506f78a4-e098-11e5-ad9f", EXISTING_VOLUME_FORM),
+    ("gcSchedule", "", GC_SCHEDULE_FORM),
+    ("gcSchedule", "minutely", GC_SCHEDULE_FORM),  # a read-only window every minute
+    ("gcSchedule", "every sunday", GC_SCHEDULE_FORM),
+    ("gcSchedule", "Sun 03:00\nExecStart=/bin/evil", GC_SCHEDULE_FORM),  # a unit-file line
+    ("gcSchedule", "0 3 * * 0", GC_SCHEDULE_FORM),  # cron, not systemd
+    ("gcDeleteUntagged", "yes", "true or false"),
 ]
 
 
@@ -212,7 +236,7 @@ def test_missing_key_is_reported_as_not_set() -> None:
     del raw["region"]
     assert problem_lines(settings_error(raw)) == [
         f"  {PROJECT}:region = (not set): expected a value (Pulumi.yaml declares its default; "
-        "use Pulumi CLI 3.100 or newer)"]
+        "use Pulumi CLI 3.120 or newer)"]
 
 
 def test_settings_error_is_a_run_error_so_pulumi_prints_no_traceback() -> None:
@@ -229,11 +253,13 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
     assert parse_settings(declared_defaults()) == Settings(
         region="nyc3", registry_size="s-1vcpu-2gb", client_size="s-1vcpu-1gb",
         image=versions.UBUNTU_IMAGE, registry_name="registry.internal", port=5043,
-        users=("ci",), password_rotation=0, client_count=1, admin_cidrs=("0.0.0.0/0", "::/0"),
+        accounts=(Account("ci", "push", ("**",)),), password_rotation=0, client_count=1,
+        admin_cidrs=("0.0.0.0/0", "::/0"),
         allowed_cidrs=(), domain=None, volume_size_gb=20, retain_volume_on_destroy=False,
         registry_image=versions.REGISTRY_IMAGE, nginx_image=versions.NGINX_IMAGE,
         tls_key_algorithm="ECDSA", cert_validity_hours=8760, cert_early_renewal_hours=720,
-        ssh_public_keys=(), existing_volume=None, name_prefix="registry-dev")
+        ssh_public_keys=(), existing_volume=None, name_prefix="registry-dev",
+        gc_schedule="weekly", gc_delete_untagged=False)
 
 
 def test_defaults_without_a_domain_use_the_registry_name_and_no_dns_name() -> None:
@@ -257,6 +283,11 @@ def test_dev_stack_file_parses() -> None:
     ("clientCount", 10, "client_count", 10),
     ("users", ["ci", "alice_2", "bob-the-builder"], "users", ("ci", "alice_2", "bob-the-builder")),
     ("users", ["a" * 32], "users", ("a" * 32,)),
+    ("users", ["ci", "viewer:pull:team/*", "ops:admin"], "accounts",
+     (Account("ci", "push", ("**",)), Account("viewer", "pull", ("team/*",)),
+      Account("ops", "admin", ("**",)))),
+    ("users", ["ci:push:team/**,base,proj-*/app.x,private-registry/*"], "accounts",
+     (Account("ci", "push", ("team/**", "base", "proj-*/app.x", "private-registry/*")),)),
     ("adminCidrs", ["203.0.113.7/32", "2001:db8::/48"], "admin_cidrs",
      ("203.0.113.7/32", "2001:db8::/48")),
     ("allowedCidrs", ["198.51.100.0/24"], "allowed_cidrs", ("198.51.100.0/24",)),
@@ -276,6 +307,11 @@ def test_dev_stack_file_parses() -> None:
     ("existingVolume", "a" * 64, "existing_volume", "a" * 64),
     ("existingVolume", "506f78a4-e098-11e5-ad9f-000f53306ae1", "existing_volume",
      "506f78a4-e098-11e5-ad9f-000f53306ae1"),
+    ("gcSchedule", "daily", "gc_schedule", "daily"),
+    ("gcSchedule", "Sun *-*-* 03:00:00", "gc_schedule", "Sun *-*-* 03:00:00"),
+    ("gcSchedule", "Mon..Fri 02:30", "gc_schedule", "Mon..Fri 02:30"),
+    ("gcSchedule", "Sat,Sun *-*-1..7 04:00", "gc_schedule", "Sat,Sun *-*-1..7 04:00"),
+    ("gcDeleteUntagged", True, "gc_delete_untagged", True),
 ])
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
     assert getattr(parse_settings(config(**{key: value})), field) == parsed
@@ -293,11 +329,12 @@ def test_domain_gives_a_dns_name_that_clients_use() -> None:
 
 @pytest.mark.parametrize(("overrides", "key"), [
     ({"port": 5000}, "port"),
-    ({"users": ["ci:admin"]}, "users"),
+    ({"users": ["ci:owner"]}, "users"),
+    ({"users": ["ci:push:team//x"]}, "users"),
     ({"adminCidrs": ["203.0.113.0/33"]}, "adminCidrs"),
     ({"domain": "not a domain"}, "domain"),
     ({"clientCount": -1}, "clientCount"),
-], ids=["port", "users", "adminCidrs", "domain", "clientCount"])
+], ids=["port", "users-role", "users-scope", "adminCidrs", "domain", "clientCount"])
 def test_program_with_bad_config_raises_settings_error_before_any_resource(
         run_failing: Callable[[Mapping[str, Any]], FailedRun],
         overrides: Mapping[str, Any], key: str) -> None:
@@ -306,3 +343,66 @@ def test_program_with_bad_config_raises_settings_error_before_any_resource(
     assert [line.split(" = ")[0].strip() for line in problem_lines(failed.error)] == [
         f"{PROJECT}:{key}"]
     assert failed.registrations == {}
+
+
+@pytest.mark.parametrize(("scope", "repository", "covered"), [
+    ("team/*", "team/app", True),
+    ("team/*", "team/a.b-c_d", True),
+    ("team/*", "team", False),
+    ("team/*", "team/app/sub", False),
+    ("team/*", "teams/app", False),
+    ("team/*", "other/team/app", False),
+    ("team/**", "team/app", True),
+    ("team/**", "team/app/sub", True),
+    ("team/**", "team", False),
+    ("proj-*/app", "proj-x/app", True),
+    ("proj-*/app", "proj-x/app2", False),
+    ("base", "base", True),
+    ("base", "base/x", False),
+    ("a.b", "axb", False),  # "." is literal
+    ("**", "anything/at/all", True),
+])
+def test_scope_patterns_cover_the_documented_repositories(scope: str, repository: str,
+                                                          covered: bool) -> None:
+    account = Account("ci", "push", (scope,))
+    assert account.may("read", repository) is covered
+    assert account.may("write", repository) is covered
+    assert not account.may("delete", repository)
+
+
+def test_roles_grant_read_write_and_delete_in_order() -> None:
+    assert [Account("u", role).may(action, "x/y") for role in ("pull", "push", "admin")
+            for action in ("read", "write", "delete")] == [
+        True, False, False, True, True, False, True, True, True]
+
+
+def test_plain_user_list_keeps_working_as_push_users_of_every_repository() -> None:
+    settings = parse_settings(config(users=["ci", "alice"]))
+    assert settings.users == ("ci", "alice")
+    assert all(account.role == "push" and account.unscoped for account in settings.accounts)
+    assert settings.proof_user == "ci"
+
+
+def test_proof_user_is_the_first_who_may_push_the_proof_repository() -> None:
+    settings = parse_settings(config(users=["viewer:pull", "team:push:team/*", "ci:push"]))
+    assert settings.proof_user == "ci"
+    assert settings.users == ("viewer", "team", "ci")
+
+
+def test_clients_need_a_user_who_may_push_their_proof() -> None:
+    users = ["viewer:pull", "team:push:team/*"]
+    error = settings_error(config(users=users))
+    assert problem_lines(error) == [
+        (f"  {PROJECT}:users = {cli_config_value(users)!r}: expected a push or admin user whose "
+         "scopes include private-registry/proof (the client hosts push their proof there), or "
+         "clientCount 0")]
+    assert parse_settings(config(users=users, clientCount=0)).users == ("viewer", "team")
+
+
+@pytest.mark.parametrize("schedule", ["weekly", "daily", "Sun *-*-* 03:00:00", "Mon..Fri 02:30",
+                                      "Sat,Sun *-*-1..7 04:00", "*-*-* 00/6:00"])
+def test_accepted_gc_schedules_are_valid_for_systemd(schedule: str) -> None:
+    assert parse_settings(config(gcSchedule=schedule)).gc_schedule == schedule
+    result = subprocess.run(["systemd-analyze", "calendar", schedule], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
