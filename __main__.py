@@ -14,49 +14,92 @@ from components.settings import load_settings
 settings = load_settings()
 name_prefix = settings.name_prefix
 
-credentials = Credentials("credentials", CredentialsArgs(
-    users=settings.users, rotation=settings.password_rotation))
-ca = CertificateAuthority("ca", CertificateAuthorityArgs(
-    common_name=f"{name_prefix} CA", key_algorithm=settings.tls_key_algorithm))
-network = Network("network", NetworkArgs(
-    name_prefix=name_prefix, registry_port=settings.port,
-    admin_cidrs=settings.admin_cidrs, allowed_cidrs=settings.allowed_cidrs))
+credentials = Credentials(
+    "credentials", CredentialsArgs(users=settings.users, rotation=settings.password_rotation)
+)
+ca = CertificateAuthority(
+    "ca",
+    CertificateAuthorityArgs(
+        common_name=f"{name_prefix} CA", key_algorithm=settings.tls_key_algorithm
+    ),
+)
+network = Network(
+    "network",
+    NetworkArgs(
+        name_prefix=name_prefix,
+        registry_port=settings.port,
+        admin_cidrs=settings.admin_cidrs,
+        allowed_cidrs=settings.allowed_cidrs,
+    ),
+)
 
 
-def host(droplet_name: str, region: pulumi.Input[str], size: str,
-         tag: pulumi.Output[str]) -> DropletArgs:
+def host(
+    droplet_name: str, region: pulumi.Input[str], size: str, tag: pulumi.Output[str]
+) -> DropletArgs:
     """A droplet of this stack: in its region, behind a firewall tag, with its keys."""
     return DropletArgs(
-        droplet_name=droplet_name, region=region, size=size, image=settings.image,
-        tag=tag, ssh_key_fingerprint=network.ssh_key_fingerprint,
-        ssh_private_key=network.ssh_private_key, extra_ssh_public_keys=settings.ssh_public_keys)
+        droplet_name=droplet_name,
+        region=region,
+        size=size,
+        image=settings.image,
+        tag=tag,
+        ssh_key_fingerprint=network.ssh_key_fingerprint,
+        ssh_private_key=network.ssh_private_key,
+        extra_ssh_public_keys=settings.ssh_public_keys,
+    )
 
 
-server = RegistryServer("registry", RegistryServerArgs(
-    host=host(f"{name_prefix}-registry", settings.region, settings.registry_size,
-              network.server_tag),
-    volume_name=settings.volume_name, volume_size_gb=settings.volume_size_gb,
-    retain_volume_on_destroy=settings.retain_volume_on_destroy,
-    existing_volume=settings.existing_volume,
-    registry_name=settings.registry_name, domain=settings.domain, dns_name=settings.dns_name,
-    port=settings.port, registry_image=settings.registry_image,
-    nginx_image=settings.nginx_image, ca=ca, key_algorithm=settings.tls_key_algorithm,
-    cert_validity_hours=settings.cert_validity_hours,
-    cert_early_renewal_hours=settings.cert_early_renewal_hours,
-    htpasswd=credentials.htpasswd, accounts=settings.accounts,
-    gc_schedule=settings.gc_schedule, gc_delete_untagged=settings.gc_delete_untagged,
-    http_secret=credentials.http_secret))
+server = RegistryServer(
+    "registry",
+    RegistryServerArgs(
+        host=host(
+            f"{name_prefix}-registry", settings.region, settings.registry_size, network.server_tag
+        ),
+        volume_name=settings.volume_name,
+        volume_size_gb=settings.volume_size_gb,
+        retain_volume_on_destroy=settings.retain_volume_on_destroy,
+        existing_volume=settings.existing_volume,
+        registry_name=settings.registry_name,
+        domain=settings.domain,
+        dns_name=settings.dns_name,
+        port=settings.port,
+        registry_image=settings.registry_image,
+        nginx_image=settings.nginx_image,
+        ca=ca,
+        key_algorithm=settings.tls_key_algorithm,
+        cert_validity_hours=settings.cert_validity_hours,
+        cert_early_renewal_hours=settings.cert_early_renewal_hours,
+        htpasswd=credentials.htpasswd,
+        accounts=settings.accounts,
+        gc_schedule=settings.gc_schedule,
+        gc_delete_untagged=settings.gc_delete_untagged,
+        http_secret=credentials.http_secret,
+    ),
+)
 
 proof_user = settings.proof_user
 clients = [
-    RegistryClient(f"client-{index}", RegistryClientArgs(
-        # In the region the server checked against its data volume.
-        host=host(f"{name_prefix}-client-{index}", server.region, settings.client_size,
-                  network.client_tag),
-        registry_name=settings.client_name, port=settings.port,
-        hosts_ip=None if settings.dns_name else server.private_ip, ca_cert_pem=ca.cert_pem,
-        user=proof_user, password=credentials.passwords[proof_user],
-        registry_ready=server.ready, registry_fingerprint=server.files_fingerprint))
+    RegistryClient(
+        f"client-{index}",
+        RegistryClientArgs(
+            # In the region the server checked against its data volume.
+            host=host(
+                f"{name_prefix}-client-{index}",
+                server.region,
+                settings.client_size,
+                network.client_tag,
+            ),
+            registry_name=settings.client_name,
+            port=settings.port,
+            hosts_ip=None if settings.dns_name else server.private_ip,
+            ca_cert_pem=ca.cert_pem,
+            user=proof_user,
+            password=credentials.passwords[proof_user],
+            registry_ready=server.ready,
+            registry_fingerprint=server.files_fingerprint,
+        ),
+    )
     for index in range(settings.client_count)
 ]
 
@@ -71,11 +114,21 @@ pulumi.export("passwords", pulumi.Output.secret(credentials.passwords))
 pulumi.export("caCertificatePem", ca.cert_pem)
 pulumi.export("sshPrivateKey", pulumi.Output.secret(network.ssh_private_key))
 pulumi.export("dataVolumeId", server.volume_id)
-pulumi.export("dockerLoginCommand",
-              instructions.login_command("passwords", proof_user, settings.address))
-pulumi.export("dockerLoginCommands",
-              {user: instructions.login_command("passwords", user, settings.address)
-               for user in settings.users})
-pulumi.export("trustCaSteps", server.public_ip.apply(
-    lambda ip: instructions.trust_steps(settings.client_name, settings.port, ip,
-                                        hosts_entry_needed=settings.dns_name is None)))
+pulumi.export(
+    "dockerLoginCommand", instructions.login_command("passwords", proof_user, settings.address)
+)
+pulumi.export(
+    "dockerLoginCommands",
+    {
+        user: instructions.login_command("passwords", user, settings.address)
+        for user in settings.users
+    },
+)
+pulumi.export(
+    "trustCaSteps",
+    server.public_ip.apply(
+        lambda ip: instructions.trust_steps(
+            settings.client_name, settings.port, ip, hosts_entry_needed=settings.dns_name is None
+        )
+    ),
+)

@@ -45,19 +45,25 @@ class Context:
 
     @classmethod
     def of(cls, run: ProgramRun) -> Context:
-        signed = [r for r in run.resources.values()
-                  if r.type == "tls:index/locallySignedCert:LocallySignedCert"]
+        signed = [
+            r
+            for r in run.resources.values()
+            if r.type == "tls:index/locallySignedCert:LocallySignedCert"
+        ]
         if len(signed) != 1:
             raise AssertionError(f"expected one locally signed certificate, found {len(signed)}")
-        return cls(passwords=dict(run.outputs["passwords"]),
-                   ca_cert_pem=run.outputs["caCertificatePem"],
-                   ca_key_pem=signed[0].inputs["caPrivateKeyPem"])
+        return cls(
+            passwords=dict(run.outputs["passwords"]),
+            ca_cert_pem=run.outputs["caCertificatePem"],
+            ca_key_pem=signed[0].inputs["caPrivateKeyPem"],
+        )
 
 
 # -- text edits that fail loudly -------------------------------------------------------------
 def _line_pattern(directive: str) -> re.Pattern[str]:
-    return re.compile(rf"^(?P<indent>[ \t]*){re.escape(directive)}(?:[ \t][^\n]*)?;[ \t]*\n",
-                      re.MULTILINE)
+    return re.compile(
+        rf"^(?P<indent>[ \t]*){re.escape(directive)}(?:[ \t][^\n]*)?;[ \t]*\n", re.MULTILINE
+    )
 
 
 def drop(text: str, directive: str) -> str:
@@ -84,7 +90,7 @@ def add_after(text: str, anchor: str, line: str) -> str:
     if len(matches) != 1:
         raise AssertionError(f"expected one line starting with `{anchor}`, found {len(matches)}")
     match = matches[0]
-    return text[:match.end()] + f"{match.group('indent')}{line};\n" + text[match.end():]
+    return text[: match.end()] + f"{match.group('indent')}{line};\n" + text[match.end() :]
 
 
 def replace_once(text: str, old: str, new: str) -> str:
@@ -98,8 +104,16 @@ def apr1_htpasswd(passwords: Mapping[str, str]) -> str:
     """`$apr1$` (Apache MD5, 1000 rounds) as `htpasswd -m` writes it; password on stdin."""
     lines = []
     for user, password in passwords.items():
-        hashed = subprocess.run(["openssl", "passwd", "-apr1", "-stdin"], input=password.encode(),
-                                capture_output=True, check=True).stdout.decode().strip()
+        hashed = (
+            subprocess.run(
+                ["openssl", "passwd", "-apr1", "-stdin"],
+                input=password.encode(),
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .strip()
+        )
         lines.append(f"{user}:{hashed}\n")
     return "".join(lines)
 
@@ -108,7 +122,8 @@ def bcrypt_htpasswd(passwords: Mapping[str, str], cost: int) -> str:
     """`$2a$` bcrypt, as `RandomPassword.bcrypt_hash` (Go, cost 10) gives it."""
     return "".join(
         f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost, b'2a')).decode()}\n"
-        for user, password in passwords.items())
+        for user, password in passwords.items()
+    )
 
 
 def rsa_server_identity(files: FrontFiles, context: Context) -> FrontFiles:
@@ -118,19 +133,27 @@ def rsa_server_identity(files: FrontFiles, context: Context) -> FrontFiles:
     ca_cert = x509.load_pem_x509_certificate(context.ca_cert_pem.encode())
     key = rsa.generate_private_key(65537, 3072)
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(current.subject)
-               .issuer_name(ca_cert.subject).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=1)))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(current.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
     for extension in current.extensions:
         builder = builder.add_extension(extension.value, extension.critical)
     cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    return replace(files,
-                   server_cert=cert.public_bytes(serialization.Encoding.PEM).decode(),
-                   server_key=key.private_bytes(serialization.Encoding.PEM,
-                                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                                serialization.NoEncryption()).decode())
+    return replace(
+        files,
+        server_cert=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        server_key=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -143,10 +166,12 @@ def _nginx(edit: Callable[[str], str]) -> Step:
 
 def _nginx_settings(*settings: tuple[str, str], note: str = "") -> tuple[str, Step]:
     """A step that sets nginx directives to values, described by them."""
+
     def edit(text: str) -> str:
         for directive, value in settings:
             text = set_value(text, directive, value)
         return text
+
     return ", ".join(f"{directive} {value}" for directive, value in settings) + note, _nginx(edit)
 
 
@@ -158,18 +183,25 @@ def _tutorial(files: FrontFiles, context: Context) -> FrontFiles:
     conf = files.nginx_conf
     # The tutorial's proxy: HTTP/1.0 to the upstream, a new connection per request, the whole
     # request body spooled first, nginx's default (4k/8k) proxy buffers with buffering on.
-    for directive in ("keepalive", "proxy_http_version", 'proxy_set_header Connection',
-                      "proxy_request_buffering", "client_body_buffer_size", "proxy_buffering",
-                      "proxy_buffer_size", "proxy_buffers"):
+    for directive in (
+        "keepalive",
+        "proxy_http_version",
+        "proxy_set_header Connection",
+        "proxy_request_buffering",
+        "client_body_buffer_size",
+        "proxy_buffering",
+        "proxy_buffer_size",
+        "proxy_buffers",
+    ):
         conf = drop(conf, directive)
     return replace(files, nginx_conf=conf, htpasswd=apr1_htpasswd(context.passwords))
 
 
 def _without_authorization(files: FrontFiles, context: Context) -> FrontFiles:
     """No authorization check: the maps stay but are never evaluated (nginx maps are lazy)."""
-    check = ("            if ($registry_access_denied) {\n"
-             "                return 418;\n"
-             "            }\n")
+    check = (
+        "            if ($registry_access_denied) {\n                return 418;\n            }\n"
+    )
     return replace(files, nginx_conf=replace_once(files.nginx_conf, check, ""))
 
 
@@ -181,60 +213,97 @@ def _scoped_user(files: FrontFiles, context: Context) -> FrontFiles:
     users: its grant is the last regex nginx tries."""
     user = min(context.passwords)
     unscoped = access_maps(tuple(Account(name) for name in context.passwords))
-    peers = tuple(Account(f"user{index:02d}", "push", (f"team{index:02d}/*", "shared/**"))
-                  for index in range(SCOPED_USER_PEERS))
+    peers = tuple(
+        Account(f"user{index:02d}", "push", (f"team{index:02d}/*", "shared/**"))
+        for index in range(SCOPED_USER_PEERS)
+    )
     scoped = access_maps((*peers, Account(user, "push", ("bench/*",))))
     return replace(files, nginx_conf=replace_once(files.nginx_conf, unscoped, scoped))
 
 
 STEPS: dict[str, tuple[str, Step]] = {
     "program": ("the program's rendered files, unchanged", lambda files, context: files),
-    "tutorial": (("the original tutorial's proxying (request buffering on, HTTP/1.0 upstream "
-                  "without keepalive, default proxy buffers) and an $apr1$ htpasswd"), _tutorial),
-    "bcrypt10": ("htpasswd with bcrypt cost 10 ($2a$, RandomPassword.bcrypt_hash's default)",
-                 lambda files, context: replace(files,
-                                                htpasswd=bcrypt_htpasswd(context.passwords, 10))),
-    "apr1": ("htpasswd with $apr1$ (openssl passwd -apr1)",
-             lambda files, context: replace(files, htpasswd=apr1_htpasswd(context.passwords))),
+    "tutorial": (
+        (
+            "the original tutorial's proxying (request buffering on, HTTP/1.0 upstream "
+            "without keepalive, default proxy buffers) and an $apr1$ htpasswd"
+        ),
+        _tutorial,
+    ),
+    "bcrypt10": (
+        "htpasswd with bcrypt cost 10 ($2a$, RandomPassword.bcrypt_hash's default)",
+        lambda files, context: replace(files, htpasswd=bcrypt_htpasswd(context.passwords, 10)),
+    ),
+    "apr1": (
+        "htpasswd with $apr1$ (openssl passwd -apr1)",
+        lambda files, context: replace(files, htpasswd=apr1_htpasswd(context.passwords)),
+    ),
     "rsa": ("RSA 3072 server key instead of ECDSA P-256", rsa_server_identity),
-    "no-authz": (("no authorization check (roles and scopes not evaluated): the cost before "
-                  "access control"), _without_authorization),
-    "scoped-user": ((f"the benchmark user pushes to bench/* only, after {SCOPED_USER_PEERS} "
-                     "other scoped users in the grant map"), _scoped_user),
+    "no-authz": (
+        ("no authorization check (roles and scopes not evaluated): the cost before access control"),
+        _without_authorization,
+    ),
+    "scoped-user": (
+        (
+            f"the benchmark user pushes to bench/* only, after {SCOPED_USER_PEERS} "
+            "other scoped users in the grant map"
+        ),
+        _scoped_user,
+    ),
     "workers-1": _nginx_settings(("worker_processes", "1")),
-    "no-reuseport": ("listen without reuseport",
-                     _nginx(lambda t: replace_once(t, " ssl reuseport;", " ssl;"))),
-    "body-buffer-16k": _nginx_settings(("client_body_buffer_size", "16k"),
-                                       note=" (nginx's default; the program sets 256k)"),
+    "no-reuseport": (
+        "listen without reuseport",
+        _nginx(lambda t: replace_once(t, " ssl reuseport;", " ssl;")),
+    ),
+    "body-buffer-16k": _nginx_settings(
+        ("client_body_buffer_size", "16k"), note=" (nginx's default; the program sets 256k)"
+    ),
     "body-buffer-64k": _nginx_settings(("client_body_buffer_size", "64k")),
     "body-buffer-1m": _nginx_settings(("client_body_buffer_size", "1m")),
     "proxy-buffer-16k": _nginx_settings(("proxy_buffer_size", "16k"), ("proxy_buffers", "8 16k")),
-    "proxy-buffer-256k": _nginx_settings(("proxy_buffer_size", "256k"),
-                                         ("proxy_buffers", "8 256k")),
+    "proxy-buffer-256k": _nginx_settings(
+        ("proxy_buffer_size", "256k"), ("proxy_buffers", "8 256k")
+    ),
     "proxy-buffer-1m": _nginx_settings(("proxy_buffer_size", "1m"), ("proxy_buffers", "8 1m")),
-    "proxy-buffering-on": ("proxy_buffering on, in memory only (proxy_max_temp_file_size 0)",
-                           _nginx(lambda t: add_after(set_value(t, "proxy_buffering", "on"),
-                                                      "proxy_buffering",
-                                                      "proxy_max_temp_file_size 0"))),
-    "ssl-buffer-4k": ("ssl_buffer_size 4k (default 16k)",
-                      _nginx(lambda t: add_after(t, "ssl_session_tickets", "ssl_buffer_size 4k"))),
-    "ssl-buffer-64k": ("ssl_buffer_size 64k",
-                       _nginx(lambda t: add_after(t, "ssl_session_tickets",
-                                                  "ssl_buffer_size 64k"))),
-    "sendfile-off": ("sendfile off (nginx serves no files itself: expected no effect)",
-                     _nginx(lambda t: set_value(t, "sendfile", "off"))),
-    "nginx-log-off": ("nginx access_log off",
-                      _nginx(lambda t: set_value(t, "access_log", "off"))),
-    "tls-session-off": ("ssl_session_cache off (every new connection a full handshake)",
-                        _nginx(lambda t: set_value(t, "ssl_session_cache", "off"))),
-    "upstream-keepalive-off": ("no upstream keepalive (a new registry connection per request)",
-                               _nginx(lambda t: drop(t, "keepalive"))),
-    "registry-accesslog-off": ("registry log.accesslog.disabled: true",
-                               _registry(lambda t: replace_once(
-                                   t, "log:\n", "log:\n  accesslog:\n    disabled: true\n"))),
-    "registry-log-warn": ("registry log.level: warn (no per-request info lines)",
-                          _registry(lambda t: replace_once(t, "  level: info\n",
-                                                           "  level: warn\n"))),
+    "proxy-buffering-on": (
+        "proxy_buffering on, in memory only (proxy_max_temp_file_size 0)",
+        _nginx(
+            lambda t: add_after(
+                set_value(t, "proxy_buffering", "on"),
+                "proxy_buffering",
+                "proxy_max_temp_file_size 0",
+            )
+        ),
+    ),
+    "ssl-buffer-4k": (
+        "ssl_buffer_size 4k (default 16k)",
+        _nginx(lambda t: add_after(t, "ssl_session_tickets", "ssl_buffer_size 4k")),
+    ),
+    "ssl-buffer-64k": (
+        "ssl_buffer_size 64k",
+        _nginx(lambda t: add_after(t, "ssl_session_tickets", "ssl_buffer_size 64k")),
+    ),
+    "sendfile-off": (
+        "sendfile off (nginx serves no files itself: expected no effect)",
+        _nginx(lambda t: set_value(t, "sendfile", "off")),
+    ),
+    "nginx-log-off": ("nginx access_log off", _nginx(lambda t: set_value(t, "access_log", "off"))),
+    "tls-session-off": (
+        "ssl_session_cache off (every new connection a full handshake)",
+        _nginx(lambda t: set_value(t, "ssl_session_cache", "off")),
+    ),
+    "upstream-keepalive-off": (
+        "no upstream keepalive (a new registry connection per request)",
+        _nginx(lambda t: drop(t, "keepalive")),
+    ),
+    "registry-accesslog-off": (
+        "registry log.accesslog.disabled: true",
+        _registry(lambda t: replace_once(t, "log:\n", "log:\n  accesslog:\n    disabled: true\n")),
+    ),
+    "registry-log-warn": (
+        "registry log.level: warn (no per-request info lines)",
+        _registry(lambda t: replace_once(t, "  level: info\n", "  level: warn\n")),
+    ),
 }
 
 
@@ -253,8 +322,9 @@ def build_front(name: str, base: FrontFiles, context: Context) -> Front:
     steps = tuple(name.split("+"))
     unknown = [step for step in steps if step not in STEPS]
     if unknown:
-        raise SystemExit(f"--fronts: unknown step(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(STEPS)}")
+        raise SystemExit(
+            f"--fronts: unknown step(s) {', '.join(unknown)}; known: {', '.join(STEPS)}"
+        )
     files = base
     for step in steps:
         files = STEPS[step][1](files, context)
@@ -263,5 +333,6 @@ def build_front(name: str, base: FrontFiles, context: Context) -> Front:
 
 def describe_steps() -> str:
     width = max(len(name) for name in STEPS)
-    return "\n".join(f"  {name:<{width}}  {description}"
-                     for name, (description, _) in STEPS.items())
+    return "\n".join(
+        f"  {name:<{width}}  {description}" for name, (description, _) in STEPS.items()
+    )

@@ -51,12 +51,21 @@ PYCACHE = Path(tempfile.gettempdir()) / "registry-bench-pycache"
 
 
 def _fresh_python(code: str) -> tuple[float, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPROFILEIMPORTTIME")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPROFILEIMPORTTIME")
+    }
     env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise AssertionError(f"python -c failed:\n{result.stderr[-3000:]}")
@@ -74,14 +83,17 @@ class Evaluation:
         return statistics.median(self.program_s) / statistics.median(self.imports_s)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"program_eval_s": [round(x, 3) for x in self.program_s],
-                "imports_only_s": [round(x, 3) for x in self.imports_s],
-                "program_eval_median_s": round(statistics.median(self.program_s), 3),
-                "imports_only_median_s": round(statistics.median(self.imports_s), 3),
-                "ratio": round(self.ratio, 2),
-                "breakdown_median": {key: round(statistics.median(b[key]
-                                                                  for b in self.breakdown), 3)
-                                     for key in self.breakdown[0]}}
+        return {
+            "program_eval_s": [round(x, 3) for x in self.program_s],
+            "imports_only_s": [round(x, 3) for x in self.imports_s],
+            "program_eval_median_s": round(statistics.median(self.program_s), 3),
+            "imports_only_median_s": round(statistics.median(self.imports_s), 3),
+            "ratio": round(self.ratio, 2),
+            "breakdown_median": {
+                key: round(statistics.median(b[key] for b in self.breakdown), 3)
+                for key in self.breakdown[0]
+            },
+        }
 
 
 def time_evaluation(repetitions: int, settle: Callable[[], object] = lambda: None) -> Evaluation:
@@ -109,10 +121,12 @@ class SecondUp:
     changed_resources: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"remote_commands": self.command_count,
-                "remote_commands_rerun": len(self.changed_commands),
-                "rerun_names": self.changed_commands,
-                "resources_with_changed_inputs": self.changed_resources}
+        return {
+            "remote_commands": self.command_count,
+            "remote_commands_rerun": len(self.changed_commands),
+            "rerun_names": self.changed_commands,
+            "resources_with_changed_inputs": self.changed_resources,
+        }
 
 
 def second_up() -> SecondUp:
@@ -123,13 +137,23 @@ def second_up() -> SecondUp:
     second = run_program(mocks)
 
     def inputs(run: ProgramRun, commands_only: bool) -> dict[str, Any]:
-        return {r.urn: r.inputs for r in run.resources.values()
-                if r.custom and (r.type.startswith("command:") or not commands_only)}
+        return {
+            r.urn: r.inputs
+            for r in run.resources.values()
+            if r.custom and (r.type.startswith("command:") or not commands_only)
+        }
 
     def changed(commands_only: bool) -> list[str]:
         before, after = inputs(first, commands_only), inputs(second, commands_only)
-        return sorted(urn.rsplit("::", 1)[1] for urn in before.keys() | after.keys()
-                      if before.get(urn) != after.get(urn))
+        return sorted(
+            urn.rsplit("::", 1)[1]
+            for urn in before.keys() | after.keys()
+            if before.get(urn) != after.get(urn)
+        )
 
-    return SecondUp(first=first, changed_commands=changed(True),
-                    command_count=len(inputs(first, True)), changed_resources=changed(False))
+    return SecondUp(
+        first=first,
+        changed_commands=changed(True),
+        command_count=len(inputs(first, True)),
+        changed_resources=changed(False),
+    )

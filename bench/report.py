@@ -26,8 +26,12 @@ SMALL_ROWS = [
     ("head_blob", "HEAD blob, ab -k", "req/s", SMALL_TARGET),
     ("get_manifest", "GET manifest, wrk", "req/s", SMALL_TARGET),
 ]
-CHART_KEYS = [("push", "{size} push"), ("pull", "{size} pull"), ("head_blob", "HEAD blob"),
-              ("get_manifest", "GET manifest")]
+CHART_KEYS = [
+    ("push", "{size} push"),
+    ("pull", "{size} pull"),
+    ("head_blob", "HEAD blob"),
+    ("get_manifest", "GET manifest"),
+]
 
 
 def size_label(results: Mapping[str, Any]) -> str:
@@ -37,8 +41,7 @@ def size_label(results: Mapping[str, Any]) -> str:
 
 def _version(argv: Sequence[str], pattern: str = r"([\d][\w.+~:-]*)") -> str:
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=10,
-                                check=False)
+        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
     match = re.search(pattern, result.stdout + result.stderr)
@@ -72,10 +75,12 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(info: Mapping[str, Any]) -> str:
-    return (f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; kernel "
-            f"{info['kernel']}; Debian {info['debian']}; nginx {info['nginx']}; docker-registry "
-            f"{info['registry']}; skopeo {info['skopeo']}; OpenSSL {info['openssl']}; "
-            f"Python {info['python']}")
+    return (
+        f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; kernel "
+        f"{info['kernel']}; Debian {info['debian']}; nginx {info['nginx']}; docker-registry "
+        f"{info['registry']}; skopeo {info['skopeo']}; OpenSSL {info['openssl']}; "
+        f"Python {info['python']}"
+    )
 
 
 def spread(values: Sequence[float]) -> float:
@@ -93,8 +98,10 @@ def _mark(ratio: float | None, target: float | None) -> str:
 def table(results: Mapping[str, Any]) -> str:
     """The one table: rows are measurements, columns the direct baseline and each front."""
     fronts = [front["name"] for front in results["fronts"]]
-    baselines = sorted({front["baseline"] for front in results["fronts"]},
-                       key=lambda label: (label != "direct", label))
+    baselines = sorted(
+        {front["baseline"] for front in results["fronts"]},
+        key=lambda label: (label != "direct", label),
+    )
     columns = baselines + fronts
     operations = results.get("operations", {})
     header = ["measurement", *columns]
@@ -121,35 +128,44 @@ def table(results: Mapping[str, Any]) -> str:
             latency = ["  p50 / p99 (ms)"]
             for column in columns:
                 series = ops.get(column)
-                latency.append(f"{series['p50_ms']:.2f} / {series['p99_ms']:.2f}"
-                               if series else "-")
+                latency.append(
+                    f"{series['p50_ms']:.2f} / {series['p99_ms']:.2f}" if series else "-"
+                )
             rows.append(latency)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-             for line in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *rows]
+    ]
     rule = "-" * max(len(line) for line in lines)
     lines.insert(1, rule)
     if "noise" in results:
         noise = results["noise"]
         lines.append(rule)
-        lines.append(f"other processes (e.g. someone's tests) took > {noise['max_foreign_cores']}"
-                     f" cores during {noise['kept_disturbed']} of {noise['measurements']} kept "
-                     f"measurements; {noise['repeated']} measurements were repeated")
+        lines.append(
+            f"other processes (e.g. someone's tests) took > {noise['max_foreign_cores']}"
+            f" cores during {noise['kept_disturbed']} of {noise['measurements']} kept "
+            f"measurements; {noise['repeated']} measurements were repeated"
+        )
     if "evaluation" in results:
         ev = results["evaluation"]
         if "noise" not in results:
             lines.append(rule)
-        lines.append(f"program evaluation under mocks, fresh python (s): "
-                     f"{ev['program_eval_median_s']:.2f} ±{spread(ev['program_eval_s']) * 100:.0f}%"
-                     f"  vs importing the five packages: {ev['imports_only_median_s']:.2f} "
-                     f"±{spread(ev['imports_only_s']) * 100:.0f}%  = {ev['ratio']:.2f}x"
-                     f"{' ok' if ev['ratio'] <= EVAL_TARGET else ' MISS'} (target <= "
-                     f"{EVAL_TARGET:.0f}x)")
+        lines.append(
+            f"program evaluation under mocks, fresh python (s): "
+            f"{ev['program_eval_median_s']:.2f} ±{spread(ev['program_eval_s']) * 100:.0f}%"
+            f"  vs importing the five packages: {ev['imports_only_median_s']:.2f} "
+            f"±{spread(ev['imports_only_s']) * 100:.0f}%  = {ev['ratio']:.2f}x"
+            f"{' ok' if ev['ratio'] <= EVAL_TARGET else ' MISS'} (target <= "
+            f"{EVAL_TARGET:.0f}x)"
+        )
     if "second_up" in results:
         su = results["second_up"]
-        lines.append(f"remote commands a second `pulumi up` would re-run: "
-                     f"{su['remote_commands_rerun']} of {su['remote_commands']}"
-                     f"{' ok' if su['remote_commands_rerun'] == 0 else ' MISS'} (target 0)")
+        lines.append(
+            f"remote commands a second `pulumi up` would re-run: "
+            f"{su['remote_commands_rerun']} of {su['remote_commands']}"
+            f"{' ok' if su['remote_commands_rerun'] == 0 else ' MISS'} (target 0)"
+        )
     return "\n".join(lines)
 
 
@@ -157,12 +173,16 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
     """Grouped bars: per measurement, each front's ratio (median) with the range of the
     paired repetitions, and the issue's target lines."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fronts = [front["name"] for front in results["fronts"]]
-    keys = [(key, label) for key, label in CHART_KEYS
-            if any(key in results["ratios"].get(front, {}) for front in fronts)]
+    keys = [
+        (key, label)
+        for key, label in CHART_KEYS
+        if any(key in results["ratios"].get(front, {}) for front in fronts)
+    ]
     if not keys:
         return
     figure, axes = plt.subplots(figsize=(8.5, 4.8))
@@ -179,38 +199,74 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
             low.append(max(0.0, ratio["ratio"] - min(ratio["paired"])))
             high.append(max(0.0, max(ratio["paired"]) - ratio["ratio"]))
             top = max(top, max(ratio["paired"]) + 0.08)
-        bars = axes.bar(xs, heights, width * 0.9, yerr=[low, high], capsize=3, label=front,
-                        error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+        bars = axes.bar(
+            xs,
+            heights,
+            width * 0.9,
+            yerr=[low, high],
+            capsize=3,
+            label=front,
+            error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
+        )
         for bar, height in zip(bars, heights, strict=True):
             inside = height > 0.15  # a short bar gets its label above, in the bar's colour
-            axes.text(bar.get_x() + bar.get_width() / 2, 0.02 if inside else height + 0.02,
-                      f"{height:.2f}", ha="center", va="bottom",
-                      rotation=90 if len(fronts) > 3 else 0,
-                      color="white" if inside else bar.get_facecolor(), fontsize=8,
-                      fontweight="bold")
+            axes.text(
+                bar.get_x() + bar.get_width() / 2,
+                0.02 if inside else height + 0.02,
+                f"{height:.2f}",
+                ha="center",
+                va="bottom",
+                rotation=90 if len(fronts) > 3 else 0,
+                color="white" if inside else bar.get_facecolor(),
+                fontsize=8,
+                fontweight="bold",
+            )
     for target, members, label, color in (
-            (LARGE_TARGET, ("push", "pull"), f"target {LARGE_TARGET:.2f} (large layer)",
-             "crimson"),
-            (SMALL_TARGET, ("head_blob", "get_manifest"),
-             f"target {SMALL_TARGET:.2f} (small requests)", "darkorange")):
+        (LARGE_TARGET, ("push", "pull"), f"target {LARGE_TARGET:.2f} (large layer)", "crimson"),
+        (
+            SMALL_TARGET,
+            ("head_blob", "get_manifest"),
+            f"target {SMALL_TARGET:.2f} (small requests)",
+            "darkorange",
+        ),
+    ):
         positions = [i for i, (key, _) in enumerate(keys) if key in members]
         if positions:
-            axes.hlines(target, min(positions) - 0.45, max(positions) + 0.45, colors=color,
-                        linestyles="dashed", linewidth=1.3, label=label)
+            axes.hlines(
+                target,
+                min(positions) - 0.45,
+                max(positions) + 0.45,
+                colors=color,
+                linestyles="dashed",
+                linewidth=1.3,
+                label=label,
+            )
     axes.set_xticks(range(len(keys)), [label.format(size=size_label(results)) for _, label in keys])
     axes.set_ylabel("through the front / straight to the registry")
     axes.set_ylim(0, min(top, 1.8))
     axes.axhline(1.0, color="grey", linewidth=0.6)
-    axes.set_title(f"Cost of the TLS + auth front: ratio of medians of "
-                   f"{results['settings']['repetitions']} (whiskers: paired repetitions)",
-                   fontsize=10)
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08),
-                ncol=min(4, len(fronts) + 2), frameon=False)
+    axes.set_title(
+        f"Cost of the TLS + auth front: ratio of medians of "
+        f"{results['settings']['repetitions']} (whiskers: paired repetitions)",
+        fontsize=10,
+    )
+    axes.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08),
+        ncol=min(4, len(fronts) + 2),
+        frameon=False,
+    )
     info = results["machine"]
-    figure.text(0.01, 0.01, f"{results['started'][:10]} · {info['cpu']}, {info['cores']} cores "
-                f"shared by client, nginx and registry · Debian {info['debian']} · nginx "
-                f"{info['nginx']} · docker-registry {info['registry']}", fontsize=7,
-                color="dimgrey")
+    figure.text(
+        0.01,
+        0.01,
+        f"{results['started'][:10]} · {info['cpu']}, {info['cores']} cores "
+        f"shared by client, nginx and registry · Debian {info['debian']} · nginx "
+        f"{info['nginx']} · docker-registry {info['registry']}",
+        fontsize=7,
+        color="dimgrey",
+    )
     figure.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

@@ -45,44 +45,88 @@ def slug(text: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.run", description=__doc__,
+        prog="python -m bench.run",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="front steps (join with + to combine, e.g. program+body-buffer-1m):\n"
-               + describe_steps())
-    parser.add_argument("--fronts", default=DEFAULT_FRONTS,
-                        help=f"comma-separated fronts to measure (default {DEFAULT_FRONTS}); "
-                             "ratios are against the registry's own port in the same run")
+        + describe_steps(),
+    )
+    parser.add_argument(
+        "--fronts",
+        default=DEFAULT_FRONTS,
+        help=f"comma-separated fronts to measure (default {DEFAULT_FRONTS}); "
+        "ratios are against the registry's own port in the same run",
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions (medians; default 3)")
-    parser.add_argument("--seconds", type=int, default=5,
-                        help="duration of each small-request load (default 5)")
-    parser.add_argument("--concurrency", type=int, default=8,
-                        help="keep-alive clients for small requests (default 8)")
+    parser.add_argument(
+        "--seconds", type=int, default=5, help="duration of each small-request load (default 5)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="keep-alive clients for small requests (default 8)",
+    )
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--layer-mib", type=int, default=1024,
-                        help="size of the one large layer (default 1024 MiB)")
-    parser.add_argument("--eval-runs", type=int, default=5,
-                        help="fresh-interpreter runs of the program evaluation (default 5)")
-    parser.add_argument("--raw", action="store_true",
-                        help="also measure a raw 1 GiB blob PUT and GET with curl (information:"
-                             " no skopeo client cost, so the TLS cost shows undiluted)")
-    parser.add_argument("--only", choices=["large", "small", "program"],
-                        help="measure one section only (for experiments)")
-    parser.add_argument("--workdir", type=Path,
-                        help="scratch space (default: /dev/shm when it has room, so disk "
-                             "speed does not hide the front's cost; else the temp dir)")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
-                        help="where latest.json and ratios.png go (default bench/results)")
-    parser.add_argument("--max-foreign", type=float, default=0.25,
-                        help="repeat a measurement while other processes take more than this "
-                             "many cores (default 0.25)")
-    parser.add_argument("--patience", type=float, default=5,
-                        help="before each measurement, wait up to this many seconds for other "
-                             "processes to take at most --max-foreign cores (default 5)")
-    parser.add_argument("--noise-budget", type=float, default=90,
-                        help="seconds the whole run may spend waiting for, or repeating "
-                             "measurements disturbed by, other processes (default 90)")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="at most this many repeats of a disturbed measurement (default 2)")
+    parser.add_argument(
+        "--layer-mib", type=int, default=1024, help="size of the one large layer (default 1024 MiB)"
+    )
+    parser.add_argument(
+        "--eval-runs",
+        type=int,
+        default=5,
+        help="fresh-interpreter runs of the program evaluation (default 5)",
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="also measure a raw 1 GiB blob PUT and GET with curl (information:"
+        " no skopeo client cost, so the TLS cost shows undiluted)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["large", "small", "program"],
+        help="measure one section only (for experiments)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="scratch space (default: /dev/shm when it has room, so disk "
+        "speed does not hide the front's cost; else the temp dir)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="where latest.json and ratios.png go (default bench/results)",
+    )
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.25,
+        help="repeat a measurement while other processes take more than this "
+        "many cores (default 0.25)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=float,
+        default=5,
+        help="before each measurement, wait up to this many seconds for other "
+        "processes to take at most --max-foreign cores (default 5)",
+    )
+    parser.add_argument(
+        "--noise-budget",
+        type=float,
+        default=90,
+        help="seconds the whole run may spend waiting for, or repeating "
+        "measurements disturbed by, other processes (default 90)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="at most this many repeats of a disturbed measurement (default 2)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     return parser.parse_args(argv)
 
@@ -103,10 +147,10 @@ class Measurements:
     def __init__(self) -> None:
         self.records: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
-    def add(self, operation: str, label: str, value: float, cpu: CpuUse,
-            **extra: Any) -> None:
+    def add(self, operation: str, label: str, value: float, cpu: CpuUse, **extra: Any) -> None:
         self.records.setdefault(operation, {}).setdefault(label, []).append(
-            {"value": value, "cpu": cpu.as_dict(), **extra})
+            {"value": value, "cpu": cpu.as_dict(), **extra}
+        )
 
     def summary(self) -> dict[str, Any]:
         operations: dict[str, Any] = {}
@@ -141,8 +185,9 @@ def ratios(operations: dict[str, Any], fronts: list[dict[str, Any]]) -> dict[str
             target = targets.get(operation)
             result[front["name"]][operation] = {
                 "ratio": round(ratio, 3),
-                "paired": [round(a / b, 3)
-                           for a, b in zip(mine["values"], base["values"], strict=True)],
+                "paired": [
+                    round(a / b, 3) for a, b in zip(mine["values"], base["values"], strict=True)
+                ],
                 "target": target,
                 "met": None if target is None else ratio >= target,
             }
@@ -170,8 +215,9 @@ class Operation:
     run: Callable[[Endpoint, str, int, int], float | loads.SmallResult]
 
 
-def operations(stack: BenchStack, args: argparse.Namespace, image: OciImage, small: OciImage,
-               scratch: Path) -> list[Operation]:
+def operations(
+    stack: BenchStack, args: argparse.Namespace, image: OciImage, small: OciImage, scratch: Path
+) -> list[Operation]:
     layer = image.layer_digests[0]
     layer_path = image.layout / "blobs" / "sha256" / layer.split(":", 1)[1]
     size = layer_path.stat().st_size
@@ -191,28 +237,61 @@ def operations(stack: BenchStack, args: argparse.Namespace, image: OciImage, sma
     if args.only in (None, "large"):
         chosen += [
             Operation("push", True, push),
-            Operation("pull", True, lambda e, label, rep, attempt: loads.skopeo_pull(
-                stack, e, pushed[label, rep], image.tag, scratch / "pulled")),
+            Operation(
+                "pull",
+                True,
+                lambda e, label, rep, attempt: loads.skopeo_pull(
+                    stack, e, pushed[label, rep], image.tag, scratch / "pulled"
+                ),
+            ),
         ]
         if args.raw:
             chosen += [
-                Operation("raw_put", True, lambda e, label, rep, attempt: loads.curl_put_blob(
-                    stack, e, f"bench/{slug(label)}-{rep}-raw", layer_path, layer)),
-                Operation("raw_get", True, lambda e, label, rep, attempt: loads.curl_get_blob(
-                    stack, e, pushed[label, rep], layer, size)),
+                Operation(
+                    "raw_put",
+                    True,
+                    lambda e, label, rep, attempt: loads.curl_put_blob(
+                        stack, e, f"bench/{slug(label)}-{rep}-raw", layer_path, layer
+                    ),
+                ),
+                Operation(
+                    "raw_get",
+                    True,
+                    lambda e, label, rep, attempt: loads.curl_get_blob(
+                        stack, e, pushed[label, rep], layer, size
+                    ),
+                ),
             ]
     if args.only in (None, "small"):
         chosen += [
-            Operation("head_blob", False, lambda e, label, rep, attempt: loads.ab_head(
-                stack, e, head_path, args.seconds, args.concurrency, scratch)),
-            Operation("get_manifest", False, lambda e, label, rep, attempt: loads.wrk_get(
-                stack, e, get_path, args.seconds, args.concurrency, args.wrk_threads, scratch)),
+            Operation(
+                "head_blob",
+                False,
+                lambda e, label, rep, attempt: loads.ab_head(
+                    stack, e, head_path, args.seconds, args.concurrency, scratch
+                ),
+            ),
+            Operation(
+                "get_manifest",
+                False,
+                lambda e, label, rep, attempt: loads.wrk_get(
+                    stack, e, get_path, args.seconds, args.concurrency, args.wrk_threads, scratch
+                ),
+            ),
         ]
     return chosen
 
 
-def measure(stack: BenchStack, operation: Operation, endpoint: Endpoint, label: str, rep: int,
-            layer_mib: float, data: Measurements, args: argparse.Namespace) -> None:
+def measure(
+    stack: BenchStack,
+    operation: Operation,
+    endpoint: Endpoint,
+    label: str,
+    rep: int,
+    layer_mib: float,
+    data: Measurements,
+    args: argparse.Namespace,
+) -> None:
     """One measurement, after waiting a little for a quiet machine; repeated (up to --retries
     times) while something else took more than --max-foreign cores, keeping the least disturbed
     attempt. Another session's tests on this 2-core machine are the usual disturbance."""
@@ -229,8 +308,10 @@ def measure(stack: BenchStack, operation: Operation, endpoint: Endpoint, label: 
             if outcome.requests == 0 or outcome.failed > outcome.requests // 100:
                 raise AssertionError(f"{label} {operation.name}: {outcome}")
             value, extra = outcome.requests_per_s, outcome.as_dict()
-            shown = (f"{value:8.1f} req/s p50 {outcome.p50_ms:.2f} ms p99 {outcome.p99_ms:.2f} ms"
-                     f" (failed {outcome.failed})")
+            shown = (
+                f"{value:8.1f} req/s p50 {outcome.p50_ms:.2f} ms p99 {outcome.p99_ms:.2f} ms"
+                f" (failed {outcome.failed})"
+            )
         else:
             value, extra = layer_mib / outcome, {"seconds": round(outcome, 3)}
             shown = f"{value:8.1f} MiB/s ({outcome:.2f} s)"
@@ -253,13 +334,17 @@ def measure_stack(args: argparse.Namespace, run: Any, scratch: Path) -> dict[str
     log(f"building the OCI images ({args.layer_mib} MiB layer, gzip level 0)")
     image = build_image(scratch / "image", "v1", [layer_bytes], seed="bench-large")
     small = build_image(scratch / "small", "v1", [64 * 1024], seed="bench-small")
-    layer_size = (image.layout / "blobs" / "sha256" /
-                  image.layer_digests[0].split(":", 1)[1]).stat().st_size
+    layer_size = (
+        (image.layout / "blobs" / "sha256" / image.layer_digests[0].split(":", 1)[1]).stat().st_size
+    )
     with BenchStack(run, scratch / "stack") as stack:
         context = Context.of(run)
         base = stack.read_files()
-        fronts = [build_front(name.strip(), base, context)
-                  for name in args.fronts.split(",") if name.strip()]
+        fronts = [
+            build_front(name.strip(), base, context)
+            for name in args.fronts.split(",")
+            if name.strip()
+        ]
         # A front that changes the registry's config gets a baseline with that config.
         groups: dict[str, list[Front]] = {}
         for front in fronts:
@@ -282,23 +367,31 @@ def measure_stack(args: argparse.Namespace, run: Any, scratch: Path) -> dict[str
             baseline = baseline_of[members[0].name]
             stack.install(members[0])
             endpoints: list[tuple[str, Front | None]] = [(baseline, None)] + [
-                (front.name, front) for front in members]
+                (front.name, front) for front in members
+            ]
             for rep in range(args.reps):
                 log(f"repetition {rep + 1} of {args.reps} ({baseline} group)")
                 # Each operation on every endpoint back to back, so a pair shares the machine's
                 # state. The baseline and the first front (the headline) are always adjacent;
                 # which of them goes first, and the order of the others, alternate.
-                order = endpoints if rep % 2 == 0 else (
-                    endpoints[1::-1] + endpoints[:1:-1])
+                order = endpoints if rep % 2 == 0 else (endpoints[1::-1] + endpoints[:1:-1])
                 for operation in chosen:
                     for label, candidate in order:
                         if candidate is not None and stack.installed != candidate.files:
                             stack.install(candidate)
                         endpoint = stack.direct if candidate is None else stack.front
-                        measure(stack, operation, endpoint, label, rep, layer_size / MiB, data,
-                                args)
-        front_info = [{"name": f.name, "steps": list(f.steps), "description": f.description,
-                       "baseline": baseline_of[f.name]} for f in fronts]
+                        measure(
+                            stack, operation, endpoint, label, rep, layer_size / MiB, data, args
+                        )
+        front_info = [
+            {
+                "name": f.name,
+                "steps": list(f.steps),
+                "description": f.description,
+                "baseline": baseline_of[f.name],
+            }
+            for f in fronts
+        ]
         return {"fronts": front_info, "operations": data.summary(), "layer_bytes": layer_size}
 
 
@@ -315,17 +408,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     started = time.time()
     results: dict[str, Any] = {
-        "started": datetime.datetime.now(datetime.timezone.utc)
-        .isoformat(timespec="seconds"),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": report.machine(),
-        "settings": {"fronts": args.fronts, "repetitions": args.reps,
-                     "small_seconds": args.seconds, "concurrency": args.concurrency,
-                     "wrk_threads": args.wrk_threads, "layer_mib": args.layer_mib,
-                     "eval_runs": args.eval_runs},
-        "targets": {"large_ratio_min": report.LARGE_TARGET,
-                    "small_ratio_min": report.SMALL_TARGET,
-                    "eval_ratio_max": report.EVAL_TARGET, "second_up_reruns": 0},
-        "fronts": [], "operations": {}, "ratios": {},
+        "settings": {
+            "fronts": args.fronts,
+            "repetitions": args.reps,
+            "small_seconds": args.seconds,
+            "concurrency": args.concurrency,
+            "wrk_threads": args.wrk_threads,
+            "layer_mib": args.layer_mib,
+            "eval_runs": args.eval_runs,
+        },
+        "targets": {
+            "large_ratio_min": report.LARGE_TARGET,
+            "small_ratio_min": report.SMALL_TARGET,
+            "eval_ratio_max": report.EVAL_TARGET,
+            "second_up_reruns": 0,
+        },
+        "fronts": [],
+        "operations": {},
+        "ratios": {},
     }
     log("machine: " + report.machine_line(results["machine"]))
     NOISE.budget = args.noise_budget
@@ -336,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "program"):
         log(f"timing the program's evaluation, {args.eval_runs} fresh interpreters each")
         results["evaluation"] = time_evaluation(
-            args.eval_runs, lambda: wait_quiet(args.max_foreign, args.patience)).as_dict()
+            args.eval_runs, lambda: wait_quiet(args.max_foreign, args.patience)
+        ).as_dict()
 
     if args.only != "program":
         root = scratch_root(args.workdir, args.layer_mib * MiB)
@@ -349,9 +452,12 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 shutil.rmtree(scratch, ignore_errors=True)
         results["ratios"] = ratios(results["operations"], results["fronts"])
-        results["noise"] = {"measurements": NOISE.measurements, "repeated": NOISE.repeated,
-                            "kept_disturbed": NOISE.disturbed,
-                            "max_foreign_cores": args.max_foreign}
+        results["noise"] = {
+            "measurements": NOISE.measurements,
+            "repeated": NOISE.repeated,
+            "kept_disturbed": NOISE.disturbed,
+            "max_foreign_cores": args.max_foreign,
+        }
     results["duration_s"] = round(time.time() - started, 1)
 
     args.results.mkdir(parents=True, exist_ok=True)
@@ -359,16 +465,22 @@ def main(argv: list[str] | None = None) -> int:
     if results["ratios"]:
         report.chart(results, args.results / "ratios.png")
 
-    print(f"Private registry benchmark, {results['started']}, {results['duration_s']:.0f} s; "
-          f"medians of {args.reps} (± half the range); ratio = front / direct")
+    print(
+        f"Private registry benchmark, {results['started']}, {results['duration_s']:.0f} s; "
+        f"medians of {args.reps} (± half the range); ratio = front / direct"
+    )
     print(f"machine: {report.machine_line(results['machine'])}")
-    print(f"large: one {args.layer_mib} MiB layer; small: {args.concurrency} keep-alive clients "
-          f"x {args.seconds} s; direct = plain HTTP to the registry's own port")
+    print(
+        f"large: one {args.layer_mib} MiB layer; small: {args.concurrency} keep-alive clients "
+        f"x {args.seconds} s; direct = plain HTTP to the registry's own port"
+    )
     print(report.table(results))
     for front in results["fronts"]:
         print(f"  {front['name']}: {front['description']}")
-    print(f"written: {args.results / 'latest.json'}"
-          + (f", {args.results / 'ratios.png'}" if results["ratios"] else ""))
+    print(
+        f"written: {args.results / 'latest.json'}"
+        + (f", {args.results / 'ratios.png'}" if results["ratios"] else "")
+    )
     return 0
 
 

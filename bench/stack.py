@@ -26,8 +26,9 @@ from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 from tests.realstack.sandbox import Sandbox
 
 # The files a front may change, where the program places them.
-FILE_PATHS = {field.name: REGISTRY_HOST.file(field.name).path
-              for field in dataclasses.fields(FrontFiles)}
+FILE_PATHS = {
+    field.name: REGISTRY_HOST.file(field.name).path for field in dataclasses.fields(FrontFiles)
+}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -58,10 +59,14 @@ class CpuUse:
         return self.foreign / self.wall if self.wall else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"wall_s": round(self.wall, 3), "client_cpu_s": round(self.client, 3),
-                "nginx_cpu_s": round(self.nginx, 3), "registry_cpu_s": round(self.registry, 3),
-                "kernel_threads_cpu_s": round(self.kernel_threads, 3),
-                "foreign_cores": round(self.foreign_cores, 2)}
+        return {
+            "wall_s": round(self.wall, 3),
+            "client_cpu_s": round(self.client, 3),
+            "nginx_cpu_s": round(self.nginx, 3),
+            "registry_cpu_s": round(self.registry, 3),
+            "kernel_threads_cpu_s": round(self.kernel_threads, 3),
+            "foreign_cores": round(self.foreign_cores, 2),
+        }
 
 
 def _stat_fields(pid: str) -> list[str] | None:
@@ -99,17 +104,27 @@ class _MachineCpu:
         values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         user, nice, system, _idle, _iowait, _irq, _softirq, steal = values
         own = os.times()
-        return cls(processes=(user + nice + system) / CLOCK_TICKS, kernel_threads=kernel,
-                   own=own.user + own.system, steal=steal / CLOCK_TICKS)
+        return cls(
+            processes=(user + nice + system) / CLOCK_TICKS,
+            kernel_threads=kernel,
+            own=own.user + own.system,
+            steal=steal / CLOCK_TICKS,
+        )
 
 
-def _split_others(before: _MachineCpu, after: _MachineCpu,
-                  ours: float = 0.0) -> tuple[float, float]:
+def _split_others(
+    before: _MachineCpu, after: _MachineCpu, ours: float = 0.0
+) -> tuple[float, float]:
     """(kernel threads, foreign) CPU seconds between two readings, where `ours` is what this
     benchmark's children (clients, nginx, registry) used meanwhile."""
     kernel = after.kernel_threads - before.kernel_threads
-    foreign = ((after.processes - before.processes) - kernel - (after.own - before.own) - ours
-               + (after.steal - before.steal))
+    foreign = (
+        (after.processes - before.processes)
+        - kernel
+        - (after.own - before.own)
+        - ours
+        + (after.steal - before.steal)
+    )
     return kernel, max(0.0, foreign)
 
 
@@ -168,8 +183,12 @@ class BenchStack:
         self.sim.stop()
 
     def read_files(self) -> FrontFiles:
-        return FrontFiles(**{field: self.sim.files.host_path(path).read_text()
-                             for field, path in FILE_PATHS.items()})
+        return FrontFiles(
+            **{
+                field: self.sim.files.host_path(path).read_text()
+                for field, path in FILE_PATHS.items()
+            }
+        )
 
     def install(self, front: Front) -> None:
         """Write the front's files over the host's (owners and modes kept), then restart what
@@ -194,8 +213,17 @@ class BenchStack:
     def _login(self) -> None:
         """`skopeo login --password-stdin`: the password never appears on a command line."""
         self.authfile = self.secrets / "auth.json"
-        self.client("skopeo", "login", "--authfile", str(self.authfile), "--username", self.user,
-                    "--password-stdin", self.sim.address, input=self.password.encode())
+        self.client(
+            "skopeo",
+            "login",
+            "--authfile",
+            str(self.authfile),
+            "--username",
+            self.user,
+            "--password-stdin",
+            self.sim.address,
+            input=self.password.encode(),
+        )
         basic = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         self.authorization_header = f"Basic {basic}"
         # wrk reads the header from this file (mode 0600), not from its argv.
@@ -206,8 +234,9 @@ class BenchStack:
         self.curl_config = f'user = "{self.user}:{self.password}"\n'.encode()
 
     # -- running things in the client -----------------------------------------------------
-    def client(self, *argv: str, input: bytes | None = None, timeout: float = 900,
-               check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def client(
+        self, *argv: str, input: bytes | None = None, timeout: float = 900, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
         return self.sim.client(*argv, input=input, timeout=timeout, check=check)
 
     def client_private_blob_cache(self, *argv: str, timeout: float = 900) -> None:
@@ -217,9 +246,11 @@ class BenchStack:
         /var/lib/containers/cache) and pushes a known blob to another repository of the same
         registry by a cross-repository mount, uploading nothing. A private tmpfs there (in the
         client's own mount namespace) makes every push really upload."""
-        script = ("mkdir -p /var/lib/containers && "
-                  "mount -t tmpfs -o size=64m,mode=0700 tmpfs /var/lib/containers && "
-                  'exec "$@"')
+        script = (
+            "mkdir -p /var/lib/containers && "
+            "mount -t tmpfs -o size=64m,mode=0700 tmpfs /var/lib/containers && "
+            'exec "$@"'
+        )
         self.client("bash", "-c", script, "private-blob-cache", "skopeo", *argv, timeout=timeout)
 
     # -- CPU accounting -------------------------------------------------------------------
@@ -242,5 +273,13 @@ class BenchStack:
         nginx = self._netns_cpu(self.sim.ns_host) - nginx0
         registry = self._netns_cpu(self.sim.ns_container) - registry0
         kernel_threads, foreign = _split_others(machine0, machine1, client + nginx + registry)
-        holder.append(CpuUse(wall=wall, client=client, nginx=nginx, registry=registry,
-                             kernel_threads=kernel_threads, foreign=foreign))
+        holder.append(
+            CpuUse(
+                wall=wall,
+                client=client,
+                nginx=nginx,
+                registry=registry,
+                kernel_threads=kernel_threads,
+                foreign=foreign,
+            )
+        )

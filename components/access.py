@@ -39,8 +39,10 @@ _UPLOAD_ID = r"[A-Za-z0-9=_.-]+"
 _QUERY = r"(?:\?.*)?"
 # A new upload's query: only the keys clients send, literally (so no percent-encoded key can hide
 # a `from` that the registry would decode), and only characters of names and digests.
-_UPLOAD_START_QUERY = r"(?:\?(?:mount|from|digest)=[A-Za-z0-9._:%-]*" \
-                      r"(?:&(?:mount|from|digest)=[A-Za-z0-9._:%-]*)*)?"
+_UPLOAD_START_QUERY = (
+    r"(?:\?(?:mount|from|digest)=[A-Za-z0-9._:%-]*"
+    r"(?:&(?:mount|from|digest)=[A-Za-z0-9._:%-]*)*)?"
+)
 # In a `from=` value the client percent-encodes `/`; in the request path it is literal.
 _SEPARATOR = r"(?:/|%2[Ff])"
 _NAME_CHARS = r"[a-z0-9._-]"
@@ -69,7 +71,8 @@ class Account:
     def may(self, action: str, repository: str) -> bool:
         """The same decision nginx makes (used for the proof user; nginx is the enforcer)."""
         return action in ROLE_ACTIONS[self.role] and any(
-            re.fullmatch(scope_regex(scope), repository) for scope in self.scopes)
+            re.fullmatch(scope_regex(scope), repository) for scope in self.scopes
+        )
 
     def describe(self) -> dict[str, object]:
         """The stack output form: role and repositories."""
@@ -88,11 +91,14 @@ def scope_regex(scope: str) -> str:
                 raise ScopeError(f"** is allowed only as the last component, in {scope!r}")
             parts.append(f"{_NAME_CHARS}+(?:{_SEPARATOR}{_NAME_CHARS}+)*")
         elif not _SCOPE_COMPONENT.fullmatch(component) or "**" in component:
-            raise ScopeError(f"scope {scope!r} has characters other than lowercase letters, "
-                             "digits, '.', '_', '-' and '*'")
+            raise ScopeError(
+                f"scope {scope!r} has characters other than lowercase letters, "
+                "digits, '.', '_', '-' and '*'"
+            )
         else:
-            parts.append("".join(f"{_NAME_CHARS}*" if char == "*" else re.escape(char)
-                                 for char in component))
+            parts.append(
+                "".join(f"{_NAME_CHARS}*" if char == "*" else re.escape(char) for char in component)
+            )
     return _SEPARATOR.join(parts)
 
 
@@ -144,23 +150,32 @@ def _request_map() -> list[str]:
         (rf"^PUT /v2/{name}/manifests/{_REFERENCE}{_QUERY}$", "write $1"),
         (rf"^POST /v2/{name}/blobs/uploads/{_UPLOAD_START_QUERY}$", "write $1"),
         (rf"^(?:GET|HEAD|PATCH|PUT) /v2/{name}/blobs/uploads/{_UPLOAD_ID}{_QUERY}$", "write $1"),
-        ((rf"^DELETE /v2/{name}/(?:manifests/{_REFERENCE}|blobs/{_DIGEST}"
-          rf"|blobs/uploads/{_UPLOAD_ID}){_QUERY}$"), "delete $1"),
+        (
+            (
+                rf"^DELETE /v2/{name}/(?:manifests/{_REFERENCE}|blobs/{_DIGEST}"
+                rf"|blobs/uploads/{_UPLOAD_ID}){_QUERY}$"
+            ),
+            "delete $1",
+        ),
     ]
-    return ['    map "$request_method $request_uri" $registry_request {',
-            '        default "other";',
-            *(f"        {_quoted('~' + regex)} {_quoted(value)};" for regex, value in rules),
-            "    }"]
+    return [
+        '    map "$request_method $request_uri" $registry_request {',
+        '        default "other";',
+        *(f"        {_quoted('~' + regex)} {_quoted(value)};" for regex, value in rules),
+        "    }",
+    ]
 
 
 def _mount_source_map() -> list[str]:
     """The `from` repository of a new upload (a cross-repository mount), as the client encoded
     it; empty when there is none. The first `from` counts, as in the registry (Go's FormValue)."""
     regex = rf"^POST /v2/{_REPOSITORY}/blobs/uploads/\?(?:[^&]*&)*?from=([^&]*)"
-    return ['    map "$request_method $request_uri" $registry_mount_source {',
-            '        default "";',
-            f"        {_quoted('~' + regex)} {_quoted('$1')};",
-            "    }"]
+    return [
+        '    map "$request_method $request_uri" $registry_mount_source {',
+        '        default "";',
+        f"        {_quoted('~' + regex)} {_quoted('$1')};",
+        "    }",
+    ]
 
 
 def _scopes_regex(account: Account) -> str:
@@ -168,9 +183,11 @@ def _scopes_regex(account: Account) -> str:
 
 
 def _grant_map(accounts: tuple[Account, ...]) -> list[str]:
-    lines = ['    map "$remote_user $registry_request" $registry_request_granted {',
-             '        default 0;',
-             '        "~^[^ ]+ base$" 1;']
+    lines = [
+        '    map "$remote_user $registry_request" $registry_request_granted {',
+        "        default 0;",
+        '        "~^[^ ]+ base$" 1;',
+    ]
     for account in accounts:
         actions = "|".join(ROLE_ACTIONS[account.role])
         grant = f"~^{account.name} (?:{actions}) {_scopes_regex(account)}$"
@@ -181,9 +198,11 @@ def _grant_map(accounts: tuple[Account, ...]) -> list[str]:
 
 
 def _mount_grant_map(accounts: tuple[Account, ...]) -> list[str]:
-    lines = ['    map "$remote_user $registry_mount_source" $registry_mount_granted {',
-             '        default 0;',
-             '        "~^[^ ]* $" 1;']
+    lines = [
+        '    map "$remote_user $registry_mount_source" $registry_mount_granted {',
+        "        default 0;",
+        '        "~^[^ ]* $" 1;',
+    ]
     for account in accounts:
         lines.append(f"        {_quoted(f'~^{account.name} {_scopes_regex(account)}$')} 1;")
     return [*lines, "    }"]
@@ -196,5 +215,12 @@ def access_maps(accounts: tuple[Account, ...]) -> str:
         "    # Authorization header before auth_basic has checked it; that is safe because a",
         "    # refusal goes through a location where auth_basic runs first (bad credentials: 401).",
     ]
-    return "\n".join([*comment, *_request_map(), *_mount_source_map(),
-                      *_grant_map(accounts), *_mount_grant_map(accounts)])
+    return "\n".join(
+        [
+            *comment,
+            *_request_map(),
+            *_mount_source_map(),
+            *_grant_map(accounts),
+            *_mount_grant_map(accounts),
+        ]
+    )

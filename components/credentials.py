@@ -39,8 +39,9 @@ class Credentials(pulumi.ComponentResource):
     htpasswd: pulumi.Output[str]
     http_secret: pulumi.Output[str]
 
-    def __init__(self, name: str, args: CredentialsArgs,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: CredentialsArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("private-registry:index:Credentials", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -49,18 +50,31 @@ class Credentials(pulumi.ComponentResource):
         for user in args.users:
             keepers = {"user": user, "rotation": str(args.rotation)}
             password = random.RandomPassword(
-                f"{name}-{user}-password", length=PASSWORD_LENGTH, special=False,
-                min_lower=4, min_upper=4, min_numeric=4, keepers=keepers, opts=child)
+                f"{name}-{user}-password",
+                length=PASSWORD_LENGTH,
+                special=False,
+                min_lower=4,
+                min_upper=4,
+                min_numeric=4,
+                keepers=keepers,
+                opts=child,
+            )
             # The htpasswd salt rotates with the password.
-            salt = random.RandomBytes(f"{name}-{user}-salt", length=SALT_BYTES,
-                                      keepers=keepers, opts=child)
+            salt = random.RandomBytes(
+                f"{name}-{user}-salt", length=SALT_BYTES, keepers=keepers, opts=child
+            )
             self.passwords[user] = password.result
-            entries.append(pulumi.Output.all(password.result, salt.base64).apply(
-                functools.partial(_htpasswd_entry, user)))
+            entries.append(
+                pulumi.Output.all(password.result, salt.base64).apply(
+                    functools.partial(_htpasswd_entry, user)
+                )
+            )
 
         self.htpasswd = pulumi.Output.secret(
-            pulumi.Output.all(*entries).apply(htpasswd.htpasswd_file))
+            pulumi.Output.all(*entries).apply(htpasswd.htpasswd_file)
+        )
         self.http_secret = random.RandomPassword(
-            f"{name}-registry-http-secret", length=48, special=False, opts=child).result
+            f"{name}-registry-http-secret", length=48, special=False, opts=child
+        ).result
 
         self.register_outputs({"users": list(args.users)})

@@ -117,8 +117,10 @@ class HostManifest:
     def check_stack_values(self, names: set[str]) -> None:
         """Fail unless `names` are exactly the stack values the manifest uses."""
         if names != self.stack_values:
-            raise ValueError(f"stack values: missing {sorted(self.stack_values - names)}, "
-                             f"unused {sorted(names - self.stack_values)}")
+            raise ValueError(
+                f"stack values: missing {sorted(self.stack_values - names)}, "
+                f"unused {sorted(names - self.stack_values)}"
+            )
 
 
 _Entry = TypeVar("_Entry", HostFile, HostScript)
@@ -204,92 +206,169 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
     data_dir = Mount(layout.data_dir, layout.registry_storage)
 
     registry_config = HostFile(
-        "registry_config", registry_config_dir.host_path(config_file.name), 0o644,
+        "registry_config",
+        registry_config_dir.host_path(config_file.name),
+        0o644,
         template="registry-config.yml",
-        values={"registry_port": layout.registry_port, "debug_port": layout.debug_port,
-                "storage_dir": layout.registry_storage})
+        values={
+            "registry_port": layout.registry_port,
+            "debug_port": layout.debug_port,
+            "storage_dir": layout.registry_storage,
+        },
+    )
     registry_env = HostFile(
-        "registry_env", f"{layout.config_dir}/registry.env", 0o600, template="registry.env",
-        values={"http_secret": StackValue("http_secret")}, secret=True)
-    server_cert = HostFile("server_cert", tls_dir.host_path("server.crt"), 0o644,
-                           values={"content": StackValue("server_cert_pem")})
+        "registry_env",
+        f"{layout.config_dir}/registry.env",
+        0o600,
+        template="registry.env",
+        values={"http_secret": StackValue("http_secret")},
+        secret=True,
+    )
+    server_cert = HostFile(
+        "server_cert",
+        tls_dir.host_path("server.crt"),
+        0o644,
+        values={"content": StackValue("server_cert_pem")},
+    )
     # Read by nginx's master process (root) only.
-    server_key = HostFile("server_key", tls_dir.host_path("server.key"), 0o600,
-                          values={"content": StackValue("server_key_pem")}, secret=True)
-    ca_cert = HostFile("ca_cert", tls_dir.host_path("ca.crt"), 0o644,
-                       values={"content": StackValue("ca_cert_pem")})
+    server_key = HostFile(
+        "server_key",
+        tls_dir.host_path("server.key"),
+        0o600,
+        values={"content": StackValue("server_key_pem")},
+        secret=True,
+    )
+    ca_cert = HostFile(
+        "ca_cert", tls_dir.host_path("ca.crt"), 0o644, values={"content": StackValue("ca_cert_pem")}
+    )
     # Read per request by nginx's worker (the image's `nginx` group), so 0640 root:nginx.
-    htpasswd = HostFile("htpasswd", auth_dir.host_path("htpasswd"), 0o640,
-                        values={"content": StackValue("htpasswd")},
-                        gid=versions.NGINX_WORKER_GID, secret=True)
-    nginx_conf = HostFile("nginx_conf", nginx_conf_dir.host_path("nginx.conf"), 0o644,
-                          template="nginx.conf", values={
-                              "listen_port": StackValue("port"),
-                              "server_names": StackValue("server_names"),
-                              "registry_upstream":
-                                  f"{layout.registry_service}:{layout.registry_port}",
-                              "server_cert": tls_dir.in_container(server_cert.path),
-                              "server_key": tls_dir.in_container(server_key.path),
-                              "htpasswd": auth_dir.in_container(htpasswd.path),
-                              "access_maps": StackValue("access_maps"),
-                          })
-    compose = HostFile("compose", f"{layout.config_dir}/compose.yaml", 0o644,
-                       template="compose.yaml", values={
-                           "registry_service": layout.registry_service,
-                           "registry_image": StackValue("registry_image"),
-                           "registry_env_file": registry_env.path,
-                           # Changes with config.yml, so `up -d` recreates the registry.
-                           "registry_config_sha256": sha256_hex(registry_config.render({})),
-                           "registry_config_volume": registry_config_dir.volume,
-                           "data_volume": data_dir.volume,
-                           "registry_port": layout.registry_port,
-                           "nginx_service": layout.nginx_service,
-                           "nginx_image": StackValue("nginx_image"),
-                           "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
-                           "port": StackValue("port"),
-                           "nginx_conf_volume": nginx_conf_dir.volume,
-                           "tls_volume": tls_dir.volume,
-                           "auth_volume": auth_dir.volume,
-                       })
-    systemd_unit = HostFile("systemd_unit", layout.unit_path, 0o644, template="registry.service",
-                            values={
-                                "data_mount": layout.data_mount,
-                                "config_dir": layout.config_dir,
-                                "compose_file": compose.path,
-                                "nginx_service": layout.nginx_service,
-                                "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
-                            })
+    htpasswd = HostFile(
+        "htpasswd",
+        auth_dir.host_path("htpasswd"),
+        0o640,
+        values={"content": StackValue("htpasswd")},
+        gid=versions.NGINX_WORKER_GID,
+        secret=True,
+    )
+    nginx_conf = HostFile(
+        "nginx_conf",
+        nginx_conf_dir.host_path("nginx.conf"),
+        0o644,
+        template="nginx.conf",
+        values={
+            "listen_port": StackValue("port"),
+            "server_names": StackValue("server_names"),
+            "registry_upstream": f"{layout.registry_service}:{layout.registry_port}",
+            "server_cert": tls_dir.in_container(server_cert.path),
+            "server_key": tls_dir.in_container(server_key.path),
+            "htpasswd": auth_dir.in_container(htpasswd.path),
+            "access_maps": StackValue("access_maps"),
+        },
+    )
+    compose = HostFile(
+        "compose",
+        f"{layout.config_dir}/compose.yaml",
+        0o644,
+        template="compose.yaml",
+        values={
+            "registry_service": layout.registry_service,
+            "registry_image": StackValue("registry_image"),
+            "registry_env_file": registry_env.path,
+            # Changes with config.yml, so `up -d` recreates the registry.
+            "registry_config_sha256": sha256_hex(registry_config.render({})),
+            "registry_config_volume": registry_config_dir.volume,
+            "data_volume": data_dir.volume,
+            "registry_port": layout.registry_port,
+            "nginx_service": layout.nginx_service,
+            "nginx_image": StackValue("nginx_image"),
+            "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
+            "port": StackValue("port"),
+            "nginx_conf_volume": nginx_conf_dir.volume,
+            "tls_volume": tls_dir.volume,
+            "auth_volume": auth_dir.volume,
+        },
+    )
+    systemd_unit = HostFile(
+        "systemd_unit",
+        layout.unit_path,
+        0o644,
+        template="registry.service",
+        values={
+            "data_mount": layout.data_mount,
+            "config_dir": layout.config_dir,
+            "compose_file": compose.path,
+            "nginx_service": layout.nginx_service,
+            "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
+        },
+    )
     registry_unit = PurePosixPath(layout.unit_path)
-    gc_script = HostFile("gc_script", f"{layout.config_dir}/registry-gc.sh", 0o755,
-                         template="registry-gc.sh", values={
-                             "compose_file": compose.path,
-                             "data_dir": layout.data_dir,
-                             "data_mount": layout.data_mount,
-                             "registry_unit": registry_unit.name,
-                             "registry_service": layout.registry_service,
-                             "registry_config": versions.REGISTRY_CONFIG_FILE,
-                             "nginx_service": layout.nginx_service,
-                             "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
-                             "gc_flags": StackValue("gc_flags"),
-                         })
+    gc_script = HostFile(
+        "gc_script",
+        f"{layout.config_dir}/registry-gc.sh",
+        0o755,
+        template="registry-gc.sh",
+        values={
+            "compose_file": compose.path,
+            "data_dir": layout.data_dir,
+            "data_mount": layout.data_mount,
+            "registry_unit": registry_unit.name,
+            "registry_service": layout.registry_service,
+            "registry_config": versions.REGISTRY_CONFIG_FILE,
+            "nginx_service": layout.nginx_service,
+            "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
+            "gc_flags": StackValue("gc_flags"),
+        },
+    )
     gc_unit = registry_unit.with_name(f"{registry_unit.stem}-gc.service")
-    gc_service = HostFile("gc_service", str(gc_unit), 0o644, template="registry-gc.service",
-                          values={"registry_unit": registry_unit.name,
-                                  "data_mount": layout.data_mount, "gc_script": gc_script.path})
-    gc_timer = HostFile("gc_timer", str(gc_unit.with_suffix(".timer")), 0o644,
-                        template="registry-gc.timer",
-                        values={"schedule": StackValue("gc_schedule")})
+    gc_service = HostFile(
+        "gc_service",
+        str(gc_unit),
+        0o644,
+        template="registry-gc.service",
+        values={
+            "registry_unit": registry_unit.name,
+            "data_mount": layout.data_mount,
+            "gc_script": gc_script.path,
+        },
+    )
+    gc_timer = HostFile(
+        "gc_timer",
+        str(gc_unit.with_suffix(".timer")),
+        0o644,
+        template="registry-gc.timer",
+        values={"schedule": StackValue("gc_schedule")},
+    )
     # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
-    docker_daemon = HostFile("docker_daemon", layout.docker_daemon_config, 0o644,
-                             template="docker-daemon.json")
-    files = (compose, registry_config, registry_env, nginx_conf, htpasswd, server_cert,
-             server_key, ca_cert, systemd_unit, gc_script, gc_service, gc_timer, docker_daemon)
+    docker_daemon = HostFile(
+        "docker_daemon", layout.docker_daemon_config, 0o644, template="docker-daemon.json"
+    )
+    files = (
+        compose,
+        registry_config,
+        registry_env,
+        nginx_conf,
+        htpasswd,
+        server_cert,
+        server_key,
+        ca_cert,
+        systemd_unit,
+        gc_script,
+        gc_service,
+        gc_timer,
+        docker_daemon,
+    )
     scripts = (
         HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES),
-        HostScript("mount_data_volume", "mount-data-volume.sh",
-                   (StackValue("volume_name"), layout.data_mount, layout.data_dir)),
-        HostScript("activate", "activate-registry.sh",
-                   (StackValue("registry_name"), StackValue("port"), compose.path, ca_cert.path)),
+        HostScript(
+            "mount_data_volume",
+            "mount-data-volume.sh",
+            (StackValue("volume_name"), layout.data_mount, layout.data_dir),
+        ),
+        HostScript(
+            "activate",
+            "activate-registry.sh",
+            (StackValue("registry_name"), StackValue("port"), compose.path, ca_cert.path),
+        ),
         # Run before the volume is detached (destroy, a replaced droplet or volume).
         HostScript("release_data_volume", "release-data-volume.sh", (layout.data_mount,)),
     )
@@ -298,17 +377,36 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
 
 def client_host(layout: ClientHostLayout = ClientHostLayout()) -> HostManifest:
     """A client host: the CA and the proof's password, then trust and proof scripts."""
-    ca_cert = HostFile("ca_cert", f"{layout.client_dir}/ca.crt", 0o644,
-                       values={"content": StackValue("ca_cert_pem")})
-    login_password = HostFile("login_password", f"{layout.client_dir}/login-password", 0o600,
-                              values={"content": StackValue("password")}, secret=True)
+    ca_cert = HostFile(
+        "ca_cert",
+        f"{layout.client_dir}/ca.crt",
+        0o644,
+        values={"content": StackValue("ca_cert_pem")},
+    )
+    login_password = HostFile(
+        "login_password",
+        f"{layout.client_dir}/login-password",
+        0o600,
+        values={"content": StackValue("password")},
+        secret=True,
+    )
     scripts = (
         HostScript("install_packages", "install-packages.sh", versions.CLIENT_HOST_PACKAGES),
-        HostScript("trust_registry", "trust-registry.sh",
-                   (StackValue("registry_name"), StackValue("port"), ca_cert.path,
-                    StackValue("hosts_ip", optional=True))),
-        HostScript("verify_registry", "verify-registry.sh",
-                   (StackValue("address"), StackValue("user"), login_password.path)),
+        HostScript(
+            "trust_registry",
+            "trust-registry.sh",
+            (
+                StackValue("registry_name"),
+                StackValue("port"),
+                ca_cert.path,
+                StackValue("hosts_ip", optional=True),
+            ),
+        ),
+        HostScript(
+            "verify_registry",
+            "verify-registry.sh",
+            (StackValue("address"), StackValue("user"), login_password.path),
+        ),
     )
     return HostManifest((ca_cert, login_password), scripts)
 
@@ -317,5 +415,9 @@ REGISTRY_LAYOUT = RegistryHostLayout()
 REGISTRY_HOST = registry_host(REGISTRY_LAYOUT)
 CLIENT_HOST = client_host()
 # Every host, when extra SSH public keys are configured (sshd reads authorized_keys2 too).
-EXTRA_SSH_KEYS_FILE = HostFile("extra_ssh_keys", "/root/.ssh/authorized_keys2", 0o600,
-                               values={"content": StackValue("extra_ssh_keys")})
+EXTRA_SSH_KEYS_FILE = HostFile(
+    "extra_ssh_keys",
+    "/root/.ssh/authorized_keys2",
+    0o600,
+    values={"content": StackValue("extra_ssh_keys")},
+)

@@ -30,10 +30,12 @@ class NetworkArgs:
 def _outbound_anywhere() -> list[digitalocean.FirewallOutboundRuleArgs]:
     """Hosts fetch packages and images; replies to allowed inbound traffic are stateful."""
     return [
-        digitalocean.FirewallOutboundRuleArgs(protocol="tcp", port_range="1-65535",
-                                              destination_addresses=EVERYWHERE),
-        digitalocean.FirewallOutboundRuleArgs(protocol="udp", port_range="1-65535",
-                                              destination_addresses=EVERYWHERE),
+        digitalocean.FirewallOutboundRuleArgs(
+            protocol="tcp", port_range="1-65535", destination_addresses=EVERYWHERE
+        ),
+        digitalocean.FirewallOutboundRuleArgs(
+            protocol="udp", port_range="1-65535", destination_addresses=EVERYWHERE
+        ),
         digitalocean.FirewallOutboundRuleArgs(protocol="icmp", destination_addresses=EVERYWHERE),
     ]
 
@@ -53,36 +55,53 @@ class Network(pulumi.ComponentResource):
     server_tag: pulumi.Output[str]
     client_tag: pulumi.Output[str]
 
-    def __init__(self, name: str, args: NetworkArgs,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("private-registry:index:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
         admin_key = tls.PrivateKey(f"{name}-admin-ssh-key", algorithm="ED25519", opts=child)
-        do_key = digitalocean.SshKey(f"{name}-admin-ssh-key", name=f"{args.name_prefix}-admin",
-                                     public_key=admin_key.public_key_openssh, opts=child)
-        server_tag = digitalocean.Tag(f"{name}-server-tag", name=f"{args.name_prefix}-server",
-                                      opts=child)
-        client_tag = digitalocean.Tag(f"{name}-client-tag", name=f"{args.name_prefix}-client",
-                                      opts=child)
+        do_key = digitalocean.SshKey(
+            f"{name}-admin-ssh-key",
+            name=f"{args.name_prefix}-admin",
+            public_key=admin_key.public_key_openssh,
+            opts=child,
+        )
+        server_tag = digitalocean.Tag(
+            f"{name}-server-tag", name=f"{args.name_prefix}-server", opts=child
+        )
+        client_tag = digitalocean.Tag(
+            f"{name}-client-tag", name=f"{args.name_prefix}-client", opts=child
+        )
         ssh_from_admins = digitalocean.FirewallInboundRuleArgs(
-            protocol="tcp", port_range="22", source_addresses=list(args.admin_cidrs))
+            protocol="tcp", port_range="22", source_addresses=list(args.admin_cidrs)
+        )
 
         digitalocean.Firewall(
-            f"{name}-server-firewall", name=f"{args.name_prefix}-server",
+            f"{name}-server-firewall",
+            name=f"{args.name_prefix}-server",
             tags=[server_tag.name],
             inbound_rules=[
                 ssh_from_admins,
                 digitalocean.FirewallInboundRuleArgs(
-                    protocol="tcp", port_range=str(args.registry_port),
+                    protocol="tcp",
+                    port_range=str(args.registry_port),
                     source_tags=[client_tag.name],
-                    source_addresses=list(args.allowed_cidrs) or None),
+                    source_addresses=list(args.allowed_cidrs) or None,
+                ),
             ],
-            outbound_rules=_outbound_anywhere(), opts=child)
+            outbound_rules=_outbound_anywhere(),
+            opts=child,
+        )
         digitalocean.Firewall(
-            f"{name}-client-firewall", name=f"{args.name_prefix}-client",
-            tags=[client_tag.name], inbound_rules=[ssh_from_admins],
-            outbound_rules=_outbound_anywhere(), opts=child)
+            f"{name}-client-firewall",
+            name=f"{args.name_prefix}-client",
+            tags=[client_tag.name],
+            inbound_rules=[ssh_from_admins],
+            outbound_rules=_outbound_anywhere(),
+            opts=child,
+        )
 
         self.ssh_private_key = admin_key.private_key_openssh
         self.ssh_public_key = admin_key.public_key_openssh

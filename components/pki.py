@@ -32,22 +32,25 @@ class CertificateAuthority(pulumi.ComponentResource):
     cert_pem: pulumi.Output[str]
     private_key_pem: pulumi.Output[str]
 
-    def __init__(self, name: str, args: CertificateAuthorityArgs,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: CertificateAuthorityArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("private-registry:index:CertificateAuthority", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         key = private_key(f"{name}-key", args.key_algorithm, child)
         cert = tls.SelfSignedCert(
             f"{name}-cert",
             private_key_pem=key.private_key_pem,
-            subject=tls.SelfSignedCertSubjectArgs(common_name=args.common_name,
-                                                  organization="private-registry"),
+            subject=tls.SelfSignedCertSubjectArgs(
+                common_name=args.common_name, organization="private-registry"
+            ),
             is_ca_certificate=True,
             allowed_uses=["cert_signing", "crl_signing"],
             validity_period_hours=CA_VALIDITY_HOURS,
             early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
             set_subject_key_id=True,
-            opts=child)
+            opts=child,
+        )
         self.cert_pem = cert.cert_pem
         self.private_key_pem = key.private_key_pem
         self.register_outputs({"certPem": self.cert_pem})
@@ -69,19 +72,22 @@ class ServerCertificate(pulumi.ComponentResource):
     cert_pem: pulumi.Output[str]
     private_key_pem: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ServerCertificateArgs,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: ServerCertificateArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("private-registry:index:ServerCertificate", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         key = private_key(f"{name}-key", args.key_algorithm, child)
         request = tls.CertRequest(
             f"{name}-csr",
             private_key_pem=key.private_key_pem,
-            subject=tls.CertRequestSubjectArgs(common_name=args.dns_names[0],
-                                               organization="private-registry"),
+            subject=tls.CertRequestSubjectArgs(
+                common_name=args.dns_names[0], organization="private-registry"
+            ),
             dns_names=list(args.dns_names),
             ip_addresses=list(args.ip_addresses),
-            opts=child)
+            opts=child,
+        )
         cert = tls.LocallySignedCert(
             f"{name}-cert",
             cert_request_pem=request.cert_request_pem,
@@ -90,7 +96,8 @@ class ServerCertificate(pulumi.ComponentResource):
             allowed_uses=SERVER_KEY_USES,
             validity_period_hours=args.validity_hours,
             early_renewal_hours=args.early_renewal_hours,
-            opts=child)
+            opts=child,
+        )
         self.cert_pem = cert.cert_pem
         self.private_key_pem = key.private_key_pem
         self.register_outputs({"certPem": self.cert_pem})

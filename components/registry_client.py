@@ -35,28 +35,43 @@ class RegistryClient(pulumi.ComponentResource):
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
 
-    def __init__(self, name: str, args: RegistryClientArgs,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: RegistryClientArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("private-registry:index:RegistryClient", name, None, opts)
 
         host = RemoteHost.create(name, args.host, parent=self)
         host_manifest = manifest.CLIENT_HOST
         stack_values: dict[str, pulumi.Input[object]] = {
-            "registry_name": args.registry_name, "port": args.port,
-            "address": f"{args.registry_name}:{args.port}", "user": args.user,
-            "hosts_ip": args.hosts_ip, "ca_cert_pem": args.ca_cert_pem, "password": args.password,
+            "registry_name": args.registry_name,
+            "port": args.port,
+            "address": f"{args.registry_name}:{args.port}",
+            "user": args.user,
+            "hosts_ip": args.hosts_ip,
+            "ca_cert_pem": args.ca_cert_pem,
+            "password": args.password,
         }
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
-        placed = {host_file.role: host.place_file(host_file, content, depends_on=[install])
-                  for host_file, content in rendered_files(host_manifest, stack_values)}
-        trust = host.run_script(host_manifest.script("trust_registry"), stack_values,
-                                depends_on=[install, placed["ca_cert"]],
-                                triggers=[args.ca_cert_pem])
-        host.run_script(host_manifest.script("verify_registry"), stack_values,
-                        depends_on=[trust, placed["login_password"], args.registry_ready],
-                        triggers=[pulumi.Output.all(args.password, args.ca_cert_pem,
-                                                    args.registry_fingerprint).apply(
-                            lambda values: sha256_hex(*values))])
+        placed = {
+            host_file.role: host.place_file(host_file, content, depends_on=[install])
+            for host_file, content in rendered_files(host_manifest, stack_values)
+        }
+        trust = host.run_script(
+            host_manifest.script("trust_registry"),
+            stack_values,
+            depends_on=[install, placed["ca_cert"]],
+            triggers=[args.ca_cert_pem],
+        )
+        host.run_script(
+            host_manifest.script("verify_registry"),
+            stack_values,
+            depends_on=[trust, placed["login_password"], args.registry_ready],
+            triggers=[
+                pulumi.Output.all(args.password, args.ca_cert_pem, args.registry_fingerprint).apply(
+                    lambda values: sha256_hex(*values)
+                )
+            ],
+        )
 
         self.public_ip = host.droplet.ipv4_address
         self.private_ip = host.droplet.ipv4_address_private

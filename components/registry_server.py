@@ -36,13 +36,15 @@ def _same_region(volume_region: str, region: str, volume: str, adopted: bool) ->
         raise SettingsError(
             f"private-registry:existingVolume {volume!r} is in {volume_region}, but "
             f"private-registry:region is {region}: a droplet can only attach a volume in its own "
-            f"region. Set region to {volume_region}, or adopt a volume in {region}.")
+            f"region. Set region to {volume_region}, or adopt a volume in {region}."
+        )
     raise SettingsError(
         f"private-registry:region changed to {region}, but this stack's data volume {volume} "
         f"is in {volume_region}. A DigitalOcean volume cannot move to another region, and "
         f"replacing it would delete every image, so no droplet or volume was changed. Set "
-        f"region back to {volume_region}; to move the registry, see README \"Operations\" "
-        f"(Change the region).")
+        f'region back to {volume_region}; to move the registry, see README "Operations" '
+        f"(Change the region)."
+    )
 
 
 @dataclass
@@ -87,54 +89,82 @@ class RegistryServer(pulumi.ComponentResource):
     files_fingerprint: pulumi.Output[str]
     region: pulumi.Output[str]
 
-    def __init__(self, name: str, args: RegistryServerArgs,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: RegistryServerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("private-registry:index:RegistryServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
         volume = self._data_volume(name, args)
         region = pulumi.Output.all(volume.region, volume.name).apply(
-            lambda values: _same_region(values[0], str(args.host.region), values[1],
-                                        adopted=args.existing_volume is not None))
+            lambda values: _same_region(
+                values[0],
+                str(args.host.region),
+                values[1],
+                adopted=args.existing_volume is not None,
+            )
+        )
         # Graceful shutdown: the provider shuts the droplet down before deleting it. The data
         # volume is released before that (below), since its attachment goes first.
-        host = RemoteHost.create(name, dataclasses.replace(args.host, region=region), parent=self,
-                                 graceful_shutdown=True)
+        host = RemoteHost.create(
+            name, dataclasses.replace(args.host, region=region), parent=self, graceful_shutdown=True
+        )
         droplet = host.droplet
         # A volume attaches to one droplet at a time: when the droplet is replaced, detach from
         # the old one before attaching to the new one.
         attachment = digitalocean.VolumeAttachment(
-            f"{name}-data-attachment", droplet_id=droplet.id.apply(int), volume_id=volume.id,
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
+            f"{name}-data-attachment",
+            droplet_id=droplet.id.apply(int),
+            volume_id=volume.id,
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
         # Before any detach (destroy, a replaced droplet or volume) the registry stops and the
         # filesystem is synced and unmounted: this command depends on the attachment, so the
         # engine deletes it (running the release script on the host) first; its trigger is the
         # attachment's id, so a replacement of the attachment deletes it first too.
         host_manifest = manifest.REGISTRY_HOST
-        host.run_script_on_delete(host_manifest.script("release_data_volume"),
-                                  depends_on=[attachment], triggers=[attachment.id])
+        host.run_script_on_delete(
+            host_manifest.script("release_data_volume"),
+            depends_on=[attachment],
+            triggers=[attachment.id],
+        )
         if args.domain and args.dns_name:
             digitalocean.DnsRecord(
-                f"{name}-dns", domain=args.domain, type="A",
+                f"{name}-dns",
+                domain=args.domain,
+                type="A",
                 name=args.dns_name.removesuffix(f".{args.domain}"),
-                value=droplet.ipv4_address, ttl=300, opts=child)
+                value=droplet.ipv4_address,
+                ttl=300,
+                opts=child,
+            )
 
         server_names = [args.registry_name, *([args.dns_name] if args.dns_name else [])]
         certificate = ServerCertificate(
-            f"{name}-tls", ServerCertificateArgs(
-                ca=args.ca, dns_names=server_names,
+            f"{name}-tls",
+            ServerCertificateArgs(
+                ca=args.ca,
+                dns_names=server_names,
                 ip_addresses=[droplet.ipv4_address, droplet.ipv4_address_private],
-                key_algorithm=args.key_algorithm, validity_hours=args.cert_validity_hours,
-                early_renewal_hours=args.cert_early_renewal_hours),
-            opts=child)
+                key_algorithm=args.key_algorithm,
+                validity_hours=args.cert_validity_hours,
+                early_renewal_hours=args.cert_early_renewal_hours,
+            ),
+            opts=child,
+        )
 
         stack_values: dict[str, pulumi.Input[object]] = {
-            "registry_name": args.registry_name, "server_names": " ".join(server_names),
-            "port": args.port, "registry_image": args.registry_image,
-            "nginx_image": args.nginx_image, "volume_name": volume.name,
-            "http_secret": args.http_secret, "htpasswd": args.htpasswd,
+            "registry_name": args.registry_name,
+            "server_names": " ".join(server_names),
+            "port": args.port,
+            "registry_image": args.registry_image,
+            "nginx_image": args.nginx_image,
+            "volume_name": volume.name,
+            "http_secret": args.http_secret,
+            "htpasswd": args.htpasswd,
             "server_cert_pem": certificate.cert_pem,
-            "server_key_pem": certificate.private_key_pem, "ca_cert_pem": args.ca.cert_pem,
+            "server_key_pem": certificate.private_key_pem,
+            "ca_cert_pem": args.ca.cert_pem,
             "access_maps": access_maps(tuple(args.accounts)),
             "gc_schedule": args.gc_schedule,
             "gc_flags": "--delete-untagged" if args.gc_delete_untagged else "",
@@ -145,44 +175,66 @@ class RegistryServer(pulumi.ComponentResource):
         # Re-runs (and grows the filesystem) when the volume or its size changes; the size is the
         # provider's output, so this runs after the resize.
         size = volume.size.apply(lambda gib: str(int(gib)))
-        mount = host.run_script(host_manifest.script("mount_data_volume"), stack_values,
-                                depends_on=[attachment], triggers=[volume.id, size])
-        placed = [host.place_file(host_file, content, depends_on=[install])
-                  for host_file, content in files]
+        mount = host.run_script(
+            host_manifest.script("mount_data_volume"),
+            stack_values,
+            depends_on=[attachment],
+            triggers=[volume.id, size],
+        )
+        placed = [
+            host.place_file(host_file, content, depends_on=[install])
+            for host_file, content in files
+        ]
 
         self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
-            lambda texts: sha256_hex(*texts))
+            lambda texts: sha256_hex(*texts)
+        )
         self.ready = host.run_script(
-            host_manifest.script("activate"), stack_values, depends_on=[install, mount, *placed],
+            host_manifest.script("activate"),
+            stack_values,
+            depends_on=[install, mount, *placed],
             # A new attachment follows a release, which stopped the registry: start it again.
-            triggers=[self.files_fingerprint, attachment.id])
+            triggers=[self.files_fingerprint, attachment.id],
+        )
 
         self.public_ip = droplet.ipv4_address
         self.private_ip = droplet.ipv4_address_private
         self.volume_id = volume.id
         self.region = region
-        self.register_outputs({"publicIp": self.public_ip, "privateIp": self.private_ip,
-                               "volumeId": self.volume_id})
+        self.register_outputs(
+            {"publicIp": self.public_ip, "privateIp": self.private_ip, "volumeId": self.volume_id}
+        )
 
     def _data_volume(self, name: str, args: RegistryServerArgs) -> DataVolume:
         """The stack's own volume, or the adopted one (read only: never changed or deleted)."""
         existing = args.existing_volume
         if existing is not None and VOLUME_ID.fullmatch(existing):
-            found = digitalocean.Volume.get(f"{name}-adopted-data", existing,
-                                            opts=pulumi.ResourceOptions(parent=self))
+            found = digitalocean.Volume.get(
+                f"{name}-adopted-data", existing, opts=pulumi.ResourceOptions(parent=self)
+            )
             return DataVolume(found.id, found.name, found.region, found.size)
         if existing is not None:
             # The lookup fails when no volume (or more than one) has this name.
             looked_up = digitalocean.get_volume_output(
-                name=existing, opts=pulumi.InvokeOptions(parent=self))
-            return DataVolume(looked_up.id, looked_up.name, looked_up.region.apply(str),
-                              looked_up.size)
+                name=existing, opts=pulumi.InvokeOptions(parent=self)
+            )
+            return DataVolume(
+                looked_up.id, looked_up.name, looked_up.region.apply(str), looked_up.size
+            )
         # `ignore_changes` on the region: a changed region must not replace (and so delete) the
         # volume; the droplets' region check then refuses the change with a clear message.
         volume = digitalocean.Volume(
-            f"{name}-data", name=args.volume_name, region=args.host.region,
-            size=args.volume_size_gb, initial_filesystem_type="ext4",
-            initial_filesystem_label="registry-data", description="private registry image data",
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=args.retain_volume_on_destroy,
-                                        ignore_changes=["region"]))
+            f"{name}-data",
+            name=args.volume_name,
+            region=args.host.region,
+            size=args.volume_size_gb,
+            initial_filesystem_type="ext4",
+            initial_filesystem_label="registry-data",
+            description="private registry image data",
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                retain_on_delete=args.retain_volume_on_destroy,
+                ignore_changes=["region"],
+            ),
+        )
         return DataVolume(volume.id, volume.name, volume.region, volume.size)

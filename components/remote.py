@@ -62,18 +62,28 @@ class RemoteHost:
     something it depends on is deleted.
     """
 
-    def __init__(self, name: str, droplet: digitalocean.Droplet, private_key: pulumi.Input[str],
-                 parent: pulumi.Resource) -> None:
+    def __init__(
+        self,
+        name: str,
+        droplet: digitalocean.Droplet,
+        private_key: pulumi.Input[str],
+        parent: pulumi.Resource,
+    ) -> None:
         self.name = name
         self.droplet = droplet
         self.parent = parent
         self.connection = command.remote.ConnectionArgs(
-            host=droplet.ipv4_address, user="root", private_key=private_key,
-            dial_error_limit=DIAL_ERROR_LIMIT, per_dial_timeout=PER_DIAL_TIMEOUT_SECONDS)
+            host=droplet.ipv4_address,
+            user="root",
+            private_key=private_key,
+            dial_error_limit=DIAL_ERROR_LIMIT,
+            per_dial_timeout=PER_DIAL_TIMEOUT_SECONDS,
+        )
 
     @classmethod
-    def create(cls, name: str, args: DropletArgs, parent: pulumi.Resource,
-               graceful_shutdown: bool = False) -> RemoteHost:
+    def create(
+        cls, name: str, args: DropletArgs, parent: pulumi.Resource, graceful_shutdown: bool = False
+    ) -> RemoteHost:
         """The droplet (monitoring on, IPv4 only; `ssh_keys` never changes, since a change would
         replace it) and the extra SSH keys in `authorized_keys2`.
 
@@ -81,45 +91,66 @@ class RemoteHost:
         (the command's input changes, and its update writes the empty file).
         """
         droplet = digitalocean.Droplet(
-            f"{name}-droplet", name=args.droplet_name, image=args.image, region=args.region,
-            size=args.size, ssh_keys=[args.ssh_key_fingerprint],
-            tags=[args.tag], monitoring=True, ipv6=False, graceful_shutdown=graceful_shutdown,
+            f"{name}-droplet",
+            name=args.droplet_name,
+            image=args.image,
+            region=args.region,
+            size=args.size,
+            ssh_keys=[args.ssh_key_fingerprint],
+            tags=[args.tag],
+            monitoring=True,
+            ipv6=False,
+            graceful_shutdown=graceful_shutdown,
             opts=pulumi.ResourceOptions(
-                parent=parent,
-                custom_timeouts=pulumi.CustomTimeouts(delete=DROPLET_DELETE_TIMEOUT)))
+                parent=parent, custom_timeouts=pulumi.CustomTimeouts(delete=DROPLET_DELETE_TIMEOUT)
+            ),
+        )
         host = cls(name, droplet, args.ssh_private_key, parent)
         keys = "".join(f"{key}\n" for key in args.extra_ssh_public_keys)
         keys_file = shlex.quote(EXTRA_SSH_KEYS_FILE.path)
         # Named as before the naming rule existed, so existing stacks keep the resource.
-        host.place_file(EXTRA_SSH_KEYS_FILE, EXTRA_SSH_KEYS_FILE.render({"extra_ssh_keys": keys}),
-                        resource_name=f"{name}-extra-ssh-keys",
-                        delete=f"if [ -e {keys_file} ]; then : > {keys_file}; fi")
+        host.place_file(
+            EXTRA_SSH_KEYS_FILE,
+            EXTRA_SSH_KEYS_FILE.render({"extra_ssh_keys": keys}),
+            resource_name=f"{name}-extra-ssh-keys",
+            delete=f"if [ -e {keys_file} ]; then : > {keys_file}; fi",
+        )
         return host
 
     def _opts(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on),
-                                      deleted_with=self.droplet)
+        return pulumi.ResourceOptions(
+            parent=self.parent, depends_on=list(depends_on), deleted_with=self.droplet
+        )
 
-    def run_script(self, host_script: HostScript,
-                   stack_values: Mapping[str, pulumi.Input[object]],
-                   depends_on: Sequence[pulumi.Resource] = (),
-                   triggers: Sequence[pulumi.Input[str]] = ()) -> command.remote.Command:
+    def run_script(
+        self,
+        host_script: HostScript,
+        stack_values: Mapping[str, pulumi.Input[object]],
+        depends_on: Sequence[pulumi.Resource] = (),
+        triggers: Sequence[pulumi.Input[str]] = (),
+    ) -> command.remote.Command:
         """Run the script with `bash -s` and its arguments; the script travels on stdin.
 
         It re-runs when the script, its arguments, the droplet or any of `triggers` change.
         """
         return command.remote.Command(
-            command_name(self.name, host_script), connection=self.connection,
+            command_name(self.name, host_script),
+            connection=self.connection,
             create=_with_stack_values(host_script.stack_values, stack_values).apply(
-                lambda values: commands.script_command(*host_script.arguments(values))),
+                lambda values: commands.script_command(*host_script.arguments(values))
+            ),
             stdin=templates.script(host_script.script),
             triggers=[self.droplet.id, *triggers],
             add_previous_output_in_env=False,
-            opts=self._opts(depends_on))
+            opts=self._opts(depends_on),
+        )
 
-    def run_script_on_delete(self, host_script: HostScript,
-                             depends_on: Sequence[pulumi.Resource],
-                             triggers: Sequence[pulumi.Input[str]]) -> command.remote.Command:
+    def run_script_on_delete(
+        self,
+        host_script: HostScript,
+        depends_on: Sequence[pulumi.Resource],
+        triggers: Sequence[pulumi.Input[str]],
+    ) -> command.remote.Command:
         """Run the script (arguments without stack values) when this command is deleted;
         nothing on create.
 
@@ -130,45 +161,60 @@ class RemoteHost:
         droplet is deleted after it (the connection depends on the droplet).
         """
         return command.remote.Command(
-            command_name(self.name, host_script), connection=self.connection,
+            command_name(self.name, host_script),
+            connection=self.connection,
             delete=commands.script_command(*host_script.arguments({})),
             stdin=templates.script(host_script.script),
             triggers=list(triggers),
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on)))
+            opts=pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on)),
+        )
 
-    def place_file(self, host_file: HostFile, content: pulumi.Input[str],
-                   depends_on: Sequence[pulumi.Resource] = (),
-                   resource_name: str | None = None,
-                   delete: str | None = None) -> command.remote.Command:
+    def place_file(
+        self,
+        host_file: HostFile,
+        content: pulumi.Input[str],
+        depends_on: Sequence[pulumi.Resource] = (),
+        resource_name: str | None = None,
+        delete: str | None = None,
+    ) -> command.remote.Command:
         """Write `content` (on stdin) to the host file atomically, with its owner and mode.
 
         `delete` runs when the command is deleted while its droplet stays."""
         return command.remote.Command(
-            resource_name or command_name(self.name, host_file), connection=self.connection,
-            create=commands.place_file_command(host_file.path, host_file.mode, host_file.uid,
-                                               host_file.gid),
+            resource_name or command_name(self.name, host_file),
+            connection=self.connection,
+            create=commands.place_file_command(
+                host_file.path, host_file.mode, host_file.uid, host_file.gid
+            ),
             delete=delete,
             stdin=pulumi.Output.secret(content) if host_file.secret else content,
             logging=command.remote.Logging.NONE if host_file.secret else None,
             triggers=[self.droplet.id],
             add_previous_output_in_env=False,
-            opts=self._opts(depends_on))
+            opts=self._opts(depends_on),
+        )
 
 
-def _with_stack_values(names: set[str], stack_values: Mapping[str, pulumi.Input[object]]
-                       ) -> pulumi.Output[dict[str, object]]:
+def _with_stack_values(
+    names: set[str], stack_values: Mapping[str, pulumi.Input[object]]
+) -> pulumi.Output[dict[str, object]]:
     """The named stack values, resolved together."""
     return pulumi.Output.all(**{name: stack_values[name] for name in sorted(names)})
 
 
-def rendered_files(host_manifest: HostManifest,
-                   stack_values: Mapping[str, pulumi.Input[object]]
-                   ) -> list[tuple[HostFile, pulumi.Input[str]]]:
+def rendered_files(
+    host_manifest: HostManifest, stack_values: Mapping[str, pulumi.Input[object]]
+) -> list[tuple[HostFile, pulumi.Input[str]]]:
     """Each file of the manifest with its content rendered from the stack's values (which must
     be exactly the ones the manifest uses), in the manifest's order."""
     host_manifest.check_stack_values(set(stack_values))
-    return [(host_file,
-             _with_stack_values(host_file.stack_values, stack_values).apply(host_file.render)
-             if host_file.stack_values else host_file.render({}))
-            for host_file in host_manifest.files]
+    return [
+        (
+            host_file,
+            _with_stack_values(host_file.stack_values, stack_values).apply(host_file.render)
+            if host_file.stack_values
+            else host_file.render({}),
+        )
+        for host_file in host_manifest.files
+    ]

@@ -24,8 +24,20 @@ from components.manifest import REGISTRY_LAYOUT
 PROJECT = "private-registry"
 
 # Regions that accept new droplets, volumes and VPCs (nyc2, ams2 and sfo1 no longer do).
-REGIONS = ("ams3", "atl1", "blr1", "fra1", "lon1", "nyc1", "nyc3", "sfo2", "sfo3", "sgp1",
-           "syd1", "tor1")
+REGIONS = (
+    "ams3",
+    "atl1",
+    "blr1",
+    "fra1",
+    "lon1",
+    "nyc1",
+    "nyc3",
+    "sfo2",
+    "sfo3",
+    "sgp1",
+    "syd1",
+    "tor1",
+)
 # The registry's own plain-HTTP port and its debug port live inside the host; 22 is SSH.
 RESERVED_PORTS = (22, REGISTRY_LAYOUT.registry_port, REGISTRY_LAYOUT.debug_port)
 MAX_CLIENTS = 10
@@ -91,8 +103,11 @@ class Settings:
         return f"{self.name_prefix}-data"
 
     def droplet_names(self) -> list[str]:
-        return [f"{self.name_prefix}-registry",
-                *(f"{self.name_prefix}-client-{index}" for index in range(self.client_count))]
+        return [
+            f"{self.name_prefix}-registry",
+            *(f"{self.name_prefix}-client-{index}" for index in range(self.client_count)),
+        ]
+
     gc_schedule: str
     gc_delete_untagged: bool
 
@@ -105,8 +120,14 @@ class Settings:
     def proof_user(self) -> str:
         """The first user who may push the client hosts' proof (checked when there are
         clients)."""
-        return next((account.name for account in self.accounts
-                     if account.may("write", access.PROOF_REPOSITORY)), self.accounts[0].name)
+        return next(
+            (
+                account.name
+                for account in self.accounts
+                if account.may("write", access.PROOF_REPOSITORY)
+            ),
+            self.accounts[0].name,
+        )
 
     @property
     def dns_name(self) -> str | None:
@@ -170,8 +191,9 @@ def _size(raw: str) -> str:
 
 def _image(raw: str) -> str:
     if not _UBUNTU_IMAGE.fullmatch(raw):
-        raise _Invalid("an Ubuntu image slug such as ubuntu-24-04-x64 (the host scripts use "
-                       "Ubuntu's archive)")
+        raise _Invalid(
+            "an Ubuntu image slug such as ubuntu-24-04-x64 (the host scripts use Ubuntu's archive)"
+        )
     return raw
 
 
@@ -182,8 +204,11 @@ def _registry_name(raw: str) -> str:
 
 
 def _port(raw: str) -> int:
-    form = ("an integer from 1 to 65535 other than "
-            + ", ".join(str(p) for p in RESERVED_PORTS) + " (e.g. 5043 or 443)")
+    form = (
+        "an integer from 1 to 65535 other than "
+        + ", ".join(str(p) for p in RESERVED_PORTS)
+        + " (e.g. 5043 or 443)"
+    )
     port = _int(raw, 1, 65535, form)
     if port in RESERVED_PORTS:
         raise _Invalid(form)
@@ -191,11 +216,12 @@ def _port(raw: str) -> int:
 
 
 USERS_FORM = (
-    'a non-empty list of distinct users, each NAME, NAME:ROLE or NAME:ROLE:SCOPE,SCOPE...; '
+    "a non-empty list of distinct users, each NAME, NAME:ROLE or NAME:ROLE:SCOPE,SCOPE...; "
     'NAME: lowercase letters, digits, "_" or "-", starting with a letter, at most 32 characters; '
-    'ROLE: pull, push (the default) or admin; SCOPE: a repository pattern, * within one path '
-    'component, ** as the last component for everything below (default **: every repository); '
-    'e.g. ["ci:push:team/*", "viewer:pull", "ops:admin"]')
+    "ROLE: pull, push (the default) or admin; SCOPE: a repository pattern, * within one path "
+    "component, ** as the last component for everything below (default **: every repository); "
+    'e.g. ["ci:push:team/*", "viewer:pull", "ops:admin"]'
+)
 
 
 def _accounts(raw: str) -> tuple[Account, ...]:
@@ -215,8 +241,9 @@ def _accounts(raw: str) -> tuple[Account, ...]:
 
 
 def _cidrs(raw: str, allow_empty: bool) -> tuple[str, ...]:
-    form = ('a list of CIDR blocks such as ["203.0.113.7/32", "2001:db8::/48"]'
-            + ("" if allow_empty else ", at least one"))
+    form = 'a list of CIDR blocks such as ["203.0.113.7/32", "2001:db8::/48"]' + (
+        "" if allow_empty else ", at least one"
+    )
     cidrs = _string_list(raw, form)
     if not cidrs and not allow_empty:
         raise _Invalid(form)
@@ -234,7 +261,7 @@ def _domain(raw: str) -> str | None:
     if raw == "":
         return None
     if not _DNS_NAME.fullmatch(raw):
-        raise _Invalid('empty, or a domain managed in DigitalOcean DNS such as example.com')
+        raise _Invalid("empty, or a domain managed in DigitalOcean DNS such as example.com")
     return raw
 
 
@@ -243,9 +270,12 @@ def _container_image(default: str) -> Callable[[str], str]:
         if raw == "":
             return default
         if not _IMAGE_REF.fullmatch(raw) or (":" not in raw.rsplit("/", 1)[-1] and "@" not in raw):
-            raise _Invalid(f"empty (the pinned {default}), or an image reference with an explicit "
-                           "tag or digest, such as " + default)
+            raise _Invalid(
+                f"empty (the pinned {default}), or an image reference with an explicit "
+                "tag or digest, such as " + default
+            )
         return raw
+
     return parse
 
 
@@ -268,9 +298,11 @@ def _existing_volume(raw: str) -> str | None:
     if raw == "":
         return None
     if not (_VOLUME_NAME.fullmatch(raw) or VOLUME_ID.fullmatch(raw)):
-        raise _Invalid("empty (the stack creates its volume), or the name or id of a DigitalOcean "
-                       "volume in the stack's region, such as registry-dev-data or "
-                       "506f78a4-e098-11e5-ad9f-000f53306ae1")
+        raise _Invalid(
+            "empty (the stack creates its volume), or the name or id of a DigitalOcean "
+            "volume in the stack's region, such as registry-dev-data or "
+            "506f78a4-e098-11e5-ad9f-000f53306ae1"
+        )
     return raw
 
 
@@ -284,26 +316,44 @@ def _derived_name_problems(settings: Settings, stack: str) -> list[str]:
     names = [(name, "droplet", MAX_DROPLET_NAME) for name in settings.droplet_names()]
     if settings.existing_volume is None:
         names.append((settings.volume_name, "volume", MAX_VOLUME_NAME))
-    excess, name, kind, limit = max((len(name) - limit, name, kind, limit)
-                                    for name, kind, limit in names)
+    excess, name, kind, limit = max(
+        (len(name) - limit, name, kind, limit) for name, kind, limit in names
+    )
     if excess <= 0:
         return []
-    return [f"  `pulumi stack` name {stack!r} makes the {kind} name {name!r} ({len(name)} "
-            f"characters; DigitalOcean allows {limit}): expected a stack name of at most "
-            f"{len(stack) - excess} characters (`pulumi stack init <shorter name>`)"]
-_GC_SHORTHANDS = ("hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly",
-                  "annually")
+    return [
+        f"  `pulumi stack` name {stack!r} makes the {kind} name {name!r} ({len(name)} "
+        f"characters; DigitalOcean allows {limit}): expected a stack name of at most "
+        f"{len(stack) - excess} characters (`pulumi stack init <shorter name>`)"
+    ]
+
+
+_GC_SHORTHANDS = (
+    "hourly",
+    "daily",
+    "weekly",
+    "monthly",
+    "quarterly",
+    "semiannually",
+    "yearly",
+    "annually",
+)
 # A systemd calendar expression such as "Sun *-*-* 03:00:00" or "Mon..Fri 02:30".
-_CALENDAR = re.compile(r"^(?:[A-Z][a-z]{2}(?:(?:\.\.|,)[A-Z][a-z]{2})* )?"
-                       r"(?:[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]* )?"
-                       r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(?::[0-9*][0-9*,./]*)?$")
+_CALENDAR = re.compile(
+    r"^(?:[A-Z][a-z]{2}(?:(?:\.\.|,)[A-Z][a-z]{2})* )?"
+    r"(?:[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~-]* )?"
+    r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(?::[0-9*][0-9*,./]*)?$"
+)
 
 
 def _gc_schedule(raw: str) -> str:
     if raw in _GC_SHORTHANDS or _CALENDAR.fullmatch(raw):
         return raw
-    raise _Invalid("a systemd OnCalendar schedule: " + ", ".join(_GC_SHORTHANDS)
-                   + ', or [WEEKDAY] [YEAR-MONTH-DAY] HH:MM[:SS] such as "Sun *-*-* 03:00"')
+    raise _Invalid(
+        "a systemd OnCalendar schedule: "
+        + ", ".join(_GC_SHORTHANDS)
+        + ', or [WEEKDAY] [YEAR-MONTH-DAY] HH:MM[:SS] such as "Sun *-*-* 03:00"'
+    )
 
 
 # key -> (field, parser). The order is the order of Pulumi.yaml and of error messages.
@@ -315,29 +365,47 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "registryName": ("registry_name", _registry_name),
     "port": ("port", _port),
     "users": ("accounts", _accounts),
-    "passwordRotation": ("password_rotation",
-                         lambda raw: _int(raw, 0, 1_000_000, "an integer from 0 to 1000000; "
-                                          "raise it to rotate every password")),
-    "clientCount": ("client_count",
-                    lambda raw: _int(raw, 0, MAX_CLIENTS, f"an integer from 0 to {MAX_CLIENTS}")),
+    "passwordRotation": (
+        "password_rotation",
+        lambda raw: _int(
+            raw, 0, 1_000_000, "an integer from 0 to 1000000; raise it to rotate every password"
+        ),
+    ),
+    "clientCount": (
+        "client_count",
+        lambda raw: _int(raw, 0, MAX_CLIENTS, f"an integer from 0 to {MAX_CLIENTS}"),
+    ),
     "adminCidrs": ("admin_cidrs", lambda raw: _cidrs(raw, allow_empty=False)),
     "allowedCidrs": ("allowed_cidrs", lambda raw: _cidrs(raw, allow_empty=True)),
     "domain": ("domain", _domain),
-    "volumeSizeGb": ("volume_size_gb",
-                     lambda raw: _int(raw, 1, MAX_VOLUME_GB,
-                                      f"an integer number of GiB from 1 to {MAX_VOLUME_GB}")),
+    "volumeSizeGb": (
+        "volume_size_gb",
+        lambda raw: _int(
+            raw, 1, MAX_VOLUME_GB, f"an integer number of GiB from 1 to {MAX_VOLUME_GB}"
+        ),
+    ),
     "retainVolumeOnDestroy": ("retain_volume_on_destroy", _bool),
     "registryImage": ("registry_image", _container_image(versions.REGISTRY_IMAGE)),
     "nginxImage": ("nginx_image", _container_image(versions.NGINX_IMAGE)),
     "tlsKeyAlgorithm": ("tls_key_algorithm", _key_algorithm),
-    "certValidityHours": ("cert_validity_hours",
-                          lambda raw: _int(raw, MIN_CERT_HOURS, MAX_CERT_HOURS,
-                                           f"an integer from {MIN_CERT_HOURS} to "
-                                           f"{MAX_CERT_HOURS}")),
-    "certEarlyRenewalHours": ("cert_early_renewal_hours",
-                              lambda raw: _int(raw, 0, MAX_CERT_HOURS - 1,
-                                               "an integer number of hours, 0 or more and less "
-                                               "than certValidityHours")),
+    "certValidityHours": (
+        "cert_validity_hours",
+        lambda raw: _int(
+            raw,
+            MIN_CERT_HOURS,
+            MAX_CERT_HOURS,
+            f"an integer from {MIN_CERT_HOURS} to {MAX_CERT_HOURS}",
+        ),
+    ),
+    "certEarlyRenewalHours": (
+        "cert_early_renewal_hours",
+        lambda raw: _int(
+            raw,
+            0,
+            MAX_CERT_HOURS - 1,
+            "an integer number of hours, 0 or more and less than certValidityHours",
+        ),
+    ),
     "sshPublicKeys": ("ssh_public_keys", _ssh_public_keys),
     "existingVolume": ("existing_volume", _existing_volume),
     "gcSchedule": ("gc_schedule", _gc_schedule),
@@ -360,32 +428,50 @@ def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> 
     for key, (field, parse) in _FIELDS.items():
         raw = raw_config.get(key)
         if raw is None:
-            problems.append(_problem(key, None, "a value (Pulumi.yaml declares its default; "
-                                                "use Pulumi CLI 3.120 or newer)"))
+            problems.append(
+                _problem(
+                    key,
+                    None,
+                    "a value (Pulumi.yaml declares its default; use Pulumi CLI 3.120 or newer)",
+                )
+            )
             continue
         try:
             values[field] = parse(raw)
         except _Invalid as invalid:
             problems.append(_problem(key, raw, str(invalid)))
     if not problems and values["cert_early_renewal_hours"] >= values["cert_validity_hours"]:
-        problems.append(_problem("certEarlyRenewalHours",
-                                 raw_config.get("certEarlyRenewalHours"),
-                                 "fewer hours than certValidityHours "
-                                 f"({values['cert_validity_hours']})"))
-    if (not problems and values["client_count"] > 0
-            and not any(account.may("write", access.PROOF_REPOSITORY)
-                        for account in values["accounts"])):
-        problems.append(_problem("users", raw_config.get("users"),
-                                 "a push or admin user whose scopes include "
-                                 f"{access.PROOF_REPOSITORY} (the client hosts push their proof "
-                                 "there), or clientCount 0"))
+        problems.append(
+            _problem(
+                "certEarlyRenewalHours",
+                raw_config.get("certEarlyRenewalHours"),
+                f"fewer hours than certValidityHours ({values['cert_validity_hours']})",
+            )
+        )
+    if (
+        not problems
+        and values["client_count"] > 0
+        and not any(account.may("write", access.PROOF_REPOSITORY) for account in values["accounts"])
+    ):
+        problems.append(
+            _problem(
+                "users",
+                raw_config.get("users"),
+                "a push or admin user whose scopes include "
+                f"{access.PROOF_REPOSITORY} (the client hosts push their proof "
+                "there), or clientCount 0",
+            )
+        )
     settings = None if problems else Settings(**values, name_prefix=name_prefix(stack))
     if settings is not None:
         problems += _derived_name_problems(settings, stack)
     if problems or settings is None:
-        raise SettingsError("Invalid stack configuration:\n" + "\n".join(problems)
-                            + "\nFix with `pulumi config set <key> <value>` "
-                              "(lists: `pulumi config set --path '<key>[0]' <value>`).")
+        raise SettingsError(
+            "Invalid stack configuration:\n"
+            + "\n".join(problems)
+            + "\nFix with `pulumi config set <key> <value>` "
+            "(lists: `pulumi config set --path '<key>[0]' <value>`)."
+        )
     return settings
 
 

@@ -17,7 +17,8 @@ UBUNTU_IMAGE = "ubuntu-24-04-x64"
 # 3.1.0's fix for CVE-2026-35172 (deleted blobs readable through a stale Redis cache).
 # Digest: docker-library/repo-info repos/registry/remote/3.1.1.md at 38feaf4cf947.
 REGISTRY_IMAGE = (
-    "registry:3.1.1@sha256:849b7d29920d060df8091770ede2279c07924ecd29e2a4c029ee0b5ea2ea542b")
+    "registry:3.1.1@sha256:849b7d29920d060df8091770ede2279c07924ecd29e2a4c029ee0b5ea2ea542b"
+)
 # Where the image reads its config (the v3 path).
 REGISTRY_CONFIG_FILE = "/etc/distribution/config.yml"
 
@@ -27,7 +28,8 @@ REGISTRY_CONFIG_FILE = "/etc/distribution/config.yml"
 # -42934, -40460, -40701 in 1.30.1/1.30.2; CVE-2026-42530, -42055 in 1.30.3).
 # Digest: docker-library/repo-info repos/nginx/remote/1.30.5-alpine.md at 35d0d2e1b833.
 NGINX_IMAGE = (
-    "nginx:1.30.5-alpine@sha256:0985e772fb9f729e6fa0980da05fca5d9c468e870eed43071545afa9d2e27d94")
+    "nginx:1.30.5-alpine@sha256:0985e772fb9f729e6fa0980da05fca5d9c468e870eed43071545afa9d2e27d94"
+)
 # Numeric uid/gid of the image's `nginx` user (its Dockerfile: `addgroup -g 101 -S nginx`).
 NGINX_WORKER_GID = 101
 

@@ -34,9 +34,17 @@ LAYERS = ("program", "files", "host")
 BIG_FILE = 1 << 20
 # State that podman, skopeo, update-ca-certificates' hooks and apt would leave outside the
 # tests' own directories: a run must not add to it (the session fails if it does).
-MACHINE_STATE = ("/run/libpod", "/run/containers", "/run/nginx.pid", "/var/lib/containers",
-                 "/dev/shm", "/var/tmp", "/var/lib/dpkg", "/var/lib/ca-certificates-java",
-                 "/etc/ssl/certs")
+MACHINE_STATE = (
+    "/run/libpod",
+    "/run/containers",
+    "/run/nginx.pid",
+    "/var/lib/containers",
+    "/dev/shm",
+    "/var/tmp",
+    "/var/lib/dpkg",
+    "/var/lib/ca-certificates-java",
+    "/etc/ssl/certs",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -62,17 +70,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.stash[_not_run_key] = len(needs_root)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     not_run = config.stash.get(_not_run_key, 0)
     if not_run:
         terminalreporter.write_line(
             f"NOT RUN: {not_run} host-layer tests (they need root; `sudo tests/run` runs "
-            "every layer)", yellow=True, bold=True)
+            "every layer)",
+            yellow=True,
+            bold=True,
+        )
     left = config.stash.get(_left_behind_key, [])
     if left:
-        terminalreporter.write_line("FAILED: the run left state outside the tests' own "
-                                    "directories:", red=True, bold=True)
+        terminalreporter.write_line(
+            "FAILED: the run left state outside the tests' own directories:", red=True, bold=True
+        )
         for path in left:
             terminalreporter.write_line(f"  {path}", red=True)
 
@@ -168,8 +179,10 @@ def program_run(dev_stack: DevStack) -> ProgramRun:
 @pytest.fixture(scope="session")
 def run_with() -> Callable[[Mapping[str, Any]], ProgramRun]:
     """Run the dev stack with config overrides (`{"clientCount": 0}`), on a fresh engine."""
+
     def run(overrides: Mapping[str, Any]) -> ProgramRun:
         return run_program(overrides=overrides)
+
     return run
 
 
@@ -181,18 +194,22 @@ def update_dev_stack(dev_stack: DevStack) -> Callable[[Mapping[str, Any]], Progr
     each other's changes: resources with unchanged inputs keep their outputs (keys, passwords,
     IPs), as the engine keeps them in its state file.
     """
+
     def run(overrides: Mapping[str, Any]) -> ProgramRun:
         return run_program(mocks=copy.deepcopy(dev_stack.mocks), overrides=overrides)
+
     return run
 
 
 @pytest.fixture
 def run_failing() -> Callable[[Mapping[str, Any]], FailedRun]:
     """Run the program with config that must make it fail; keep what reached the monitor."""
+
     def run(overrides: Mapping[str, Any]) -> FailedRun:
         mocks = ProviderMocks()
         monitor = harness.RecordingMonitor(mocks)
         with pytest.raises(Exception) as caught:
             run_program(mocks=mocks, overrides=overrides, monitor=monitor)
         return FailedRun(error=caught.value, registrations=dict(monitor.registrations))
+
     return run

@@ -46,8 +46,11 @@ def stack_config(stack: str = "dev", overrides: Mapping[str, Any] | None = None)
     Override values may be Python values (serialized as the CLI does) or raw strings.
     """
     project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
-    config = {f"{PROJECT}:{key}": cli_config_value(spec["default"])
-              for key, spec in project.get("config", {}).items() if "default" in spec}
+    config = {
+        f"{PROJECT}:{key}": cli_config_value(spec["default"])
+        for key, spec in project.get("config", {}).items()
+        if "default" in spec
+    }
     stack_file = ROOT / f"Pulumi.{stack}.yaml"
     if stack_file.exists():
         for key, value in (yaml.safe_load(stack_file.read_text()) or {}).get("config", {}).items():
@@ -100,17 +103,25 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             raw = rpc.deserialize_properties(request.object, keep_unknowns=True)
             outputs = rpc.deserialize_properties(response.object, keep_unknowns=True)
             self.registrations[response.urn] = Registration(
-                urn=response.urn, type=request.type, name=request.name,
-                custom=bool(request.custom), parent=request.parent,
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                custom=bool(request.custom),
+                parent=request.parent,
                 dependencies=list(request.dependencies),
-                property_dependencies={key: list(value.urns)
-                                       for key, value in request.propertyDependencies.items()},
-                raw_inputs=raw, inputs=unwrap(raw), deleted_with=request.deletedWith,
+                property_dependencies={
+                    key: list(value.urns) for key, value in request.propertyDependencies.items()
+                },
+                raw_inputs=raw,
+                inputs=unwrap(raw),
+                deleted_with=request.deletedWith,
                 retain_on_delete=bool(request.retainOnDelete),
                 delete_before_replace=bool(request.deleteBeforeReplace),
                 ignore_changes=list(request.ignoreChanges),
-                delete_timeout=request.customTimeouts.delete, id=response.id,
-                outputs=unwrap(outputs))
+                delete_timeout=request.customTimeouts.delete,
+                id=response.id,
+                outputs=unwrap(outputs),
+            )
         return response
 
 
@@ -135,9 +146,12 @@ class ProgramRun:
         return self.of_type("command:remote:Command")
 
 
-def run_program(mocks: ProviderMocks | None = None, stack: str = "dev",
-                overrides: Mapping[str, Any] | None = None,
-                monitor: RecordingMonitor | None = None) -> ProgramRun:
+def run_program(
+    mocks: ProviderMocks | None = None,
+    stack: str = "dev",
+    overrides: Mapping[str, Any] | None = None,
+    monitor: RecordingMonitor | None = None,
+) -> ProgramRun:
     """Run `__main__.py` once under mocks (fresh, unless `mocks` carries state from a run).
 
     Pass a `monitor` to keep what was registered even when the program raises."""
@@ -163,5 +177,6 @@ def run_program(mocks: ProviderMocks | None = None, stack: str = "dev",
         outputs[key] = _sync_await(output.future())
         if _sync_await(output.is_secret()):
             secret_outputs.add(key)
-    return ProgramRun(resources=dict(monitor.registrations), outputs=outputs,
-                      secret_outputs=secret_outputs)
+    return ProgramRun(
+        resources=dict(monitor.registrations), outputs=outputs, secret_outputs=secret_outputs
+    )

@@ -38,8 +38,7 @@ from tests.lifecycle import schema
 
 # Outputs each provider marks secret (copied from the SDKs' additional_secret_outputs).
 SECRET_OUTPUTS = {
-    "tls:index/privateKey:PrivateKey": {"privateKeyOpenssh", "privateKeyPem",
-                                        "privateKeyPemPkcs8"},
+    "tls:index/privateKey:PrivateKey": {"privateKeyOpenssh", "privateKeyPem", "privateKeyPemPkcs8"},
     "tls:index/selfSignedCert:SelfSignedCert": {"privateKeyPem"},
     "tls:index/certRequest:CertRequest": {"privateKeyPem"},
     "tls:index/locallySignedCert:LocallySignedCert": {"caPrivateKeyPem"},
@@ -70,8 +69,7 @@ def contains_secret(value: Any) -> bool:
 
 
 def _pem_private(key: Any, fmt: serialization.PrivateFormat) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, fmt,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()).decode()
 
 
 def _load_private_key(pem: str) -> Any:
@@ -98,12 +96,16 @@ def _sans(dns_names: list[str] | None, ips: list[str] | None) -> list[x509.Gener
     return names
 
 
-def _add_usages(builder: x509.CertificateBuilder, uses: list[str],
-                is_ca: bool) -> x509.CertificateBuilder:
+def _add_usages(
+    builder: x509.CertificateBuilder, uses: list[str], is_ca: bool
+) -> x509.CertificateBuilder:
     flags = {
-        "digital_signature": "digital_signature", "content_commitment": "content_commitment",
-        "key_encipherment": "key_encipherment", "data_encipherment": "data_encipherment",
-        "key_agreement": "key_agreement", "cert_signing": "key_cert_sign",
+        "digital_signature": "digital_signature",
+        "content_commitment": "content_commitment",
+        "key_encipherment": "key_encipherment",
+        "data_encipherment": "data_encipherment",
+        "key_agreement": "key_agreement",
+        "cert_signing": "key_cert_sign",
         "crl_signing": "crl_sign",
     }
     chosen = {flag: False for flag in flags.values()}
@@ -112,9 +114,12 @@ def _add_usages(builder: x509.CertificateBuilder, uses: list[str],
             chosen[flags[use]] = True
     if any(chosen.values()):
         builder = builder.add_extension(
-            x509.KeyUsage(encipher_only=False, decipher_only=False, **chosen), critical=True)
-    extended = {"server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
-                "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH}
+            x509.KeyUsage(encipher_only=False, decipher_only=False, **chosen), critical=True
+        )
+    extended = {
+        "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
+        "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    }
     ekus = [extended[use] for use in uses if use in extended]
     if ekus:
         builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
@@ -145,8 +150,11 @@ class ProviderMocks(Mocks):
     def after_destroy(self, deleted_volume_ids: set[str]) -> ProviderMocks:
         """The account after `pulumi destroy`: an empty stack; volumes not deleted remain."""
         after = ProviderMocks()
-        after.volumes = {volume_id: dict(volume) for volume_id, volume in self.volumes.items()
-                         if volume_id not in deleted_volume_ids}
+        after.volumes = {
+            volume_id: dict(volume)
+            for volume_id, volume in self.volumes.items()
+            if volume_id not in deleted_volume_ids
+        }
         after._next_droplet = self._next_droplet
         after._clock = self._clock
         return after
@@ -159,11 +167,14 @@ class ProviderMocks(Mocks):
         else:
             resource_id, outputs = self._register(args.typ, args.name, inputs, args.custom)
         secret = SECRET_OUTPUTS.get(args.typ, set())
-        return resource_id, {name: wrap_rpc_secret(value) if name in secret else value
-                             for name, value in outputs.items()}
+        return resource_id, {
+            name: wrap_rpc_secret(value) if name in secret else value
+            for name, value in outputs.items()
+        }
 
-    def _register(self, typ: str, name: str, inputs: dict[str, Any],
-                  custom: bool | None) -> tuple[str, dict[str, Any]]:
+    def _register(
+        self, typ: str, name: str, inputs: dict[str, Any], custom: bool | None
+    ) -> tuple[str, dict[str, Any]]:
         key = (typ, name)
         if key not in self._state:
             resource_id, outputs = self._create(typ, name, inputs, custom)
@@ -176,8 +187,9 @@ class ProviderMocks(Mocks):
         changed = schema.changed_inputs(old_inputs, inputs)
         if not custom or not (changed or schema.due_for_renewal(typ, outputs, self._clock)):
             return resource_id, outputs
-        if schema.replacing_inputs(typ, changed) or schema.due_for_renewal(typ, outputs,
-                                                                             self._clock):
+        if schema.replacing_inputs(typ, changed) or schema.due_for_renewal(
+            typ, outputs, self._clock
+        ):
             resource_id, outputs = self._create(typ, name, inputs, custom)
         else:  # an in-place update: same id, computed outputs kept, inputs as given
             outputs = {**{k: v for k, v in outputs.items() if k not in old_inputs}, **inputs}
@@ -197,19 +209,34 @@ class ProviderMocks(Mocks):
         if args.token != "digitalocean:index/getVolume:getVolume":
             raise NotImplementedError(f"the program should not call {args.token}")
         wanted = unwrap(args.args)
-        found = [{"id": volume_id, **volume} for volume_id, volume in self.volumes.items()
-                 if volume["name"] == wanted["name"]
-                 and wanted.get("region") in (None, volume["region"])]
+        found = [
+            {"id": volume_id, **volume}
+            for volume_id, volume in self.volumes.items()
+            if volume["name"] == wanted["name"] and wanted.get("region") in (None, volume["region"])
+        ]
         # The data source's own errors (datasource_volume.go, findVolumeByName).
         if not found:
             raise ValueError(f"no volumes found with name {wanted['name']}")
         if len(found) > 1:
-            raise ValueError(f"too many volumes found with name {wanted['name']} "
-                             f"(found {len(found)}, expected 1)")
+            raise ValueError(
+                f"too many volumes found with name {wanted['name']} "
+                f"(found {len(found)}, expected 1)"
+            )
         volume = found[0]
-        return {key: volume[key] for key in ("id", "name", "region", "size", "urn",
-                                             "description", "filesystemType",
-                                             "filesystemLabel", "dropletIds")}, []
+        return {
+            key: volume[key]
+            for key in (
+                "id",
+                "name",
+                "region",
+                "size",
+                "urn",
+                "description",
+                "filesystemType",
+                "filesystemLabel",
+                "dropletIds",
+            )
+        }, []
 
     def provided(self, typ: str, name: str) -> tuple[str, dict[str, Any]]:
         """The id and outputs this provider returned for a resource (to check what the program
@@ -218,8 +245,9 @@ class ProviderMocks(Mocks):
         return resource_id, outputs
 
     # -- providers ------------------------------------------------------------------------
-    def _create(self, typ: str, name: str, inputs: dict[str, Any],
-                custom: bool | None) -> tuple[str, dict[str, Any]]:
+    def _create(
+        self, typ: str, name: str, inputs: dict[str, Any], custom: bool | None
+    ) -> tuple[str, dict[str, Any]]:
         if not custom:  # component resources have no provider
             return f"{name}-component", {}
         handler = {
@@ -246,8 +274,12 @@ class ProviderMocks(Mocks):
         algorithm = inputs.get("algorithm", "RSA")
         key: Any
         if algorithm == "ECDSA":
-            curve = {"P224": ec.SECP224R1(), "P256": ec.SECP256R1(), "P384": ec.SECP384R1(),
-                     "P521": ec.SECP521R1()}[inputs.get("ecdsaCurve", "P224")]
+            curve = {
+                "P224": ec.SECP224R1(),
+                "P256": ec.SECP256R1(),
+                "P384": ec.SECP384R1(),
+                "P521": ec.SECP521R1(),
+            }[inputs.get("ecdsaCurve", "P224")]
             key = ec.generate_private_key(curve)
             traditional = _pem_private(key, serialization.PrivateFormat.TraditionalOpenSSL)
         elif algorithm == "RSA":
@@ -259,8 +291,9 @@ class ProviderMocks(Mocks):
         else:
             raise ValueError(f"tls: invalid algorithm {algorithm}")
         public = key.public_key()
-        openssh_public = public.public_bytes(serialization.Encoding.OpenSSH,
-                                             serialization.PublicFormat.OpenSSH).decode()
+        openssh_public = public.public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        ).decode()
         blob = base64.b64decode(openssh_public.split()[1])
         md5 = hashlib.md5(blob).hexdigest()
         return f"{name}-{uuid.uuid4().hex[:8]}", {
@@ -268,13 +301,13 @@ class ProviderMocks(Mocks):
             "privateKeyPem": traditional,
             "privateKeyPemPkcs8": _pem_private(key, serialization.PrivateFormat.PKCS8),
             "privateKeyOpenssh": _pem_private(key, serialization.PrivateFormat.OpenSSH),
-            "publicKeyPem": public.public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo
-                                                ).decode(),
+            "publicKeyPem": public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ).decode(),
             "publicKeyOpenssh": openssh_public + "\n",
-            "publicKeyFingerprintMd5": ":".join(md5[i:i + 2] for i in range(0, 32, 2)),
-            "publicKeyFingerprintSha256": "SHA256:" + base64.b64encode(
-                hashlib.sha256(blob).digest()).decode().rstrip("="),
+            "publicKeyFingerprintMd5": ":".join(md5[i : i + 2] for i in range(0, 32, 2)),
+            "publicKeyFingerprintSha256": "SHA256:"
+            + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("="),
         }
 
     def _validity(self, inputs: dict[str, Any]) -> tuple[datetime.datetime, datetime.datetime]:
@@ -286,14 +319,22 @@ class ProviderMocks(Mocks):
         start, end = self._validity(inputs)
         subject = _name(inputs.get("subject"))
         serial = x509.random_serial_number()
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                   .public_key(key.public_key()).serial_number(serial)
-                   .not_valid_before(start).not_valid_after(end))
-        builder = _add_usages(builder, inputs.get("allowedUses", []),
-                              bool(inputs.get("isCaCertificate")))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
+        builder = _add_usages(
+            builder, inputs.get("allowedUses", []), bool(inputs.get("isCaCertificate"))
+        )
         if inputs.get("setSubjectKeyId"):
             builder = builder.add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
         sans = _sans(inputs.get("dnsNames"), inputs.get("ipAddresses"))
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -323,26 +364,34 @@ class ProviderMocks(Mocks):
         csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
         ca_cert = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
         ca_key = _load_private_key(inputs["caPrivateKeyPem"])
-        if ca_key.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo) != \
-                ca_cert.public_key().public_bytes(serialization.Encoding.DER,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo):
+        if ca_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != ca_cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
             raise ValueError("tls: the CA private key does not match the CA certificate")
         start, end = self._validity(inputs)
         serial = x509.random_serial_number()
-        builder = (x509.CertificateBuilder().subject_name(csr.subject)
-                   .issuer_name(ca_cert.subject).public_key(csr.public_key())
-                   .serial_number(serial).not_valid_before(start).not_valid_after(end))
-        builder = _add_usages(builder, inputs.get("allowedUses", []),
-                              bool(inputs.get("isCaCertificate")))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(ca_cert.subject)
+            .public_key(csr.public_key())
+            .serial_number(serial)
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
+        builder = _add_usages(
+            builder, inputs.get("allowedUses", []), bool(inputs.get("isCaCertificate"))
+        )
         try:
             sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
             builder = builder.add_extension(sans.value, critical=False)
         except x509.ExtensionNotFound:
             pass
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False)
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         cert = builder.sign(ca_key, _signing_hash(ca_key))
         return str(serial), {**inputs, **self._cert_outputs(cert, inputs)}
 
@@ -383,19 +432,25 @@ class ProviderMocks(Mocks):
         def create(name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             resource_id = str(uuid.uuid4())
             return resource_id, {**inputs, "urn": f"do:{kind}:{resource_id}"}
+
         return create
 
     def _volume(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         for volume in self.volumes.values():
             if (volume["name"], volume["region"]) == (inputs["name"], inputs["region"]):
-                raise ValueError(f"Error creating Volume: POST https://api.digitalocean.com/v2/"
-                                 f"volumes: 409 a volume named {inputs['name']} already exists "
-                                 f"in {inputs['region']}")
+                raise ValueError(
+                    f"Error creating Volume: POST https://api.digitalocean.com/v2/"
+                    f"volumes: 409 a volume named {inputs['name']} already exists "
+                    f"in {inputs['region']}"
+                )
         volume_id = str(uuid.uuid4())
-        outputs = {**inputs, "urn": f"do:volume:{volume_id}",
-                   "filesystemType": inputs.get("initialFilesystemType", ""),
-                   "filesystemLabel": inputs.get("initialFilesystemLabel", ""),
-                   "dropletIds": []}
+        outputs = {
+            **inputs,
+            "urn": f"do:volume:{volume_id}",
+            "filesystemType": inputs.get("initialFilesystemType", ""),
+            "filesystemLabel": inputs.get("initialFilesystemLabel", ""),
+            "dropletIds": [],
+        }
         self.volumes[volume_id] = outputs
         return volume_id, outputs
 
@@ -408,14 +463,18 @@ class ProviderMocks(Mocks):
         blob = base64.b64decode(inputs["publicKey"].split()[1])
         md5 = hashlib.md5(blob).hexdigest()
         return str(40000000 + len(self._state)), {
-            **inputs, "fingerprint": ":".join(md5[i:i + 2] for i in range(0, 32, 2))}
+            **inputs,
+            "fingerprint": ":".join(md5[i : i + 2] for i in range(0, 32, 2)),
+        }
 
     def _tag(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return inputs["name"], {**inputs, "dropletsCount": 0}
 
     def _dns_record(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return str(30000000 + len(self._state)), {
-            **inputs, "fqdn": f"{inputs['name']}.{inputs['domain']}"}
+            **inputs,
+            "fqdn": f"{inputs['name']}.{inputs['domain']}",
+        }
 
     def _remote_command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return f"{name}-{uuid.uuid4().hex[:8]}", {**inputs, "stdout": "", "stderr": ""}

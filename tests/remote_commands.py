@@ -29,8 +29,9 @@ def placed_file(registration: Registration) -> PlacedFile:
         assert len(found) == 1, f"{registration.name}: not one `{command_name}` line in {lines}"
         return found[0]
 
-    return PlacedFile(path=only_line("mv")[-1], owner=only_line("chown")[1],
-                      mode=only_line("chmod")[1])
+    return PlacedFile(
+        path=only_line("mv")[-1], owner=only_line("chown")[1], mode=only_line("chmod")[1]
+    )
 
 
 def is_place_file_command(registration: Registration) -> bool:
@@ -39,5 +40,8 @@ def is_place_file_command(registration: Registration) -> bool:
 
 def place_file_commands(run: ProgramRun) -> dict[str, Registration]:
     """Host path -> the command that places it, for every host of the run."""
-    return {placed_file(command).path: command for command in run.commands()
-            if is_place_file_command(command)}
+    return {
+        placed_file(command).path: command
+        for command in run.commands()
+        if is_place_file_command(command)
+    }

@@ -22,8 +22,13 @@ from tests.realstack.clients import Podman, Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust
 from tests.realstack.oci import OciImage, build_image
 
-USERS = ["ci:push:team/*,private-registry/*", "viewer:pull:team/*", "ops:admin",
-         "teamops:admin:team/**", "alice"]
+USERS = [
+    "ci:push:team/*,private-registry/*",
+    "viewer:pull:team/*",
+    "ops:admin",
+    "teamops:admin:team/**",
+    "alice",
+]
 OCI_ACCEPT = ("-H", "Accept: application/vnd.oci.image.manifest.v1+json")
 
 
@@ -38,7 +43,8 @@ class Response:
         assert self.status == 403, (self.status, self.head, self.body)
         assert header_lines(self.head, "Content-Type") == ["Content-Type: application/json"]
         assert header_lines(self.head, "Docker-Distribution-Api-Version") == [
-            "Docker-Distribution-Api-Version: registry/2.0"]
+            "Docker-Distribution-Api-Version: registry/2.0"
+        ]
         errors = json.loads(self.body)["errors"]
         assert [error["code"] for error in errors] == ["DENIED"], self.body
         assert message in errors[0]["message"], errors[0]["message"]
@@ -52,27 +58,53 @@ class Stack:
     team_app: OciImage  # pushed by ops to team/app:v1
     secret_app: OciImage  # pushed by ops to secret/app:v1
 
-    def request(self, user: str | None, method: str, path: str, *curl_args: str,
-                password: str | None = None) -> Response:
+    def request(
+        self, user: str | None, method: str, path: str, *curl_args: str, password: str | None = None
+    ) -> Response:
         """`curl -X METHOD https://<registry>/v2/<path>` as a user (credentials on stdin)."""
         config = ""
         if user is not None:
             secret = self.sim.passwords[user] if password is None else password
             config = f'user = "{user}:{secret}"\n'
         verb = ["-I"] if method == "HEAD" else ["-X", method]  # -X HEAD would wait for a body
-        result = self.sim.client("curl", "-sS", "-i", "--max-time", "20", "--path-as-is", *verb,
-                                 "-K", "-", *curl_args, f"https://{self.sim.address}/v2/{path}",
-                                 input=config.encode(), check=False)
+        result = self.sim.client(
+            "curl",
+            "-sS",
+            "-i",
+            "--max-time",
+            "20",
+            "--path-as-is",
+            *verb,
+            "-K",
+            "-",
+            *curl_args,
+            f"https://{self.sim.address}/v2/{path}",
+            input=config.encode(),
+            check=False,
+        )
         raw = result.stdout.decode(errors="replace")  # a blob's bytes are no text
         assert raw.startswith("HTTP/1.1 "), (raw, result.stderr)
         head, _, body = raw.partition("\r\n\r\n")
         return Response(int(head.split()[1]), head, body)
 
-    def skopeo_copy(self, user: str, source: str, destination: str,
-                    ) -> subprocess.CompletedProcess[bytes]:
+    def skopeo_copy(
+        self,
+        user: str,
+        source: str,
+        destination: str,
+    ) -> subprocess.CompletedProcess[bytes]:
         authfile = str(self.skopeo.authfile(user))
-        return self.skopeo("copy", "--quiet", "--src-authfile", authfile,
-                           "--dest-authfile", authfile, source, destination, check=False)
+        return self.skopeo(
+            "copy",
+            "--quiet",
+            "--src-authfile",
+            authfile,
+            "--dest-authfile",
+            authfile,
+            source,
+            destination,
+            check=False,
+        )
 
     def docker_ref(self, repository: str, tag: str = "v1") -> str:
         return f"docker://{self.sim.address}/{repository}:{tag}"
@@ -109,8 +141,9 @@ def test_outputs_give_each_users_role_scopes_and_login_command() -> None:
     assert outputs["users"] == ["ci", "viewer", "ops", "teamops", "alice"]
     for user in outputs["users"]:
         command = outputs["dockerLoginCommands"][user]
-        assert command.endswith(f"docker login registry.internal:5043 --username {user} "
-                                "--password-stdin")
+        assert command.endswith(
+            f"docker login registry.internal:5043 --username {user} --password-stdin"
+        )
         assert outputs["passwords"][user] not in command
     assert "--username ci " in outputs["dockerLoginCommand"]  # the proof user
 
@@ -120,26 +153,46 @@ def test_scoped_push_user_pushes_and_pulls_inside_its_scope(stack: Stack) -> Non
     image = build_image(stack.workdir / "ci-own", "v1", [16 * 1024], seed="ci-own")
     assert stack.skopeo.push(image, "team/ci-own", "ci") == image.manifest_digest
     for user in ("ci", "viewer", "teamops"):
-        pulled = stack.skopeo_copy(user, stack.docker_ref("team/ci-own"),
-                                   f"oci:{stack.workdir / f'ci-own-{user}'}:v1")
+        pulled = stack.skopeo_copy(
+            user, stack.docker_ref("team/ci-own"), f"oci:{stack.workdir / f'ci-own-{user}'}:v1"
+        )
         assert pulled.returncode == 0, (user, pulled.stderr.decode())
 
 
-def test_skopeo_outside_a_scope_or_role_is_denied_with_the_registry_message(
-        stack: Stack) -> None:
+def test_skopeo_outside_a_scope_or_role_is_denied_with_the_registry_message(stack: Stack) -> None:
     # A push starts with HEAD requests for the blobs (a 403 without a body: skopeo prints the
     # status), then POSTs an upload; a pull GETs the manifest: skopeo prints those 403 bodies.
     cases = [
-        ("ci", stack.team_app.reference, stack.docker_ref("secret/ci"),
-         "failed to read from destination repository secret/ci: 403 (Forbidden)"),
-        ("ci", stack.docker_ref("secret/app"), f"oci:{stack.workdir / 'ci-secret'}:v1",
-         "no pull access to repository secret/app"),
-        ("viewer", stack.team_app.reference, stack.docker_ref("team/viewer"),
-         "denied: no push access to repository team/viewer"),
-        ("viewer", stack.docker_ref("secret/app"), f"oci:{stack.workdir / 'viewer-secret'}:v1",
-         "no pull access to repository secret/app"),
-        ("teamops", stack.docker_ref("secret/app"), f"oci:{stack.workdir / 'teamops-secret'}:v1",
-         "no pull access to repository secret/app"),
+        (
+            "ci",
+            stack.team_app.reference,
+            stack.docker_ref("secret/ci"),
+            "failed to read from destination repository secret/ci: 403 (Forbidden)",
+        ),
+        (
+            "ci",
+            stack.docker_ref("secret/app"),
+            f"oci:{stack.workdir / 'ci-secret'}:v1",
+            "no pull access to repository secret/app",
+        ),
+        (
+            "viewer",
+            stack.team_app.reference,
+            stack.docker_ref("team/viewer"),
+            "denied: no push access to repository team/viewer",
+        ),
+        (
+            "viewer",
+            stack.docker_ref("secret/app"),
+            f"oci:{stack.workdir / 'viewer-secret'}:v1",
+            "no pull access to repository secret/app",
+        ),
+        (
+            "teamops",
+            stack.docker_ref("secret/app"),
+            f"oci:{stack.workdir / 'teamops-secret'}:v1",
+            "no pull access to repository secret/app",
+        ),
     ]
     for user, source, destination, message in cases:
         result = stack.skopeo_copy(user, source, destination)
@@ -153,28 +206,43 @@ def test_skopeo_outside_a_scope_or_role_is_denied_with_the_registry_message(
 def test_plain_list_user_pushes_and_pulls_anywhere_but_cannot_delete(stack: Stack) -> None:
     image = build_image(stack.workdir / "alice", "v1", [8 * 1024], seed="alice")
     assert stack.skopeo.push(image, "anywhere/alice", "alice") == image.manifest_digest
-    pulled = stack.skopeo_copy("alice", stack.docker_ref("secret/app"),
-                               f"oci:{stack.workdir / 'alice-secret'}:v1")
+    pulled = stack.skopeo_copy(
+        "alice", stack.docker_ref("secret/app"), f"oci:{stack.workdir / 'alice-secret'}:v1"
+    )
     assert pulled.returncode == 0, pulled.stderr.decode()
-    stack.request("alice", "DELETE", f"anywhere/alice/manifests/{image.manifest_digest}"
-                  ).assert_denied("deletes are for admins")
+    stack.request(
+        "alice", "DELETE", f"anywhere/alice/manifests/{image.manifest_digest}"
+    ).assert_denied("deletes are for admins")
 
 
 # -- podman ----------------------------------------------------------------------------------
 def test_podman_pull_user_pulls_in_scope_and_is_denied_push_and_other_repositories(
-        stack: Stack) -> None:
+    stack: Stack,
+) -> None:
     podman = Podman(stack.sim, stack.workdir / "podman")
     try:
         assert b"Login Succeeded" in podman.login("viewer").stdout
         authfile = str(podman.authfile)
         podman("pull", "--quiet", "--authfile", authfile, f"{stack.sim.address}/team/app:v1")
-        denied_pull = podman("pull", "--quiet", "--authfile", authfile,
-                             f"{stack.sim.address}/secret/app:v1", check=False)
+        denied_pull = podman(
+            "pull",
+            "--quiet",
+            "--authfile",
+            authfile,
+            f"{stack.sim.address}/secret/app:v1",
+            check=False,
+        )
         assert denied_pull.returncode != 0
         assert "no pull access to repository secret/app" in denied_pull.stderr.decode()
-        denied_push = podman("push", "--quiet", "--authfile", authfile,
-                             f"{stack.sim.address}/team/app:v1",
-                             f"docker://{stack.sim.address}/team/podman:v1", check=False)
+        denied_push = podman(
+            "push",
+            "--quiet",
+            "--authfile",
+            authfile,
+            f"{stack.sim.address}/team/app:v1",
+            f"docker://{stack.sim.address}/team/podman:v1",
+            check=False,
+        )
         assert denied_push.returncode != 0
         assert "no push access to repository team/podman" in denied_push.stderr.decode()
     finally:
@@ -185,8 +253,12 @@ def test_podman_pull_user_pulls_in_scope_and_is_denied_push_and_other_repositori
 def test_reads_and_writes_follow_roles_and_scopes(stack: Stack) -> None:
     layer = stack.team_app.layer_digests[0]
     secret_layer = stack.secret_app.layer_digests[0]
-    reads = [("GET", "{repo}/tags/list", ()), ("GET", "{repo}/manifests/v1", OCI_ACCEPT),
-             ("HEAD", "{repo}/manifests/v1", OCI_ACCEPT), ("GET", "{repo}/blobs/{layer}", ())]
+    reads = [
+        ("GET", "{repo}/tags/list", ()),
+        ("GET", "{repo}/manifests/v1", OCI_ACCEPT),
+        ("HEAD", "{repo}/manifests/v1", OCI_ACCEPT),
+        ("GET", "{repo}/blobs/{layer}", ()),
+    ]
     # A new upload is the first step of every push.
     writes = [("POST", "{repo}/blobs/uploads/", ())]
     expected = {  # user -> repositories it may read, and may write
@@ -199,14 +271,22 @@ def test_reads_and_writes_follow_roles_and_scopes(stack: Stack) -> None:
     checked = 0
     for user, (readable, writable) in expected.items():
         for repo, blob in (("team/app", layer), ("secret/app", secret_layer)):
-            for kind, operations, allowed in (("pull", reads, repo in readable),
-                                              ("push", writes, repo in writable)):
+            for kind, operations, allowed in (
+                ("pull", reads, repo in readable),
+                ("push", writes, repo in writable),
+            ):
                 for method, template, extra in operations:
-                    response = stack.request(user, method, template.format(repo=repo, layer=blob),
-                                             *extra)
+                    response = stack.request(
+                        user, method, template.format(repo=repo, layer=blob), *extra
+                    )
                     if allowed:
-                        assert response.status in (200, 202), (user, method, template, repo,
-                                                               response.head)
+                        assert response.status in (200, 202), (
+                            user,
+                            method,
+                            template,
+                            repo,
+                            response.head,
+                        )
                     elif method == "HEAD":  # no body to a HEAD
                         assert response.status == 403, (user, template, repo)
                     else:
@@ -216,23 +296,38 @@ def test_reads_and_writes_follow_roles_and_scopes(stack: Stack) -> None:
 
 
 def test_manifest_put_outside_scope_is_denied(stack: Stack) -> None:
-    manifest = (stack.team_app.layout / "blobs" / "sha256" /
-                stack.team_app.manifest_digest.removeprefix("sha256:"))
-    put = ("-H", "Content-Type: application/vnd.oci.image.manifest.v1+json",
-           "--data-binary", f"@{manifest}")
+    manifest = (
+        stack.team_app.layout
+        / "blobs"
+        / "sha256"
+        / stack.team_app.manifest_digest.removeprefix("sha256:")
+    )
+    put = (
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        f"@{manifest}",
+    )
     stack.request("ci", "PUT", "secret/app/manifests/v2", *put).assert_denied(
-        "no push access to repository secret/app")
+        "no push access to repository secret/app"
+    )
     stack.request("viewer", "PUT", "team/app/manifests/v2", *put).assert_denied(
-        "no push access to repository team/app")
+        "no push access to repository team/app"
+    )
     assert stack.request("ci", "PUT", "team/app/manifests/v2", *put).status == 201
 
 
 def test_unauthenticated_or_wrong_password_gets_401_even_where_403_would_apply(
-        stack: Stack) -> None:
-    paths = [("GET", "_catalog"), ("GET", "secret/app/tags/list"),
-             ("POST", "secret/x/blobs/uploads/"),
-             ("DELETE", f"team/app/manifests/{stack.team_app.manifest_digest}"),
-             ("GET", "secret%2Fapp/tags/list"), ("GET", "nothing/here/at/all")]
+    stack: Stack,
+) -> None:
+    paths = [
+        ("GET", "_catalog"),
+        ("GET", "secret/app/tags/list"),
+        ("POST", "secret/x/blobs/uploads/"),
+        ("DELETE", f"team/app/manifests/{stack.team_app.manifest_digest}"),
+        ("GET", "secret%2Fapp/tags/list"),
+        ("GET", "nothing/here/at/all"),
+    ]
     for method, path in paths:
         assert stack.request(None, method, path).status == 401, path
         assert stack.request("ci", method, path, password="wrong").status == 401, path
@@ -265,23 +360,37 @@ def test_cross_repository_mount_needs_pull_access_to_the_source(stack: Stack) ->
         response = stack.request("ci", "POST", f"team/copy/blobs/uploads/?{query}")
         assert response.status == 403, (query, response.head)
         response.assert_denied()
-    stack.request("ci", "POST", f"team/copy/blobs/uploads/?mount={secret_layer}&from=secret%2Fapp"
-                  ).assert_denied("no pull access to the repository a blob mount comes from")
+    stack.request(
+        "ci", "POST", f"team/copy/blobs/uploads/?mount={secret_layer}&from=secret%2Fapp"
+    ).assert_denied("no pull access to the repository a blob mount comes from")
     # Nothing was copied.
     assert stack.request("ci", "HEAD", f"team/copy/blobs/{secret_layer}").status == 404
     # A source the user may read mounts (201), and an admin may mount from anywhere.
-    assert stack.request("ci", "POST", f"team/copy/blobs/uploads/?mount={team_layer}"
-                         "&from=team%2Fapp").status == 201
+    assert (
+        stack.request(
+            "ci", "POST", f"team/copy/blobs/uploads/?mount={team_layer}&from=team%2Fapp"
+        ).status
+        == 201
+    )
     assert stack.request("ci", "HEAD", f"team/copy/blobs/{team_layer}").status == 200
-    assert stack.request("ops", "POST", f"team/copy2/blobs/uploads/?mount={secret_layer}"
-                         "&from=secret%2Fapp").status == 201
+    assert (
+        stack.request(
+            "ops", "POST", f"team/copy2/blobs/uploads/?mount={secret_layer}&from=secret%2Fapp"
+        ).status
+        == 201
+    )
 
 
 def test_encoded_or_unnormalized_paths_cannot_reach_other_repositories(stack: Stack) -> None:
-    for path in ["secret%2Fapp/tags/list", "team/../secret/app/tags/list",
-                 "team/./app/../../secret/app/tags/list", "team//app/tags/list",
-                 "team/app/tags/list/../../../../secret/app/tags/list",
-                 "Secret/app/tags/list", "team/%61pp/tags/list"]:
+    for path in [
+        "secret%2Fapp/tags/list",
+        "team/../secret/app/tags/list",
+        "team/./app/../../secret/app/tags/list",
+        "team//app/tags/list",
+        "team/app/tags/list/../../../../secret/app/tags/list",
+        "Secret/app/tags/list",
+        "team/%61pp/tags/list",
+    ]:
         response = stack.request("ci", "GET", path)
         response.assert_denied()
     for path in ["team/app/unknown", "team/app/blobs/not-a-digest", "_ping"]:
@@ -292,27 +401,36 @@ def test_encoded_or_unnormalized_paths_cannot_reach_other_repositories(stack: St
 def test_only_admins_delete_and_an_admin_delete_removes_the_manifest(stack: Stack) -> None:
     image = build_image(stack.workdir / "doomed", "v1", [12 * 1024], seed="doomed")
     assert stack.skopeo.push(image, "team/doomed", "ci") == image.manifest_digest
-    paths = ["team/doomed/manifests/v1", f"team/doomed/manifests/{image.manifest_digest}",
-             f"team/doomed/blobs/{image.layer_digests[0]}"]
+    paths = [
+        "team/doomed/manifests/v1",
+        f"team/doomed/manifests/{image.manifest_digest}",
+        f"team/doomed/blobs/{image.layer_digests[0]}",
+    ]
     upload = stack.request("ci", "POST", "team/doomed/blobs/uploads/")
     assert upload.status == 202
     location = header_lines(upload.head, "Location")[0].split("/v2/", 1)[1]
     for user in ("ci", "viewer", "alice"):
         for path in [*paths, location]:
             stack.request(user, "DELETE", path).assert_denied("deletes are for admins")
-    stack.request("teamops", "DELETE", f"secret/app/manifests/{stack.secret_app.manifest_digest}"
-                  ).assert_denied("no delete access to repository secret/app")
+    stack.request(
+        "teamops", "DELETE", f"secret/app/manifests/{stack.secret_app.manifest_digest}"
+    ).assert_denied("no delete access to repository secret/app")
     assert stack.request("viewer", "GET", "team/doomed/manifests/v1", *OCI_ACCEPT).status == 200
     deleted = stack.request("teamops", "DELETE", f"team/doomed/manifests/{image.manifest_digest}")
     assert deleted.status == 202, deleted.head
     assert stack.request("viewer", "GET", "team/doomed/manifests/v1", *OCI_ACCEPT).status == 404
-    assert stack.request("ops", "GET", f"secret/app/manifests/{stack.secret_app.manifest_digest}",
-                         *OCI_ACCEPT).status == 200
+    assert (
+        stack.request(
+            "ops", "GET", f"secret/app/manifests/{stack.secret_app.manifest_digest}", *OCI_ACCEPT
+        ).status
+        == 200
+    )
 
 
 # -- the garbage collection window, through the front ----------------------------------------
 def test_push_during_the_read_only_window_fails_fast_with_a_clear_error_and_pulls_work(
-        stack: Stack) -> None:
+    stack: Stack,
+) -> None:
     sim = stack.sim
     environment = sim.services["registry"].environment
     image = build_image(stack.workdir / "window", "v1", [16 * 1024], seed="window")
@@ -335,8 +453,9 @@ def test_push_during_the_read_only_window_fails_fast_with_a_clear_error_and_pull
         assert upload.status == 405
         assert header_lines(upload.head, "Content-Type") == ["Content-Type: application/json"]
         assert json.loads(upload.body)["errors"][0]["code"] == "UNSUPPORTED"
-        pulled = stack.skopeo_copy("viewer", stack.docker_ref("team/app"),
-                                   f"oci:{stack.workdir / 'window-pull'}:v1")
+        pulled = stack.skopeo_copy(
+            "viewer", stack.docker_ref("team/app"), f"oci:{stack.workdir / 'window-pull'}:v1"
+        )
         assert pulled.returncode == 0, pulled.stderr.decode()
         # Unauthenticated writes still get 401, never the read-only answer.
         assert stack.request(None, "POST", "team/window/blobs/uploads/").status == 401

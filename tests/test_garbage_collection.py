@@ -145,8 +145,12 @@ class GcHost:
         (self.workdir / "calls.log").write_text("")
         return subprocess.run(
             ["unshare", "-m", "--propagation", "private", "bash", "-c", " && ".join(steps)],
-            env={**self.env, **extra_env}, capture_output=True, text=True, timeout=300,
-            check=False)
+            env={**self.env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     def calls(self) -> list[str]:
         return (self.workdir / "calls.log").read_text().splitlines()
@@ -157,39 +161,81 @@ class GcHost:
     def skopeo(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # In a mount namespace of its own, so containers/image's state stays off the machine.
         argv = with_private_state(self.workdir / "skopeo-tmp", ["skopeo", *args])
-        result = subprocess.run(["unshare", "-m", "--propagation", "private", *argv],
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if check and result.returncode != 0:
             raise AssertionError(result.stderr)
         return result
 
-    def push(self, image: OciImage, repository: str,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.skopeo("copy", "--quiet", "--dest-tls-verify=false", image.reference,
-                           f"docker://{self.address}/{repository}:{image.tag}", check=check)
+    def push(
+        self, image: OciImage, repository: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.skopeo(
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            image.reference,
+            f"docker://{self.address}/{repository}:{image.tag}",
+            check=check,
+        )
 
     def pull_by_digest(self, repository: str, digest: str, destination: Path) -> None:
-        self.skopeo("copy", "--quiet", "--src-tls-verify=false",
-                    f"docker://{self.address}/{repository}@{digest}", f"oci:{destination}:x")
+        self.skopeo(
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{self.address}/{repository}@{digest}",
+            f"oci:{destination}:x",
+        )
 
     def blob_path(self, digest: str) -> Path:
         hex_digest = digest.removeprefix("sha256:")
-        return (self.data / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest /
-                "data")
+        return self.data / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
 
     def delete_manifest(self, repository: str, digest: str) -> int:
         result = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE",
-             f"http://{self.address}/v2/{repository}/manifests/{digest}"],
-            capture_output=True, text=True, check=True, timeout=30)
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+                f"http://{self.address}/v2/{repository}/manifests/{digest}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         return int(result.stdout)
 
     def read_write(self) -> bool:
         """Whether the registry accepts a new upload (a read-only one answers 405)."""
         result = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
-             f"http://{self.address}/v2/probe/blobs/uploads/"],
-            capture_output=True, text=True, check=True, timeout=30)
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                f"http://{self.address}/v2/probe/blobs/uploads/",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         return result.stdout == "202"
 
 
@@ -202,23 +248,30 @@ def program() -> ProgramRun:
 def gc_host(program: ProgramRun, tmp_path: Path) -> Iterator[GcHost]:
     files = materialize(program, tmp_path / "placed")
     # The storage the script sees at DATA_DIR is what the registry container mounts.
-    assert f"{DATA_DIR}:/var/lib/registry" in files.compose["services"]["registry"][
-        "volumes"]
+    assert f"{DATA_DIR}:/var/lib/registry" in files.compose["services"]["registry"]["volumes"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("registry-control", REGISTRY_CONTROL),
-                       ("docker", DOCKER.replace("@COMPOSE@", COMPOSE)
-                        .replace("@CONTAINER_CONFIG@", CONTAINER_CONFIG)),
-                       ("systemctl", SYSTEMCTL)):
+    for name, text in (
+        ("registry-control", REGISTRY_CONTROL),
+        (
+            "docker",
+            DOCKER.replace("@COMPOSE@", COMPOSE).replace("@CONTAINER_CONFIG@", CONTAINER_CONFIG),
+        ),
+        ("systemctl", SYSTEMCTL),
+    ):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     data = tmp_path / "data"
     data.mkdir()
     address = f"127.0.0.1:{free_port()}"
-    env = {"PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "GC_TEST_DIR": str(tmp_path), "GC_TEST_ADDR": address, "GC_TEST_DATA": str(data),
-           "GC_TEST_CONFIG": str(files.host_path(REGISTRY_HOST.file("registry_config").path)),
-           "GC_TEST_PYTHON": sys.executable}
+    env = {
+        "PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "GC_TEST_DIR": str(tmp_path),
+        "GC_TEST_ADDR": address,
+        "GC_TEST_DATA": str(data),
+        "GC_TEST_CONFIG": str(files.host_path(REGISTRY_HOST.file("registry_config").path)),
+        "GC_TEST_PYTHON": sys.executable,
+    }
     host = GcHost(tmp_path, files.sandbox.upper("/etc"), data, env, address)
     host.control("start")
     try:
@@ -237,17 +290,20 @@ def images(workdir: Path) -> tuple[OciImage, OciImage]:
 
 def own_blobs(image: OciImage, other: OciImage) -> dict[str, int]:
     """digest -> size of the blobs only `image` has (manifest, config, its own layers)."""
+
     def blobs(of: OciImage) -> dict[str, int]:
         found = {}
         for path in (of.layout / "blobs" / "sha256").iterdir():
             found[f"sha256:{path.name}"] = path.stat().st_size
         return found
+
     theirs = blobs(other)
     return {digest: size for digest, size in blobs(image).items() if digest not in theirs}
 
 
 def test_gc_frees_the_deleted_images_own_blobs_keeps_the_shared_ones_and_reports_them(
-        gc_host: GcHost, tmp_path: Path) -> None:
+    gc_host: GcHost, tmp_path: Path
+) -> None:
     a, b = images(tmp_path / "images")
     gc_host.push(a, "gc/a")
     gc_host.push(b, "gc/b")
@@ -344,25 +400,31 @@ def test_gc_does_nothing_while_the_registry_service_is_stopped(gc_host: GcHost) 
     assert gc_host.calls() == ["systemctl is-active --quiet registry.service"]
 
 
-@pytest.mark.parametrize(("delete_untagged", "flags"), [(False, "gc_flags=()"),
-                                                        (True, "gc_flags=(--delete-untagged)")])
+@pytest.mark.parametrize(
+    ("delete_untagged", "flags"), [(False, "gc_flags=()"), (True, "gc_flags=(--delete-untagged)")]
+)
 def test_rendered_gc_script_passes_shellcheck_and_takes_delete_untagged_from_config(
-        delete_untagged: bool, flags: str, tmp_path: Path) -> None:
+    delete_untagged: bool, flags: str, tmp_path: Path
+) -> None:
     text = REGISTRY_HOST.file("gc_script").render(
-        {"gc_flags": "--delete-untagged" if delete_untagged else ""})
+        {"gc_flags": "--delete-untagged" if delete_untagged else ""}
+    )
     assert flags in text.splitlines()
     script = tmp_path / "registry-gc.sh"
     script.write_text(text)
-    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        ["shellcheck", str(script)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout
 
 
 def test_timer_runs_the_service_on_the_configured_schedule() -> None:
-    run = run_program(overrides={"clientCount": 0, "gcSchedule": "Sun *-*-* 03:00:00",
-                                 "gcDeleteUntagged": True})
-    placed = {c.name: c.inputs["stdin"] for c in run.commands()
-              if c.name.startswith("registry-file-gc-")}
+    run = run_program(
+        overrides={"clientCount": 0, "gcSchedule": "Sun *-*-* 03:00:00", "gcDeleteUntagged": True}
+    )
+    placed = {
+        c.name: c.inputs["stdin"] for c in run.commands() if c.name.startswith("registry-file-gc-")
+    }
     assert "OnCalendar=Sun *-*-* 03:00:00\n" in placed["registry-file-gc-timer"]
     assert "Persistent=true\n" in placed["registry-file-gc-timer"]
     assert f"ExecStart={GC_SCRIPT}\n" in placed["registry-file-gc-service"]

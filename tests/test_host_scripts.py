@@ -50,7 +50,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #     prints `push-digest`, then `pull-digest` once `pull` ran.
 #   curl: prints the next status of `statuses` (space separated; the last one repeats).
 #   mkfs*, mke2fs: fail (nothing here may format a volume).
-STANDIN = r'''
+STANDIN = r"""
 import json, os, sys
 from pathlib import Path
 
@@ -105,7 +105,7 @@ elif command == "curl":
 elif command.startswith("mk"):
     print(f"STANDIN {command}: formatting is not allowed here", file=sys.stderr)
     sys.exit(1)
-'''
+"""
 STANDIN_COMMANDS = ("systemctl", "docker", "curl", "mkfs", "mkfs.ext4", "mke2fs")
 
 
@@ -122,8 +122,9 @@ class Standins:
 
     def calls(self, command: str | None = None) -> list[list[str]]:
         path = self.state / "calls"
-        found = [json.loads(line) for line in path.read_text().splitlines()] \
-            if path.exists() else []
+        found = (
+            [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        )
         return [call for call in found if command is None or call[0] == command]
 
     def reset_calls(self) -> None:
@@ -147,12 +148,19 @@ def standins(tmp_path: Path) -> Standins:
     return found
 
 
-def run_script(name: str, *args: str, env: Mapping[str, str],
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_script(
+    name: str, *args: str, env: Mapping[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run a host script as the remote command does (`bash -s -- ARGS`, the script on stdin)."""
-    return subprocess.run(["bash", "-s", "--", *args], input=(SCRIPTS / name).read_text(),
-                          capture_output=True, text=True, env=dict(env), timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        ["bash", "-s", "--", *args],
+        input=(SCRIPTS / name).read_text(),
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=timeout,
+        check=False,
+    )
 
 
 # -- a private mount namespace with its own /etc ----------------------------------------------
@@ -165,12 +173,24 @@ class Namespace:
         work = workdir / "etc-work"
         self.etc_upper.mkdir(parents=True)
         work.mkdir()
-        overlay = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={self.etc_upper},"
-                   f"workdir={work} /etc")
+        overlay = (
+            f"mount -t overlay overlay -o lowerdir=/etc,upperdir={self.etc_upper},"
+            f"workdir={work} /etc"
+        )
         self.process = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "bash", "-c",
-             f"{overlay} && echo ready && exec sleep infinity"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                f"{overlay} && echo ready && exec sleep infinity",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], 10)
         if not ready or self.process.stdout.readline() != b"ready\n":
@@ -181,20 +201,38 @@ class Namespace:
     def argv(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.process.pid), "-m", "--", *argv]
 
-    def sh(self, command: str, input: str = "", check: bool = True,
-           env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.argv(["bash", "-c", command]), input=input, text=True,
-                                capture_output=True, timeout=60, check=False,
-                                env={"PATH": SYSTEM_PATH, **(env or {})})
+    def sh(
+        self,
+        command: str,
+        input: str = "",
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            self.argv(["bash", "-c", command]),
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={"PATH": SYSTEM_PATH, **(env or {})},
+        )
         if check:
             assert result.returncode == 0, f"{command}: {result.stderr}"
         return result
 
-    def script(self, name: str, *args: str,
-               env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(["bash", "-s", "--", *args]),
-                              input=(SCRIPTS / name).read_text(), capture_output=True, text=True,
-                              env=dict(env), timeout=180, check=False)
+    def script(
+        self, name: str, *args: str, env: Mapping[str, str]
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(["bash", "-s", "--", *args]),
+            input=(SCRIPTS / name).read_text(),
+            capture_output=True,
+            text=True,
+            env=dict(env),
+            timeout=180,
+            check=False,
+        )
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -220,8 +258,9 @@ class Volume:
         return self.by_id / f"scsi-0DO_Volume_{VOLUME_NAME}"
 
     def attach(self) -> str:
-        self.device = subprocess.run(["losetup", "-f", "--show", str(self.image)], check=True,
-                                     capture_output=True, text=True).stdout.strip()
+        self.device = subprocess.run(
+            ["losetup", "-f", "--show", str(self.image)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         self.devices.append(self.device)
         self.link.unlink(missing_ok=True)
         self.link.symlink_to(self.device)
@@ -260,27 +299,42 @@ class VolumeHost:
     workdir: Path
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {**self.standins.env(), "VOLUME_DEVICE_DIR": str(self.volume.by_id),
-                "BLKID_FILE": str(self.workdir / "blkid.tab"), **extra}
+        return {
+            **self.standins.env(),
+            "VOLUME_DEVICE_DIR": str(self.volume.by_id),
+            "BLKID_FILE": str(self.workdir / "blkid.tab"),
+            **extra,
+        }
 
     def mount(self) -> subprocess.CompletedProcess[str]:
-        return self.ns.script("mount-data-volume.sh", VOLUME_NAME, str(self.mount_point),
-                              str(self.data_dir), env=self.env())
+        return self.ns.script(
+            "mount-data-volume.sh",
+            VOLUME_NAME,
+            str(self.mount_point),
+            str(self.data_dir),
+            env=self.env(),
+        )
 
     def release(self, **extra: str) -> subprocess.CompletedProcess[str]:
-        return self.ns.script("release-data-volume.sh", str(self.mount_point),
-                              env=self.env(**extra))
+        return self.ns.script(
+            "release-data-volume.sh", str(self.mount_point), env=self.env(**extra)
+        )
 
     def mounts_of_volume(self) -> list[str]:
-        return self.ns.sh(f"findmnt -rn -o TARGET --source {self.volume.device} || true"
-                          ).stdout.split()
+        return self.ns.sh(
+            f"findmnt -rn -o TARGET --source {self.volume.device} || true"
+        ).stdout.split()
 
     def fstab(self) -> str:
         return self.ns.sh("cat /etc/fstab").stdout
 
     def uuid(self) -> str:
-        return subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", self.volume.device],
-                              check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["blkid", "-p", "-o", "value", "-s", "UUID", self.volume.device],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
 
 def format_like_digitalocean(image: Path) -> None:
@@ -301,8 +355,14 @@ def volume_host(tmp_path: Path, standins: Standins) -> Iterator[VolumeHost]:
         ns = Namespace(tmp_path)
         cleanup.callback(ns.close)
         volume.attach()
-        yield VolumeHost(ns, volume, standins, tmp_path / "srv" / "registry",
-                         tmp_path / "srv" / "registry" / "data", tmp_path)
+        yield VolumeHost(
+            ns,
+            volume,
+            standins,
+            tmp_path / "srv" / "registry",
+            tmp_path / "srv" / "registry" / "data",
+            tmp_path,
+        )
 
 
 def write_data(host: VolumeHost, name: str = "blob", size: int = 2 * MiB) -> str:
@@ -321,7 +381,8 @@ def formatting_calls(standins: Standins) -> list[list[str]]:
 
 
 def test_mount_first_run_mounts_by_uuid_in_fstab_and_a_rerun_changes_nothing(
-        volume_host: VolumeHost) -> None:
+    volume_host: VolumeHost,
+) -> None:
     host = volume_host
     format_like_digitalocean(host.volume.image)
     first = host.mount()
@@ -347,13 +408,16 @@ def test_mount_first_run_mounts_by_uuid_in_fstab_and_a_rerun_changes_nothing(
     assert formatting_calls(host.standins) == []
 
     # A reboot: nothing mounted, the fstab entry alone brings the data back.
-    host.ns.sh(f"umount {host.mount_point} && mount {host.mount_point}",
-               env={"BLKID_FILE": str(host.workdir / "blkid.tab")})
+    host.ns.sh(
+        f"umount {host.mount_point} && mount {host.mount_point}",
+        env={"BLKID_FILE": str(host.workdir / "blkid.tab")},
+    )
     assert data_hash(host) == digest
 
 
 def test_mount_refuses_a_device_without_a_filesystem_and_never_formats_it(
-        volume_host: VolumeHost) -> None:
+    volume_host: VolumeHost,
+) -> None:
     host = volume_host
     fstab = host.fstab()
     result = host.mount()
@@ -384,13 +448,17 @@ mount "$target"
 
 
 def online_resize_possible() -> bool:
-    effective = next(line for line in Path("/proc/self/status").read_text().splitlines()
-                     if line.startswith("CapEff:"))
+    effective = next(
+        line
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("CapEff:")
+    )
     return bool(int(effective.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
 
 
 def test_mount_keeps_a_volume_with_data_and_grows_its_filesystem_online(
-        volume_host: VolumeHost) -> None:
+    volume_host: VolumeHost,
+) -> None:
     host = volume_host
     if not online_resize_possible():
         (host.standins.bin / "resize2fs").write_text(RESIZE2FS_OFFLINE)
@@ -420,7 +488,8 @@ def test_mount_keeps_a_volume_with_data_and_grows_its_filesystem_online(
 
 
 def test_mount_undoes_digitaloceans_auto_mount_and_owns_the_one_mount(
-        volume_host: VolumeHost) -> None:
+    volume_host: VolumeHost,
+) -> None:
     host = volume_host
     format_like_digitalocean(host.volume.image)
     # What DigitalOcean leaves for a volume it formatted: a mount unit for /mnt/<name>
@@ -430,27 +499,34 @@ def test_mount_undoes_digitaloceans_auto_mount_and_owns_the_one_mount(
     unit = "mnt-test\\x2dstack\\x2ddata.mount"
     by_id_link = f"/dev/disk/by-id/scsi-0DO_Volume_{VOLUME_NAME}"
     host.ns.sh(f"mkdir -p {auto} /etc/systemd/system && mount {host.volume.device} {auto}")
-    host.ns.sh(f"cat > {shlex.quote('/etc/systemd/system/' + unit)}",
-               input=f"[Mount]\nWhat={by_id_link}\nWhere={auto}\nOptions=defaults,nofail\n")
-    host.ns.sh("cat >> /etc/fstab",
-               input=f"{by_id_link} {auto} ext4 defaults,nofail,discard,noatime 0 0\n")
+    host.ns.sh(
+        f"cat > {shlex.quote('/etc/systemd/system/' + unit)}",
+        input=f"[Mount]\nWhat={by_id_link}\nWhere={auto}\nOptions=defaults,nofail\n",
+    )
+    host.ns.sh(
+        "cat >> /etc/fstab", input=f"{by_id_link} {auto} ext4 defaults,nofail,discard,noatime 0 0\n"
+    )
     assert host.mounts_of_volume() == [str(auto)]
 
     result = host.mount()
     assert result.returncode == 0, result.stderr
     assert host.mounts_of_volume() == [str(host.mount_point)]
     assert ["systemctl", "disable", "--now", unit] in host.standins.calls()
-    assert host.ns.sh(f"test -e {shlex.quote('/etc/systemd/system/' + unit)}",
-                      check=False).returncode != 0
+    assert (
+        host.ns.sh(f"test -e {shlex.quote('/etc/systemd/system/' + unit)}", check=False).returncode
+        != 0
+    )
     fstab = host.fstab()
     assert str(auto) not in fstab and by_id_link not in fstab
     assert [line for line in fstab.splitlines() if host.uuid() in line] == [
-        f"UUID={host.uuid()} {host.mount_point} ext4 defaults,nofail,discard,noatime 0 2"]
+        f"UUID={host.uuid()} {host.mount_point} ext4 defaults,nofail,discard,noatime 0 2"
+    ]
 
 
 # -- release-data-volume.sh ---------------------------------------------------------------------
 def test_release_stops_the_registry_and_unmounts_so_the_volume_detaches_clean(
-        volume_host: VolumeHost) -> None:
+    volume_host: VolumeHost,
+) -> None:
     host = volume_host
     format_like_digitalocean(host.volume.image)
     assert host.mount().returncode == 0
@@ -464,8 +540,9 @@ def test_release_stops_the_registry_and_unmounts_so_the_volume_detaches_clean(
     assert host.mounts_of_volume() == []
     # Detachable now: the loop device really goes away (a mounted one would linger).
     host.volume.detach()
-    fsck = subprocess.run(["e2fsck", "-n", "-f", str(host.volume.image)], capture_output=True,
-                          text=True, check=False)
+    fsck = subprocess.run(
+        ["e2fsck", "-n", "-f", str(host.volume.image)], capture_output=True, text=True, check=False
+    )
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # clean: nothing left to replay
 
     # The next droplet attaches it and mounts the same filesystem: the data is there.
@@ -474,8 +551,7 @@ def test_release_stops_the_registry_and_unmounts_so_the_volume_detaches_clean(
     assert data_hash(host) == digest
 
 
-def test_release_is_idempotent_without_a_mount_or_a_registry_unit(
-        volume_host: VolumeHost) -> None:
+def test_release_is_idempotent_without_a_mount_or_a_registry_unit(volume_host: VolumeHost) -> None:
     host = volume_host
     first = host.release()
     assert first.returncode == 0, first.stderr
@@ -489,8 +565,9 @@ def test_release_fails_clearly_while_the_mount_stays_busy(volume_host: VolumeHos
     host = volume_host
     format_like_digitalocean(host.volume.image)
     assert host.mount().returncode == 0
-    busy = subprocess.Popen(host.ns.argv(["bash", "-c", f"cd {host.data_dir} && exec sleep 60"]),
-                            start_new_session=True)
+    busy = subprocess.Popen(
+        host.ns.argv(["bash", "-c", f"cd {host.data_dir} && exec sleep 60"]), start_new_session=True
+    )
     try:
         time.sleep(0.2)
         result = host.release(RELEASE_ATTEMPTS="2")
@@ -544,16 +621,25 @@ class AptRoot:
         (self.admindir / "status").write_text("\n\n".join(kept))
 
     def apt_calls(self) -> list[list[str]]:
-        return [line.split() for line in self.calls.read_text().splitlines()] \
-            if self.calls.exists() else []
+        return (
+            [line.split() for line in self.calls.read_text().splitlines()]
+            if self.calls.exists()
+            else []
+        )
 
 
 @pytest.fixture
 def apt_root(tmp_path: Path) -> AptRoot:
     root = tmp_path / "apt-root"
-    for directory in ("var/lib/dpkg", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial",
-                      "var/log/apt", "etc/apt/apt.conf.d", "etc/apt/preferences.d",
-                      "etc/apt/sources.list.d"):
+    for directory in (
+        "var/lib/dpkg",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "etc/apt/sources.list.d",
+    ):
         (root / directory).mkdir(parents=True)
     (root / "etc/apt/sources.list").touch()
     # A copy of this machine's package status, read once; the machine's is never written.
@@ -568,15 +654,21 @@ def apt_root(tmp_path: Path) -> AptRoot:
     bin_dir.mkdir()
     calls = tmp_path / "apt-get.calls"
     (bin_dir / "apt-get").write_text(
-        f'#!/bin/sh\necho "$*" >>{calls}\nexec /usr/bin/apt-get "$@"\n')
+        f'#!/bin/sh\necho "$*" >>{calls}\nexec /usr/bin/apt-get "$@"\n'
+    )
     (bin_dir / "apt-get").chmod(0o755)
-    env = {"PATH": f"{bin_dir}:{SYSTEM_PATH}", "APT_CONFIG": str(config),
-           "DPKG_ADMINDIR": str(admindir), "LC_ALL": "C"}
+    env = {
+        "PATH": f"{bin_dir}:{SYSTEM_PATH}",
+        "APT_CONFIG": str(config),
+        "DPKG_ADMINDIR": str(admindir),
+        "LC_ALL": "C",
+    }
     return AptRoot(root, admindir, calls, env)
 
 
-def install_packages(apt: AptRoot, *packages: str, lock_timeout: int | None = None,
-                     timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def install_packages(
+    apt: AptRoot, *packages: str, lock_timeout: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = dict(apt.env)
     if lock_timeout is not None:
         env["APT_LOCK_TIMEOUT"] = str(lock_timeout)
@@ -585,8 +677,11 @@ def install_packages(apt: AptRoot, *packages: str, lock_timeout: int | None = No
 
 @contextmanager
 def lock_held(path: Path, seconds: float) -> Iterator[subprocess.Popen[bytes]]:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert holder.stdout is not None
         ready, _, _ = select.select([holder.stdout], [], [], 10)
@@ -605,8 +700,13 @@ def test_install_packages_twice_changes_nothing(apt_root: AptRoot) -> None:
         assert result.returncode == 0, result.stderr
         assert "updating package lists" not in result.stdout  # nothing missing: no apt update
         assert apt_root.status() == before
-    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", PACKAGE], env=apt_root.env,
-                             capture_output=True, text=True, check=True).stdout
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", PACKAGE],
+        env=apt_root.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"installed: {PACKAGE} {version}" in result.stdout
 
 
@@ -634,13 +734,16 @@ def test_install_packages_waits_for_a_held_apt_lists_lock(apt_root: AptRoot) -> 
     assert result.returncode == 0, result.stdout + result.stderr
     assert elapsed >= hold - 0.5
     assert "updating package lists" in result.stdout
-    verbs = [next(arg for arg in call if not arg.startswith("-") and "=" not in arg)
-             for call in apt_root.apt_calls()]
+    verbs = [
+        next(arg for arg in call if not arg.startswith("-") and "=" not in arg)
+        for call in apt_root.apt_calls()
+    ]
     assert verbs[-1] == "install" and set(verbs[:-1]) == {"update"}, verbs
 
 
 def test_install_packages_gives_up_on_a_held_apt_lists_lock_with_a_clear_message(
-        apt_root: AptRoot) -> None:
+    apt_root: AptRoot,
+) -> None:
     apt_root.hide_from_dpkg_query(PACKAGE)
     with lock_held(apt_root.lists_lock, 120) as holder:
         started = time.monotonic()
@@ -655,7 +758,8 @@ def test_install_packages_gives_up_on_a_held_apt_lists_lock_with_a_clear_message
 
 
 def test_install_packages_gives_up_on_a_held_dpkg_lock_with_a_clear_message(
-        apt_root: AptRoot) -> None:
+    apt_root: AptRoot,
+) -> None:
     with lock_held(apt_root.dpkg_lock, 120) as holder:
         started = time.monotonic()
         result = install_packages(apt_root, PACKAGE, lock_timeout=1, timeout=60)
@@ -663,8 +767,9 @@ def test_install_packages_gives_up_on_a_held_dpkg_lock_with_a_clear_message(
         assert holder.poll() is None
     assert result.returncode != 0
     assert elapsed < 20
-    assert "install-packages: apt-get install failed (or its lock stayed held for 1s)" \
-        in result.stderr
+    assert (
+        "install-packages: apt-get install failed (or its lock stayed held for 1s)" in result.stderr
+    )
     assert "lock-frontend" in result.stderr + result.stdout
 
 
@@ -715,16 +820,21 @@ class ClientHost:
     def reboot(self) -> None:
         """What cloud-init does to /etc/hosts at boot with manage_etc_hosts."""
         template = self.ns.sh("cat /etc/cloud/templates/hosts.debian.tmpl").stdout
-        self.ns.sh("cat > /etc/hosts",
-                   input=cloud_init_render_hosts(template, "client-0", "client-0.local"))
+        self.ns.sh(
+            "cat > /etc/hosts",
+            input=cloud_init_render_hosts(template, "client-0", "client-0.local"),
+        )
 
     def resolves(self, name: str) -> str:
         return self.ns.sh(f"getent hosts {name} || true").stdout.strip()
 
     def etc_snapshot(self) -> dict[str, tuple[int, bytes]]:
-        return {str(path.relative_to(self.workdir)): (path.stat().st_mode, path.read_bytes())
-                for base in (self.ns.etc_upper, self.workdir / "local-ca")
-                for path in sorted(base.rglob("*")) if path.is_file()}
+        return {
+            str(path.relative_to(self.workdir)): (path.stat().st_mode, path.read_bytes())
+            for base in (self.ns.etc_upper, self.workdir / "local-ca")
+            for path in sorted(base.rglob("*"))
+            if path.is_file()
+        }
 
 
 @pytest.fixture
@@ -734,10 +844,13 @@ def client_host(tmp_path: Path, standins: Standins) -> Iterator[ClientHost]:
     (standins.bin / "update-ca-certificates").chmod(0o755)
     ns = Namespace(tmp_path)
     try:
-        ns.sh(f"mkdir -p {tmp_path / 'local-ca'} /usr/local/share/ca-certificates && "
-              f"mount --bind {tmp_path / 'local-ca'} /usr/local/share/ca-certificates && "
-              "mkdir -p /etc/cloud/templates /etc/private-registry && "
-              "cat > /etc/cloud/templates/hosts.debian.tmpl", input=HOSTS_TEMPLATE)
+        ns.sh(
+            f"mkdir -p {tmp_path / 'local-ca'} /usr/local/share/ca-certificates && "
+            f"mount --bind {tmp_path / 'local-ca'} /usr/local/share/ca-certificates && "
+            "mkdir -p /etc/cloud/templates /etc/private-registry && "
+            "cat > /etc/cloud/templates/hosts.debian.tmpl",
+            input=HOSTS_TEMPLATE,
+        )
         ns.sh("cat > /etc/private-registry/ca.crt", input=CA_PEM_LINES)
         yield ClientHost(ns, standins, tmp_path)
     finally:
@@ -745,7 +858,8 @@ def client_host(tmp_path: Path, standins: Standins) -> Iterator[ClientHost]:
 
 
 def test_trust_registry_mapping_survives_cloud_init_rewriting_etc_hosts_at_boot(
-        client_host: ClientHost) -> None:
+    client_host: ClientHost,
+) -> None:
     host = client_host
     name, ca_file = "registry.internal", "/etc/private-registry/ca.crt"
     # The control: a boot from the template as it was drops any name only /etc/hosts had.
@@ -813,7 +927,10 @@ def test_registry_unit_is_valid_and_a_dockerd_restart_does_not_stop_it(tmp_path:
     (root / REGISTRY_LAYOUT.unit_path.lstrip("/")).write_text(unit)
     verify = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", REGISTRY_LAYOUT.unit_path],
-        capture_output=True, text=True, check=False)
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
 
     entries = unit_entries(unit, "Unit")
@@ -825,7 +942,8 @@ def test_registry_unit_is_valid_and_a_dockerd_restart_does_not_stop_it(tmp_path:
 
 
 def test_docker_runs_with_live_restore_from_a_file_the_program_places(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     daemon = REGISTRY_HOST.file("docker_daemon")
     assert daemon.path == "/etc/docker/daemon.json"  # where dockerd reads it
     placed = program_run.named("registry-file-docker-daemon").inputs["stdin"]
@@ -838,15 +956,18 @@ CA_FILE = "/srv/test/ca.crt"
 
 
 def activate(standins: Standins, *, attempts: int = 60) -> subprocess.CompletedProcess[str]:
-    env = {**standins.env(), "ACTIVATE_WAIT_ATTEMPTS": str(attempts),
-           "ACTIVATE_WAIT_SECONDS": "0"}
-    return run_script("activate-registry.sh", "registry.internal", "5043", COMPOSE_FILE, CA_FILE,
-                      env=env)
+    env = {**standins.env(), "ACTIVATE_WAIT_ATTEMPTS": str(attempts), "ACTIVATE_WAIT_SECONDS": "0"}
+    return run_script(
+        "activate-registry.sh", "registry.internal", "5043", COMPOSE_FILE, CA_FILE, env=env
+    )
 
 
 def systemctl_verbs(standins: Standins) -> list[str]:
-    return [" ".join(call[1:]) for call in standins.calls("systemctl")
-            if call[1] not in ("is-active", "cat")]
+    return [
+        " ".join(call[1:])
+        for call in standins.calls("systemctl")
+        if call[1] not in ("is-active", "cat")
+    ]
 
 
 def test_activate_script_names_no_host_path_of_its_own() -> None:
@@ -856,15 +977,18 @@ def test_activate_script_names_no_host_path_of_its_own() -> None:
         assert "/etc/private-registry" not in (SCRIPTS / name).read_text(), name
 
 
-def test_activate_first_start_enables_live_restore_then_waits_for_401(
-        standins: Standins) -> None:
+def test_activate_first_start_enables_live_restore_then_waits_for_401(standins: Standins) -> None:
     standins.set(active="docker.service", live_restore="false", statuses="000 000 502 401")
     result = activate(standins)
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
-        "daemon-reload", "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer", "restart registry-gc.timer",
-        "reload docker.service", "start registry.service"]
+        "daemon-reload",
+        "enable --quiet docker.service registry.service",
+        "enable --quiet registry-gc.timer",
+        "restart registry-gc.timer",
+        "reload docker.service",
+        "start registry.service",
+    ]
     curls = standins.calls("curl")
     assert len(curls) == 4
     for call in curls:
@@ -874,31 +998,37 @@ def test_activate_first_start_enables_live_restore_then_waits_for_401(
 
 
 def test_activate_starts_a_stopped_dockerd_which_reads_live_restore_itself(
-        standins: Standins) -> None:
+    standins: Standins,
+) -> None:
     standins.set(active="", live_restore="false", statuses="401")
     result = activate(standins)
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
-        "daemon-reload", "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer", "restart registry-gc.timer",
-        "start docker.service", "start registry.service"]
+        "daemon-reload",
+        "enable --quiet docker.service registry.service",
+        "enable --quiet registry-gc.timer",
+        "restart registry-gc.timer",
+        "start docker.service",
+        "start registry.service",
+    ]
 
 
-def test_activate_reloads_a_running_registry_and_leaves_dockerd_alone(
-        standins: Standins) -> None:
+def test_activate_reloads_a_running_registry_and_leaves_dockerd_alone(standins: Standins) -> None:
     standins.set(active="docker.service registry.service", live_restore="true", statuses="401")
     result = activate(standins)
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
-        "daemon-reload", "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer", "restart registry-gc.timer",
-        "reload registry.service"]
+        "daemon-reload",
+        "enable --quiet docker.service registry.service",
+        "enable --quiet registry-gc.timer",
+        "restart registry-gc.timer",
+        "reload registry.service",
+    ]
     assert len(standins.calls("curl")) == 1
 
 
 def test_activate_times_out_printing_compose_ps_and_logs(standins: Standins) -> None:
-    standins.set(active="docker.service registry.service", live_restore="true",
-                 statuses="502")
+    standins.set(active="docker.service registry.service", live_restore="true", statuses="502")
     result = activate(standins, attempts=3)
     assert result.returncode == 1
     assert "activate-registry: expected 401 from /v2/, got 502" in result.stderr
@@ -908,8 +1038,9 @@ def test_activate_times_out_printing_compose_ps_and_logs(standins: Standins) -> 
 
 
 def test_activate_fails_clearly_when_dockerd_keeps_live_restore_off(standins: Standins) -> None:
-    standins.set(active="docker.service", live_restore="false", daemon_live_restore="false",
-                 statuses="401")
+    standins.set(
+        active="docker.service", live_restore="false", daemon_live_restore="false", statuses="401"
+    )
     result = activate(standins)
     assert result.returncode == 1
     assert "dockerd did not enable live-restore" in result.stderr
@@ -925,12 +1056,14 @@ def verify(standins: Standins, tmp_path: Path) -> subprocess.CompletedProcess[st
     password_file = tmp_path / "login-password"
     password_file.write_text(PASSWORD)
     password_file.chmod(0o600)
-    return run_script("verify-registry.sh", "localhost:5043", "ci", str(password_file),
-                      env=standins.env())
+    return run_script(
+        "verify-registry.sh", "localhost:5043", "ci", str(password_file), env=standins.env()
+    )
 
 
 def test_verify_logs_in_with_the_password_on_stdin_then_pushes_and_pulls(
-        standins: Standins, tmp_path: Path) -> None:
+    standins: Standins, tmp_path: Path
+) -> None:
     standins.set(active="docker.service", push_digest=DIGEST, pull_digest=DIGEST)
     result = verify(standins, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -939,8 +1072,7 @@ def test_verify_logs_in_with_the_password_on_stdin_then_pushes_and_pulls(
     assert login[1:-1] == ["login", "--username", "ci", "--password-stdin", "localhost:5043"]
     assert login[-1] == {"stdin": PASSWORD}
     verbs = [call[1] if call[1] != "image" else f"image {call[2]}" for call in calls]
-    assert verbs == ["login", "build", "push", "image inspect", "image rm", "pull",
-                     "image inspect"]
+    assert verbs == ["login", "build", "push", "image inspect", "image rm", "pull", "image inspect"]
     image = calls[2][-1]
     assert image.startswith("localhost:5043/private-registry/proof:")
     assert calls[5][-1] == image
@@ -950,8 +1082,7 @@ def test_verify_logs_in_with_the_password_on_stdin_then_pushes_and_pulls(
     assert f"proof passed: {DIGEST}" in result.stdout
 
 
-def test_verify_fails_when_the_pulled_digest_differs(standins: Standins,
-                                                     tmp_path: Path) -> None:
+def test_verify_fails_when_the_pulled_digest_differs(standins: Standins, tmp_path: Path) -> None:
     other = DIGEST.replace("ab" * 32, "cd" * 32)
     standins.set(active="docker.service", push_digest=DIGEST, pull_digest=other)
     result = verify(standins, tmp_path)

@@ -35,8 +35,9 @@ RELEASE = "registry-release-data-volume"
 MOUNT = "registry-mount-data-volume"
 ACTIVATE = "registry-activate"
 RELEASE_COMMAND = script_command(REGISTRY_LAYOUT.data_mount)
-EXTRA_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
-                 " me@laptop")
+EXTRA_SSH_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV me@laptop"
+)
 # The dev stack's data and hosts: an up that touches none of these keeps the registry serving.
 DATA_PATH = {"registry-data", ATTACHMENT, RELEASE, "registry-droplet"}
 
@@ -49,21 +50,24 @@ class Deployed:
     run: ProgramRun
 
 
-def up(previous: Deployed | None, config: Mapping[str, Any] | None = None,
-       account: ProviderMocks | None = None) -> tuple[Deployed, Plan]:
+def up(
+    previous: Deployed | None,
+    config: Mapping[str, Any] | None = None,
+    account: ProviderMocks | None = None,
+) -> tuple[Deployed, Plan]:
     """`pulumi up` with config overrides on top of the dev stack, from `previous`, or from an
     empty stack (in a fresh account, or in `account` as a destroy left it)."""
     mocks = copy.deepcopy(previous.mocks) if previous else account or ProviderMocks()
     run = run_program(mocks=mocks, overrides=config)
-    return Deployed(mocks, run), plan_up(previous.run if previous else None, run,
-                                         now=mocks.now)
+    return Deployed(mocks, run), plan_up(previous.run if previous else None, run, now=mocks.now)
 
 
 def destroy(deployed: Deployed) -> tuple[ProviderMocks, Plan]:
     """`pulumi destroy`: the plan, and the account afterwards (what was not deleted stays)."""
     plan = plan_destroy(deployed.run)
-    deleted = {step.state.id for step in plan.steps
-               if step.type == schema.VOLUME and step.provider_call}
+    deleted = {
+        step.state.id for step in plan.steps if step.type == schema.VOLUME and step.provider_call
+    }
     return deployed.mocks.after_destroy(deleted), plan
 
 
@@ -95,8 +99,10 @@ def deployed(first_up: tuple[Deployed, Plan]) -> Deployed:
 
 # -- first up and a no-op up -----------------------------------------------------------------
 
+
 def test_first_up_creates_everything_and_mounts_after_attaching(
-        first_up: tuple[Deployed, Plan]) -> None:
+    first_up: tuple[Deployed, Plan],
+) -> None:
     deployed, plan = first_up
     custom = {r.name for r in deployed.run.resources.values() if r.custom}
     assert {step.action for step in plan.steps} == {"create"}
@@ -119,6 +125,7 @@ def test_an_unchanged_up_runs_nothing(deployed: Deployed) -> None:
 
 
 # -- users -----------------------------------------------------------------------------------
+
 
 def test_adding_a_user_rewrites_htpasswd_and_keeps_the_data_path(deployed: Deployed) -> None:
     _, plan = up(deployed, {"users": ["ci", "alice", "bob"]})
@@ -150,14 +157,17 @@ def test_rotating_passwords_replaces_them_and_reproves_the_clients(deployed: Dep
 
 # -- SSH keys (defect 4) ---------------------------------------------------------------------
 
+
 def test_adding_an_ssh_key_writes_it_on_every_host(deployed: Deployed) -> None:
     _, plan = up(deployed, {"sshPublicKeys": [EXTRA_SSH_KEY]})
     for name in ("registry-extra-ssh-keys", "client-0-extra-ssh-keys"):
         step = only_step(plan, name)
         assert step.action == "update" and step.host_command is not None
         assert step.state.inputs["stdin"] == EXTRA_SSH_KEY + "\n"
-    assert {step.name for step in plan.steps} == {"registry-extra-ssh-keys",
-                                                   "client-0-extra-ssh-keys"}
+    assert {step.name for step in plan.steps} == {
+        "registry-extra-ssh-keys",
+        "client-0-extra-ssh-keys",
+    }
 
 
 def test_removing_the_last_ssh_key_revokes_it(deployed: Deployed) -> None:
@@ -173,11 +183,13 @@ def test_removing_the_last_ssh_key_revokes_it(deployed: Deployed) -> None:
 
 def test_the_ssh_keys_file_is_cleared_when_its_command_is_deleted(deployed: Deployed) -> None:
     keys = registered(deployed.run, "registry-extra-ssh-keys")
-    assert keys.inputs["delete"] == ("if [ -e /root/.ssh/authorized_keys2 ]; "
-                                     "then : > /root/.ssh/authorized_keys2; fi")
+    assert keys.inputs["delete"] == (
+        "if [ -e /root/.ssh/authorized_keys2 ]; then : > /root/.ssh/authorized_keys2; fi"
+    )
 
 
 # -- the data volume: grow (defect 3), release before detach (defect 2) ----------------------
+
 
 def test_growing_the_volume_regrows_the_filesystem_after_the_resize(deployed: Deployed) -> None:
     _, plan = up(deployed, {"volumeSizeGb": 40})
@@ -185,7 +197,8 @@ def test_growing_the_volume_regrows_the_filesystem_after_the_resize(deployed: De
     assert (volume.action, volume.changed) == ("update", frozenset({"size"}))
     mount = only_step(plan, MOUNT, "replace")
     assert mount.host_command == script_command(
-        VOLUME_NAME, REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir)
+        VOLUME_NAME, REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir
+    )
     # The old mount command is dropped; it has no delete command, so nothing runs.
     assert only_step(plan, MOUNT, "delete-replaced").host_command is None
     assert mount.state.inputs["stdin"] == script("mount-data-volume.sh")
@@ -210,7 +223,8 @@ def test_destroy_releases_the_volume_before_detaching_it(deployed: Deployed) -> 
 
 
 def test_replacing_the_registry_droplet_releases_before_detach_and_mounts_the_same_volume(
-        deployed: Deployed) -> None:
+    deployed: Deployed,
+) -> None:
     after, plan = up(deployed, {"image": "ubuntu-22-04-x64"})
     old_ip = deployed.run.outputs["registryPublicIp"]
     new_ip = after.run.outputs["registryPublicIp"]
@@ -225,15 +239,17 @@ def test_replacing_the_registry_droplet_releases_before_detach_and_mounts_the_sa
     assert before(plan, (ACTIVATE, "replace"), ("registry-droplet", "delete-replaced"))
     mount = only_step(plan, MOUNT, "replace")
     assert mount.host == new_ip
-    assert mount.host_command == script_command(VOLUME_NAME, REGISTRY_LAYOUT.data_mount,
-                                                          REGISTRY_LAYOUT.data_dir)
+    assert mount.host_command == script_command(
+        VOLUME_NAME, REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir
+    )
     old_volume = registered(deployed.run, "registry-data").id
     assert registered(after.run, ATTACHMENT).inputs["volumeId"] == old_volume
     assert plan.of("registry-data") == []
 
 
 def test_switching_the_volume_releases_the_old_one_and_restarts_on_the_new_one(
-        deployed: Deployed) -> None:
+    deployed: Deployed,
+) -> None:
     mocks = copy.deepcopy(deployed.mocks)
     other = account_volume(mocks, "registry-images", "fra1", 50)
     after, plan = up(Deployed(mocks, deployed.run), {"existingVolume": "registry-images"})
@@ -243,7 +259,8 @@ def test_switching_the_volume_releases_the_old_one_and_restarts_on_the_new_one(
     assert before(plan, (ATTACHMENT, "replace"), (MOUNT, "replace"))
     assert before(plan, (MOUNT, "replace"), (ACTIVATE, "replace"))  # the registry starts again
     assert only_step(plan, MOUNT, "replace").host_command == script_command(
-        "registry-images", REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir)
+        "registry-images", REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir
+    )
     assert registered(after.run, ATTACHMENT).inputs["volumeId"] == other
     # The stack's own volume goes, after it is detached.
     assert before(plan, (ATTACHMENT, "delete-replaced"), ("registry-data", "delete"))
@@ -251,6 +268,7 @@ def test_switching_the_volume_releases_the_old_one_and_restarts_on_the_new_one(
 
 
 # -- region (volumes cannot move) ------------------------------------------------------------
+
 
 def test_a_region_change_is_refused_before_anything_changes(deployed: Deployed) -> None:
     mocks = copy.deepcopy(deployed.mocks)
@@ -260,9 +278,11 @@ def test_a_region_change_is_refused_before_anything_changes(deployed: Deployed) 
     message = str(refused.value)
     assert "private-registry:region" in message and "registry-dev-data is in fra1" in message
     assert "Set region back to fra1" in message
-    touched = [r.name for r in monitor.registrations.values()
-               if r.custom and r.inputs.get("region") == "nyc3"
-               and r.type != schema.VOLUME]  # the volume's region change is ignored
+    touched = [
+        r.name
+        for r in monitor.registrations.values()
+        if r.custom and r.inputs.get("region") == "nyc3" and r.type != schema.VOLUME
+    ]  # the volume's region change is ignored
     assert touched == []
     volume = next(r for r in monitor.registrations.values() if r.type == schema.VOLUME)
     assert volume.id == registered(deployed.run, "registry-data").id
@@ -270,15 +290,19 @@ def test_a_region_change_is_refused_before_anything_changes(deployed: Deployed) 
 
 
 def test_adopting_a_volume_in_another_region_is_refused_with_both_regions(
-        deployed: Deployed) -> None:
+    deployed: Deployed,
+) -> None:
     mocks = copy.deepcopy(deployed.mocks)
     account_volume(mocks, "images-in-london", "lon1", 20)
-    with pytest.raises(SettingsError, match="existingVolume 'images-in-london' is in lon1, but "
-                                            "private-registry:region is fra1"):
+    with pytest.raises(
+        SettingsError,
+        match="existingVolume 'images-in-london' is in lon1, but private-registry:region is fra1",
+    ):
         run_program(mocks=mocks, overrides={"existingVolume": "images-in-london"})
 
 
 # -- clients ---------------------------------------------------------------------------------
+
 
 def test_client_count_one_to_three_to_zero_touches_only_clients(deployed: Deployed) -> None:
     three, grow = up(deployed, {"clientCount": 3})
@@ -297,13 +321,19 @@ def test_client_count_one_to_three_to_zero_touches_only_clients(deployed: Deploy
 
 # -- certificate renewal ---------------------------------------------------------------------
 
+
 def test_certificate_renewal_reissues_and_replaces_the_served_certificate(
-        deployed: Deployed) -> None:
+    deployed: Deployed,
+) -> None:
     mocks = copy.deepcopy(deployed.mocks)
-    settings = parse_settings({key.split(":", 1)[1]: value
-                               for key, value in stack_config().items()})
-    mocks.advance_clock(datetime.timedelta(
-        hours=settings.cert_validity_hours - settings.cert_early_renewal_hours + 1))
+    settings = parse_settings(
+        {key.split(":", 1)[1]: value for key, value in stack_config().items()}
+    )
+    mocks.advance_clock(
+        datetime.timedelta(
+            hours=settings.cert_validity_hours - settings.cert_early_renewal_hours + 1
+        )
+    )
     after, plan = up(Deployed(mocks, deployed.run))
     only_step(plan, "registry-tls-cert", "replace")
     assert plan.of("ca-cert") == []  # the CA is not due yet
@@ -315,6 +345,7 @@ def test_certificate_renewal_reissues_and_replaces_the_served_certificate(
 
 
 # -- destroy (defects 1 and 2), keep the volume and come back (defect 7) ---------------------
+
 
 def test_destroy_deletes_everything_it_made_and_no_vpc(deployed: Deployed) -> None:
     plan = plan_destroy(deployed.run)
@@ -339,7 +370,8 @@ def test_destroy_keeping_the_volume_then_up_adopting_it(deployed: Deployed) -> N
     assert back.run.of_type(schema.VOLUME) == []  # adopted: read, never owned
     assert before(again, (ATTACHMENT, "create"), (MOUNT, "create"))
     assert only_step(again, MOUNT).host_command == script_command(
-        VOLUME_NAME, REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir)
+        VOLUME_NAME, REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir
+    )
     # Adopted by id works the same, and a later destroy leaves the volume alone.
     by_id, _ = up(None, {"existingVolume": volume_id}, account=copy.deepcopy(account))
     assert registered(by_id.run, ATTACHMENT).inputs["volumeId"] == volume_id
@@ -350,7 +382,8 @@ def test_destroy_keeping_the_volume_then_up_adopting_it(deployed: Deployed) -> N
 
 
 def test_up_after_keeping_the_volume_without_adopting_it_fails_on_the_name(
-        deployed: Deployed) -> None:
+    deployed: Deployed,
+) -> None:
     kept_up, _ = up(deployed, {"retainVolumeOnDestroy": True})
     account, _ = destroy(kept_up)
     with pytest.raises(Exception, match="409"):
@@ -360,14 +393,21 @@ def test_up_after_keeping_the_volume_without_adopting_it_fails_on_the_name(
 def account_volume(mocks: ProviderMocks, name: str, region: str, size: int) -> str:
     """A volume made outside this stack (by hand, or by another stack), with data on it."""
     volume_id = str(uuid.uuid4())
-    mocks.volumes[volume_id] = {"name": name, "region": region, "size": size,
-                                "urn": f"do:volume:{volume_id}", "description": "",
-                                "filesystemType": "ext4", "filesystemLabel": "registry-data",
-                                "dropletIds": []}
+    mocks.volumes[volume_id] = {
+        "name": name,
+        "region": region,
+        "size": size,
+        "urn": f"do:volume:{volume_id}",
+        "description": "",
+        "filesystemType": "ext4",
+        "filesystemLabel": "registry-data",
+        "dropletIds": [],
+    }
     return volume_id
 
 
 # -- command and droplet options (defects 6 and 9) -------------------------------------------
+
 
 def test_no_command_sends_its_previous_output_as_ssh_environment(deployed: Deployed) -> None:
     commands = deployed.run.commands()
@@ -386,6 +426,7 @@ def test_droplet_delete_timeout_fits_a_graceful_shutdown(deployed: Deployed) -> 
 
 # -- derived names (defect 13) ---------------------------------------------------------------
 
+
 def dev_config(**overrides: str) -> dict[str, str]:
     """The dev stack's raw config strings, keys without the project prefix."""
     raw = {key.split(":", 1)[1]: value for key, value in stack_config().items()}
@@ -396,9 +437,11 @@ def test_a_stack_name_too_long_for_digitalocean_names_is_refused_naming_the_limi
     stack = "s" * 46  # registry-<stack>-registry: 64 characters
     with pytest.raises(SettingsError) as refused:
         parse_settings(dev_config(clientCount="10"), stack)
-    assert (f"`pulumi stack` name {stack!r} makes the droplet name 'registry-{stack}-registry' "
-            "(64 characters; DigitalOcean allows 63): expected a stack name of at most 45 "
-            "characters") in str(refused.value)
+    assert (
+        f"`pulumi stack` name {stack!r} makes the droplet name 'registry-{stack}-registry' "
+        "(64 characters; DigitalOcean allows 63): expected a stack name of at most 45 "
+        "characters"
+    ) in str(refused.value)
 
 
 @pytest.mark.parametrize("stack", ["s" * 45, "Team_" + "P" * 40, "dev"])
@@ -421,58 +464,95 @@ def test_the_program_refuses_a_long_stack_name_before_any_resource() -> None:
 
 # -- the planner itself, on hand-made states -------------------------------------------------
 
-def resource_state(name: str, type_token: str, inputs: dict[str, Any],
-                   depends_on: tuple[str, ...] = (), property_dependencies: dict[str, list[str]]
-                   | None = None, deleted_with: str = "", retain_on_delete: bool = False,
-                   delete_before_replace: bool = False) -> Registration:
+
+def resource_state(
+    name: str,
+    type_token: str,
+    inputs: dict[str, Any],
+    depends_on: tuple[str, ...] = (),
+    property_dependencies: dict[str, list[str]] | None = None,
+    deleted_with: str = "",
+    retain_on_delete: bool = False,
+    delete_before_replace: bool = False,
+) -> Registration:
     property_dependencies = property_dependencies or {}
     return Registration(
-        urn=f"urn:{name}", type=type_token, name=name, custom=True, parent="",
-        dependencies=[*depends_on, *(urn for urns in property_dependencies.values()
-                                     for urn in urns)],
-        property_dependencies=property_dependencies, raw_inputs=inputs, inputs=inputs,
-        deleted_with=deleted_with, retain_on_delete=retain_on_delete,
-        delete_before_replace=delete_before_replace)
+        urn=f"urn:{name}",
+        type=type_token,
+        name=name,
+        custom=True,
+        parent="",
+        dependencies=[
+            *depends_on,
+            *(urn for urns in property_dependencies.values() for urn in urns),
+        ],
+        property_dependencies=property_dependencies,
+        raw_inputs=inputs,
+        inputs=inputs,
+        deleted_with=deleted_with,
+        retain_on_delete=retain_on_delete,
+        delete_before_replace=delete_before_replace,
+    )
 
 
 def state_of(*registrations: Registration) -> ProgramRun:
     return ProgramRun(resources={r.urn: r for r in registrations}, outputs={})
 
 
-def test_planner_deletes_only_dependents_whose_replacing_input_comes_from_a_dbr_resource(
-) -> None:
+def test_planner_deletes_only_dependents_whose_replacing_input_comes_from_a_dbr_resource() -> None:
     def world(droplet_id: int) -> ProgramRun:
         return state_of(
-            resource_state("attach", schema.ATTACHMENT, {"dropletId": droplet_id},
-                           delete_before_replace=True),
-            resource_state("release", schema.COMMAND,
-                           {"triggers": [f"a{droplet_id}"], "delete": "release"},
-                           depends_on=("urn:attach",),
-                           property_dependencies={"triggers": ["urn:attach"]}),
-            resource_state("after", schema.COMMAND, {"create": "x"}, depends_on=("urn:attach",)))
+            resource_state(
+                "attach", schema.ATTACHMENT, {"dropletId": droplet_id}, delete_before_replace=True
+            ),
+            resource_state(
+                "release",
+                schema.COMMAND,
+                {"triggers": [f"a{droplet_id}"], "delete": "release"},
+                depends_on=("urn:attach",),
+                property_dependencies={"triggers": ["urn:attach"]},
+            ),
+            resource_state("after", schema.COMMAND, {"create": "x"}, depends_on=("urn:attach",)),
+        )
+
     plan = plan_up(world(1), world(2))
-    assert plan.summary() == ["delete-replaced release", "delete-replaced attach",
-                              "replace attach", "replace release"]
+    assert plan.summary() == [
+        "delete-replaced release",
+        "delete-replaced attach",
+        "replace attach",
+        "replace release",
+    ]
     assert plan.host_commands() == [("release", "delete-replaced", "release")]
 
 
 def test_planner_skips_the_provider_for_deleted_with_and_retained_resources() -> None:
     droplet = resource_state("droplet", schema.DROPLET, {"image": "a"})
-    on_host = resource_state("on-host", schema.COMMAND, {"delete": "cleanup"},
-                             property_dependencies={"connection": ["urn:droplet"]},
-                             deleted_with="urn:droplet")
+    on_host = resource_state(
+        "on-host",
+        schema.COMMAND,
+        {"delete": "cleanup"},
+        property_dependencies={"connection": ["urn:droplet"]},
+        deleted_with="urn:droplet",
+    )
     volume = resource_state("volume", schema.VOLUME, {"size": 1}, retain_on_delete=True)
     everything = state_of(droplet, on_host, volume)
     assert plan_destroy(everything).summary() == [
-        "delete (no provider call) volume", "delete (no provider call) on-host", "delete droplet"]
+        "delete (no provider call) volume",
+        "delete (no provider call) on-host",
+        "delete droplet",
+    ]
     # The droplet stays: the command's delete runs on it.
     assert plan_up(everything, state_of(droplet, volume)).host_commands() == [
-        ("on-host", "delete", "cleanup")]
+        ("on-host", "delete", "cleanup")
+    ]
 
 
 def test_planner_creates_a_replacement_before_deleting_the_old_one() -> None:
     def world(image: str, size: str) -> ProgramRun:
         return state_of(resource_state("droplet", schema.DROPLET, {"image": image, "size": size}))
+
     assert plan_up(world("a", "s"), world("a", "m")).summary() == ["update droplet"]
     assert plan_up(world("a", "s"), world("b", "s")).summary() == [
-        "replace droplet", "delete-replaced droplet"]
+        "replace droplet",
+        "delete-replaced droplet",
+    ]

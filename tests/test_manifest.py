@@ -27,14 +27,28 @@ from tests.mocks import ProviderMocks
 from tests.realstack.hostsim import container_view, nginx_conf_path
 
 MOVED_REGISTRY = RegistryHostLayout(
-    config_dir="/opt/moved-config", data_mount="/mnt/moved-data",
-    unit_path="/usr/lib/systemd/system/moved.service", registry_service="moved-backend",
-    nginx_service="moved-front", registry_port=7000, debug_port=7001,
-    registry_storage="/moved-storage", nginx_dir="/moved-nginx")
+    config_dir="/opt/moved-config",
+    data_mount="/mnt/moved-data",
+    unit_path="/usr/lib/systemd/system/moved.service",
+    registry_service="moved-backend",
+    nginx_service="moved-front",
+    registry_port=7000,
+    debug_port=7001,
+    registry_storage="/moved-storage",
+    nginx_dir="/moved-nginx",
+)
 MOVED_CLIENT = ClientHostLayout(client_dir="/opt/moved-client")
 # What the defaults say, which a moved layout must say nowhere.
-DEFAULT_FACTS = ["/etc/registry", "/srv/registry", "registry.service", "/var/lib/registry",
-                 "/etc/nginx", ":5000", "5000/", "/etc/private-registry"]
+DEFAULT_FACTS = [
+    "/etc/registry",
+    "/srv/registry",
+    "registry.service",
+    "/var/lib/registry",
+    "/etc/nginx",
+    ":5000",
+    "5000/",
+    "/etc/private-registry",
+]
 
 
 def sample_stack_values(host_manifest: HostManifest) -> dict[str, object]:
@@ -49,18 +63,22 @@ def everything_said(host_manifest: HostManifest) -> dict[str, str]:
     said = {}
     for host_file in host_manifest.files:
         said[host_file.role] = "".join(
-            line for line in host_file.render(stack).splitlines(keepends=True)
-            if not line.lstrip().startswith("#"))
+            line
+            for line in host_file.render(stack).splitlines(keepends=True)
+            if not line.lstrip().startswith("#")
+        )
         said[f"{host_file.role} path"] = host_file.path
     for script in host_manifest.scripts:
         said[f"{script.role} arguments"] = json.dumps(script.arguments(stack))
     return said
 
 
-@pytest.mark.parametrize("host_manifest", [manifest.REGISTRY_HOST, manifest.CLIENT_HOST],
-                         ids=["registry", "client"])
+@pytest.mark.parametrize(
+    "host_manifest", [manifest.REGISTRY_HOST, manifest.CLIENT_HOST], ids=["registry", "client"]
+)
 def test_every_file_renders_with_exactly_its_values_and_no_placeholder_left(
-        host_manifest: HostManifest) -> None:
+    host_manifest: HostManifest,
+) -> None:
     for role, text in everything_said(host_manifest).items():
         assert "{{" not in text and "}}" not in text, role
 
@@ -84,32 +102,43 @@ def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> N
     nginx_conf = nginx_conf_path(compose, front)
     assert nginx_view[nginx_conf] == moved.file("nginx_conf").path
     conf = moved.file("nginx_conf").render(stack)
-    for directive, role in (("ssl_certificate", "server_cert"), ("ssl_certificate_key",
-                                                                 "server_key"),
-                            ("auth_basic_user_file", "htpasswd")):
-        read = [line.split()[1].rstrip(";") for line in conf.splitlines()
-                if line.split()[:1] == [directive]]
+    for directive, role in (
+        ("ssl_certificate", "server_cert"),
+        ("ssl_certificate_key", "server_key"),
+        ("auth_basic_user_file", "htpasswd"),
+    ):
+        read = [
+            line.split()[1].rstrip(";")
+            for line in conf.splitlines()
+            if line.split()[:1] == [directive]
+        ]
         assert read and {nginx_view[path] for path in read} == {moved.file(role).path}, directive
     assert f"server {backend}:{MOVED_REGISTRY.registry_port};" in conf
     registry_view = container_view(compose, backend, paths)
     assert registry_view[REGISTRY_CONFIG_FILE] == moved.file("registry_config").path
     assert compose["services"][backend]["env_file"] == [moved.file("registry_env").path]
-    assert f"{MOVED_REGISTRY.data_dir}:{MOVED_REGISTRY.registry_storage}" in \
-        compose["services"][backend]["volumes"]
+    assert (
+        f"{MOVED_REGISTRY.data_dir}:{MOVED_REGISTRY.registry_storage}"
+        in compose["services"][backend]["volumes"]
+    )
     registry_config = yaml.safe_load(moved.file("registry_config").render(stack))
     assert registry_config["http"]["addr"] == f":{MOVED_REGISTRY.registry_port}"
-    assert registry_config["storage"]["filesystem"]["rootdirectory"] == \
-        MOVED_REGISTRY.registry_storage
+    assert (
+        registry_config["storage"]["filesystem"]["rootdirectory"] == MOVED_REGISTRY.registry_storage
+    )
     unit = moved.file("systemd_unit").render(stack)
     assert f"RequiresMountsFor={MOVED_REGISTRY.data_mount}\n" in unit
     assert f"--file {moved.file('compose').path} " in unit
     assert f"exec -T {front} nginx -c {nginx_conf} -s reload" in unit
     assert moved.script("activate").arguments(stack) == [
-        "<registry_name>", "<port>", moved.file("compose").path, moved.file("ca_cert").path]
+        "<registry_name>",
+        "<port>",
+        moved.file("compose").path,
+        moved.file("ca_cert").path,
+    ]
 
 
-def test_the_program_places_and_runs_only_the_moved_layout(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_program_places_and_runs_only_the_moved_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest, "REGISTRY_HOST", registry_host(MOVED_REGISTRY))
     monkeypatch.setattr(manifest, "CLIENT_HOST", client_host(MOVED_CLIENT))
     run: ProgramRun = run_program(ProviderMocks())
@@ -118,8 +147,11 @@ def test_the_program_places_and_runs_only_the_moved_layout(
     for registration in commands:
         for field in ("create", "update", "delete", "stdin"):
             text = str(registration.inputs.get(field, ""))
-            stale = [fact for fact in ("/etc/registry", "/srv/registry", "/etc/private-registry")
-                     if fact in text]
+            stale = [
+                fact
+                for fact in ("/etc/registry", "/srv/registry", "/etc/private-registry")
+                if fact in text
+            ]
             assert not stale, f"{registration.name}.{field} still says {stale}"
     placed = "\n".join(str(c.inputs.get("create", "")) for c in commands)
     released = run.named("registry-release-data-volume").inputs["delete"]
@@ -138,8 +170,9 @@ def test_stack_values_must_be_exactly_the_ones_the_manifest_uses() -> None:
 
 
 def test_an_empty_optional_argument_is_left_out_and_a_missing_one_is_an_error() -> None:
-    script = HostScript("trust", "trust-registry.sh",
-                        ("fixed", StackValue("name"), StackValue("ip", optional=True)))
+    script = HostScript(
+        "trust", "trust-registry.sh", ("fixed", StackValue("name"), StackValue("ip", optional=True))
+    )
     assert script.arguments({"name": "n", "ip": "10.0.0.2"}) == ["fixed", "n", "10.0.0.2"]
     assert script.arguments({"name": "n", "ip": None}) == ["fixed", "n"]
     assert script.arguments({"name": "n", "ip": ""}) == ["fixed", "n"]

@@ -60,18 +60,25 @@ STACK = "(stack)"
 EVERYWHERE = ["0.0.0.0/0", "::/0"]
 CLIENT_CA_FILE = CLIENT_HOST.file("ca_cert").path
 CLIENT_PASSWORD_FILE = CLIENT_HOST.file("login_password").path
-EXTRA_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
-                 " me@laptop")
+EXTRA_SSH_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV me@laptop"
+)
 VARIANT = {
-    "domain": "example.com", "clientCount": 3, "port": 443, "tlsKeyAlgorithm": "RSA",
-    "retainVolumeOnDestroy": True, "adminCidrs": ["203.0.113.7/32"],
-    "allowedCidrs": ["198.51.100.0/24"], "sshPublicKeys": [EXTRA_SSH_KEY],
+    "domain": "example.com",
+    "clientCount": 3,
+    "port": 443,
+    "tlsKeyAlgorithm": "RSA",
+    "retainVolumeOnDestroy": True,
+    "adminCidrs": ["203.0.113.7/32"],
+    "allowedCidrs": ["198.51.100.0/24"],
+    "sshPublicKeys": [EXTRA_SSH_KEY],
 }
 # Every file the registry's service reads, placed by one command each.
 REGISTRY_FILE_COMMANDS = {command_name("registry", host_file) for host_file in REGISTRY_HOST.files}
 
 
 # -- runs ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def variant_run(run_with: Callable[[Mapping[str, Any]], ProgramRun]) -> ProgramRun:
@@ -99,6 +106,7 @@ def added_user_run(update_dev_stack: Callable[[Mapping[str, Any]], ProgramRun]) 
 
 
 # -- extraction helpers ----------------------------------------------------------------------
+
 
 def resource(run: ProgramRun, type_token: str, name: str) -> Registration:
     matches = [r for r in run.of_type(type_token) if r.name == name]
@@ -175,21 +183,27 @@ def secret_needles(run: ProgramRun) -> dict[str, list[str]]:
 
     PEM keys are searched line by line, so a re-wrapped or partial copy is found too.
     """
-    secrets: dict[str, str] = {f"password of {user}": password
-                               for user, password in run.outputs["passwords"].items()}
+    secrets: dict[str, str] = {
+        f"password of {user}": password for user, password in run.outputs["passwords"].items()
+    }
     secrets["admin SSH private key"] = run.outputs["sshPrivateKey"]
     secrets["server private key"] = command(run, "registry-file-server-key").inputs["stdin"]
     secrets["CA private key"] = resource(run, SIGNED_CERT, "registry-tls-cert").inputs[
-        "caPrivateKeyPem"]
+        "caPrivateKeyPem"
+    ]
     secrets["registry http secret"] = env_file_value(
-        command(run, "registry-file-registry-env").inputs["stdin"], "REGISTRY_HTTP_SECRET")
+        command(run, "registry-file-registry-env").inputs["stdin"], "REGISTRY_HTTP_SECRET"
+    )
     for user, hashed in htpasswd_lines(run).items():
         secrets[f"htpasswd hash of {user}"] = hashed
     needles: dict[str, list[str]] = {}
     for label, text in secrets.items():
         if "-----BEGIN" in text:
-            needles[label] = [line for line in text.splitlines()
-                              if len(line) >= 40 and not line.startswith("-----")]
+            needles[label] = [
+                line
+                for line in text.splitlines()
+                if len(line) >= 40 and not line.startswith("-----")
+            ]
         else:
             needles[label] = [text]
         assert needles[label] and all(len(needle) >= 16 for needle in needles[label]), label
@@ -202,19 +216,25 @@ def leaked_secrets(text: str, needles: Mapping[str, list[str]]) -> list[str]:
 
 # -- every resource, with its parent ---------------------------------------------------------
 
+
 def expected_resources(users: list[str], client_count: int) -> set[tuple[str, str, str]]:
     """(type, name, parent name) of everything the program makes without optional extras."""
     expected = {
-        (CREDENTIALS, "credentials", STACK), (CA, "ca", STACK), (NETWORK, "network", STACK),
+        (CREDENTIALS, "credentials", STACK),
+        (CA, "ca", STACK),
+        (NETWORK, "network", STACK),
         (SERVER, "registry", STACK),
         (PASSWORD, "credentials-registry-http-secret", "credentials"),
-        (PRIVATE_KEY, "ca-key", "ca"), (SELF_SIGNED, "ca-cert", "ca"),
+        (PRIVATE_KEY, "ca-key", "ca"),
+        (SELF_SIGNED, "ca-cert", "ca"),
         (PRIVATE_KEY, "network-admin-ssh-key", "network"),
         (SSH_KEY, "network-admin-ssh-key", "network"),
-        (TAG, "network-server-tag", "network"), (TAG, "network-client-tag", "network"),
+        (TAG, "network-server-tag", "network"),
+        (TAG, "network-client-tag", "network"),
         (FIREWALL, "network-server-firewall", "network"),
         (FIREWALL, "network-client-firewall", "network"),
-        (DROPLET, "registry-droplet", "registry"), (VOLUME, "registry-data", "registry"),
+        (DROPLET, "registry-droplet", "registry"),
+        (VOLUME, "registry-data", "registry"),
         (ATTACHMENT, "registry-data-attachment", "registry"),
         (SERVER_CERT, "registry-tls", "registry"),
         (PRIVATE_KEY, "registry-tls-key", "registry-tls"),
@@ -222,19 +242,33 @@ def expected_resources(users: list[str], client_count: int) -> set[tuple[str, st
         (SIGNED_CERT, "registry-tls-cert", "registry-tls"),
         (COMMAND, "registry-install-packages", "registry"),
         (COMMAND, "registry-mount-data-volume", "registry"),
-        (COMMAND, "registry-activate", "registry"), (COMMAND, RELEASE, "registry"),
+        (COMMAND, "registry-activate", "registry"),
+        (COMMAND, RELEASE, "registry"),
         (COMMAND, "registry-extra-ssh-keys", "registry"),
         *((COMMAND, name, "registry") for name in REGISTRY_FILE_COMMANDS),
     }
     for user in users:
-        expected |= {(PASSWORD, f"credentials-{user}-password", "credentials"),
-                     (RANDOM_BYTES, f"credentials-{user}-salt", "credentials")}
+        expected |= {
+            (PASSWORD, f"credentials-{user}-password", "credentials"),
+            (RANDOM_BYTES, f"credentials-{user}-salt", "credentials"),
+        }
     for index in range(client_count):
         client = f"client-{index}"
-        expected |= {(CLIENT, client, STACK), (DROPLET, f"{client}-droplet", client),
-                     *((COMMAND, f"{client}-{step}", client) for step in (
-                         "install-packages", "file-ca-cert", "file-login-password",
-                         "trust-registry", "verify-registry", "extra-ssh-keys"))}
+        expected |= {
+            (CLIENT, client, STACK),
+            (DROPLET, f"{client}-droplet", client),
+            *(
+                (COMMAND, f"{client}-{step}", client)
+                for step in (
+                    "install-packages",
+                    "file-ca-cert",
+                    "file-login-password",
+                    "trust-registry",
+                    "verify-registry",
+                    "extra-ssh-keys",
+                )
+            ),
+        }
     return expected
 
 
@@ -262,12 +296,17 @@ def test_three_clients_make_three_client_hosts(variant_run: ProgramRun) -> None:
 
 # -- droplets, volume, DNS -------------------------------------------------------------------
 
-@pytest.mark.parametrize(("droplet_name", "size", "tag"), [
-    ("registry-droplet", "s-1vcpu-2gb", "network-server-tag"),
-    ("client-0-droplet", "s-1vcpu-1gb", "network-client-tag"),
-])
+
+@pytest.mark.parametrize(
+    ("droplet_name", "size", "tag"),
+    [
+        ("registry-droplet", "s-1vcpu-2gb", "network-server-tag"),
+        ("client-0-droplet", "s-1vcpu-1gb", "network-client-tag"),
+    ],
+)
 def test_droplets_run_in_the_default_vpc_with_monitoring_and_the_admin_ssh_key(
-        dev_stack: DevStack, droplet_name: str, size: str, tag: str) -> None:
+    dev_stack: DevStack, droplet_name: str, size: str, tag: str
+) -> None:
     program_run = dev_stack.run
     droplet = resource(program_run, DROPLET, droplet_name)
     ssh_key = resource(program_run, SSH_KEY, "network-admin-ssh-key")
@@ -277,40 +316,50 @@ def test_droplets_run_in_the_default_vpc_with_monitoring_and_the_admin_ssh_key(
     assert "vpcUuid" not in inputs  # the region's default VPC, which DigitalOcean owns
     # The fingerprint DigitalOcean returned for the admin key.
     assert inputs["sshKeys"] == [
-        dev_stack.mocks.provided(SSH_KEY, "network-admin-ssh-key")[1]["fingerprint"]]
+        dev_stack.mocks.provided(SSH_KEY, "network-admin-ssh-key")[1]["fingerprint"]
+    ]
     assert droplet.property_dependencies["sshKeys"] == [ssh_key.urn]
     assert inputs["tags"] == [resource(program_run, TAG, tag).inputs["name"]]
     assert "privateNetworking" not in inputs  # deprecated: vpc_uuid places it
 
 
 @pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
-def test_no_vpc_that_destroy_could_not_delete(request: pytest.FixtureRequest,
-                                              run_fixture: str) -> None:
+def test_no_vpc_that_destroy_could_not_delete(
+    request: pytest.FixtureRequest, run_fixture: str
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     assert run.of_type(VPC) == []
 
 
 def test_admin_ssh_key_output_is_the_ed25519_key_registered_with_digitalocean(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     private_key = serialization.load_ssh_private_key(
-        program_run.outputs["sshPrivateKey"].encode(), password=None)
+        program_run.outputs["sshPrivateKey"].encode(), password=None
+    )
     assert isinstance(private_key, ed25519.Ed25519PrivateKey)
-    public = private_key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    public = (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     registered = resource(program_run, SSH_KEY, "network-admin-ssh-key").inputs["publicKey"]
     assert registered.strip() == public
 
 
 def test_data_volume_is_attached_to_the_registry_by_numeric_droplet_id(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     attachment = resource(program_run, ATTACHMENT, "registry-data-attachment")
     droplet_id = attachment.inputs["dropletId"]
     assert isinstance(droplet_id, (int, float)) and not isinstance(droplet_id, bool)
     assert droplet_id == int(droplet_id) > 0
     assert attachment.property_dependencies["dropletId"] == [
-        resource(program_run, DROPLET, "registry-droplet").urn]
+        resource(program_run, DROPLET, "registry-droplet").urn
+    ]
     assert attachment.property_dependencies["volumeId"] == [
-        resource(program_run, VOLUME, "registry-data").urn]
+        resource(program_run, VOLUME, "registry-data").urn
+    ]
 
 
 def test_data_volume_is_deleted_on_destroy_by_default(program_run: ProgramRun) -> None:
@@ -331,38 +380,50 @@ def test_domain_points_an_a_record_at_the_registry(variant_run: ProgramRun) -> N
     record = resource(variant_run, DNS_RECORD, "registry-dns")
     assert parent_name(variant_run, record) == "registry"
     assert {key: record.inputs[key] for key in ("domain", "name", "type", "value")} == {
-        "domain": "example.com", "name": "registry", "type": "A",
-        "value": variant_run.outputs["registryPublicIp"]}
+        "domain": "example.com",
+        "name": "registry",
+        "type": "A",
+        "value": variant_run.outputs["registryPublicIp"],
+    }
 
 
 def test_clients_map_the_registry_name_to_its_private_ip_without_a_domain(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     private_ip = program_run.outputs["registryPrivateIp"]
     assert command(program_run, "client-0-trust-registry").inputs["create"] == script_command(
-        "registry.internal", "5043", CLIENT_CA_FILE, private_ip)
+        "registry.internal", "5043", CLIENT_CA_FILE, private_ip
+    )
     assert command(program_run, "client-0-verify-registry").inputs["create"] == script_command(
-        "registry.internal:5043", "ci", CLIENT_PASSWORD_FILE)
+        "registry.internal:5043", "ci", CLIENT_PASSWORD_FILE
+    )
 
 
-def test_clients_use_the_dns_name_and_no_hosts_entry_with_a_domain(
-        variant_run: ProgramRun) -> None:
+def test_clients_use_the_dns_name_and_no_hosts_entry_with_a_domain(variant_run: ProgramRun) -> None:
     for index in range(3):
-        assert command(variant_run, f"client-{index}-trust-registry").inputs["create"] == \
-            script_command("registry.example.com", "443", CLIENT_CA_FILE)
-        assert command(variant_run, f"client-{index}-verify-registry").inputs["create"] == \
-            script_command("registry.example.com:443", "ci", CLIENT_PASSWORD_FILE)
+        assert command(variant_run, f"client-{index}-trust-registry").inputs[
+            "create"
+        ] == script_command("registry.example.com", "443", CLIENT_CA_FILE)
+        assert command(variant_run, f"client-{index}-verify-registry").inputs[
+            "create"
+        ] == script_command("registry.example.com:443", "ci", CLIENT_PASSWORD_FILE)
     assert variant_run.outputs["registryAddress"] == "registry.example.com:443"
     assert "/etc/hosts" not in variant_run.outputs["trustCaSteps"]
 
 
 # -- PKI -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("run_fixture", "names"), [
-    ("program_run", ["registry.internal"]),
-    ("variant_run", ["registry.internal", "registry.example.com"]),
-])
+
+@pytest.mark.parametrize(
+    ("run_fixture", "names"),
+    [
+        ("program_run", ["registry.internal"]),
+        ("variant_run", ["registry.internal", "registry.example.com"]),
+    ],
+)
 def test_server_certificate_verifies_against_the_ca_for_every_name_and_ip(
-        request: pytest.FixtureRequest, run_fixture: str, names: list[str]) -> None:
+    request: pytest.FixtureRequest, run_fixture: str, names: list[str]
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     cert, ca = server_certificate(run), ca_certificate(run)
     assert cert.issuer == ca.subject
@@ -374,7 +435,8 @@ def test_server_certificate_verifies_against_the_ca_for_every_name_and_ip(
     # What a Go or rustls client does: chain to the CA, then match the name or IP it dialled.
     store = Store([ca])
     subjects = [DNSName(name) for name in names] + [
-        IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        IPAddress(ipaddress.ip_address(ip)) for ip in ips
+    ]
     for subject in subjects:
         PolicyBuilder().store(store).build_server_verifier(subject).verify(cert, [])
 
@@ -391,10 +453,12 @@ def test_server_certificate_is_a_tls_server_leaf_not_a_ca(program_run: ProgramRu
 
 def test_server_key_matches_the_server_certificate(program_run: ProgramRun) -> None:
     key = serialization.load_pem_private_key(
-        command(program_run, "registry-file-server-key").inputs["stdin"].encode(), password=None)
+        command(program_run, "registry-file-server-key").inputs["stdin"].encode(), password=None
+    )
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == \
-        server_certificate(program_run).public_key().public_bytes(serialization.Encoding.DER, spki)
+    assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == server_certificate(
+        program_run
+    ).public_key().public_bytes(serialization.Encoding.DER, spki)
 
 
 def test_ca_is_a_self_signed_ca_that_hosts_receive_unchanged(program_run: ProgramRun) -> None:
@@ -418,18 +482,23 @@ def key_description(cert: x509.Certificate) -> str:
     return type(key).__name__
 
 
-@pytest.mark.parametrize(("run_fixture", "key"), [
-    ("program_run", "ECDSA secp256r1"),
-    ("variant_run", "RSA 3072"),
-])
+@pytest.mark.parametrize(
+    ("run_fixture", "key"),
+    [
+        ("program_run", "ECDSA secp256r1"),
+        ("variant_run", "RSA 3072"),
+    ],
+)
 def test_certificates_use_the_configured_key_algorithm(
-        request: pytest.FixtureRequest, run_fixture: str, key: str) -> None:
+    request: pytest.FixtureRequest, run_fixture: str, key: str
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     assert key_description(server_certificate(run)) == key
     assert key_description(ca_certificate(run)) == key
 
 
 # -- credentials -----------------------------------------------------------------------------
+
 
 def test_each_htpasswd_line_verifies_against_its_password(program_run: ProgramRun) -> None:
     passwords = program_run.outputs["passwords"]
@@ -450,7 +519,8 @@ def test_passwords_are_long_and_safe_in_htpasswd_shell_and_urls(program_run: Pro
 
 @pytest.mark.parametrize(("run_fixture", "rotation"), [("program_run", "0"), ("rotated_run", "1")])
 def test_passwords_and_salts_rotate_through_keepers(
-        request: pytest.FixtureRequest, run_fixture: str, rotation: str) -> None:
+    request: pytest.FixtureRequest, run_fixture: str, rotation: str
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     for user in ("ci", "alice"):
         password = resource(run, PASSWORD, f"credentials-{user}-password").inputs
@@ -461,11 +531,14 @@ def test_passwords_and_salts_rotate_through_keepers(
 
 
 def test_client_proof_logs_in_with_the_first_users_password(program_run: ProgramRun) -> None:
-    assert command(program_run, "client-0-file-login-password").inputs["stdin"] == \
-        program_run.outputs["passwords"]["ci"]
+    assert (
+        command(program_run, "client-0-file-login-password").inputs["stdin"]
+        == program_run.outputs["passwords"]["ci"]
+    )
 
 
 # -- firewalls -------------------------------------------------------------------------------
+
 
 def inbound_rules(run: ProgramRun, name: str) -> list[dict[str, Any]]:
     return resource(run, FIREWALL, name).inputs["inboundRules"]
@@ -484,20 +557,31 @@ def covers(port_range: str, port: int) -> bool:
     return int(low) <= port <= int(high or low)
 
 
-@pytest.mark.parametrize(("run_fixture", "admin_cidrs", "port", "registry_sources"), [
-    ("program_run", EVERYWHERE, "5043", None),
-    ("variant_run", ["203.0.113.7/32"], "443", ["198.51.100.0/24"]),
-])
+@pytest.mark.parametrize(
+    ("run_fixture", "admin_cidrs", "port", "registry_sources"),
+    [
+        ("program_run", EVERYWHERE, "5043", None),
+        ("variant_run", ["203.0.113.7/32"], "443", ["198.51.100.0/24"]),
+    ],
+)
 def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_only(
-        request: pytest.FixtureRequest, run_fixture: str, admin_cidrs: list[str], port: str,
-        registry_sources: list[str] | None) -> None:
+    request: pytest.FixtureRequest,
+    run_fixture: str,
+    admin_cidrs: list[str],
+    port: str,
+    registry_sources: list[str] | None,
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     ssh = {"protocol": "tcp", "portRange": "22", "sourceAddresses": admin_cidrs}
     client_tag = resource(run, TAG, "network-client-tag").inputs["name"]
     assert inbound_rules(run, "network-server-firewall") == [
         ssh,
-        {"protocol": "tcp", "portRange": port, "sourceTags": [client_tag],
-         **({"sourceAddresses": registry_sources} if registry_sources else {})},
+        {
+            "protocol": "tcp",
+            "portRange": port,
+            "sourceTags": [client_tag],
+            **({"sourceAddresses": registry_sources} if registry_sources else {}),
+        },
     ]
     assert inbound_rules(run, "network-client-firewall") == [ssh]
     assert outbound_is_open(run, "network-server-firewall")
@@ -505,15 +589,20 @@ def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_only(
 
 
 def test_firewalls_select_the_droplets_by_their_tags(program_run: ProgramRun) -> None:
-    for firewall, droplet in (("network-server-firewall", "registry-droplet"),
-                              ("network-client-firewall", "client-0-droplet")):
-        assert resource(program_run, FIREWALL, firewall).inputs["tags"] == \
-            resource(program_run, DROPLET, droplet).inputs["tags"]
+    for firewall, droplet in (
+        ("network-server-firewall", "registry-droplet"),
+        ("network-client-firewall", "client-0-droplet"),
+    ):
+        assert (
+            resource(program_run, FIREWALL, firewall).inputs["tags"]
+            == resource(program_run, DROPLET, droplet).inputs["tags"]
+        )
 
 
 @pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
 def test_no_firewall_rule_opens_the_registrys_own_ports(
-        request: pytest.FixtureRequest, run_fixture: str) -> None:
+    request: pytest.FixtureRequest, run_fixture: str
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     for firewall in run.of_type(FIREWALL):
         for rule in firewall.inputs["inboundRules"]:
@@ -523,8 +612,10 @@ def test_no_firewall_rule_opens_the_registrys_own_ports(
 
 # -- remote commands: order, lifetime, connection --------------------------------------------
 
+
 def test_registry_service_starts_after_every_file_is_placed_and_the_volume_mounted(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     placed = {c.name for c in program_run.commands() if c.name.startswith("registry-file-")}
     assert placed == REGISTRY_FILE_COMMANDS
     activate = dependency_names(program_run, command(program_run, "registry-activate"))
@@ -535,15 +626,20 @@ def test_data_volume_is_mounted_after_it_is_attached(program_run: ProgramRun) ->
     mount = command(program_run, "registry-mount-data-volume")
     assert "registry-data-attachment" in dependency_names(program_run, mount)
     assert mount.inputs["create"] == script_command(
-        "registry-dev-data", REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir)
+        "registry-dev-data", REGISTRY_LAYOUT.data_mount, REGISTRY_LAYOUT.data_dir
+    )
     assert resource(program_run, VOLUME, "registry-data").inputs["name"] == "registry-dev-data"
 
 
 def test_client_proof_runs_after_trust_password_file_and_registry_activation(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     verify = dependency_names(program_run, command(program_run, "client-0-verify-registry"))
-    assert {"client-0-trust-registry", "client-0-file-login-password",
-            "registry-activate"} <= verify
+    assert {
+        "client-0-trust-registry",
+        "client-0-file-login-password",
+        "registry-activate",
+    } <= verify
 
 
 def test_ca_is_trusted_after_the_ca_file_is_placed(program_run: ProgramRun) -> None:
@@ -553,20 +649,23 @@ def test_ca_is_trusted_after_the_ca_file_is_placed(program_run: ProgramRun) -> N
 
 @pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
 def test_every_command_is_deleted_with_its_droplet(
-        request: pytest.FixtureRequest, run_fixture: str) -> None:
+    request: pytest.FixtureRequest, run_fixture: str
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     for registration in run.commands():
         if registration.name == RELEASE:  # must run on destroy: see tests/test_lifecycle.py
             assert registration.deleted_with == ""
         else:
-            assert registration.deleted_with == droplet_of(run, registration).urn, \
-                registration.name
+            assert registration.deleted_with == droplet_of(run, registration).urn, registration.name
 
 
 def test_every_command_reaches_its_droplet_as_root_with_a_patient_dial(
-        program_run: ProgramRun) -> None:
-    public_ips = {"registry-droplet": program_run.outputs["registryPublicIp"],
-                  "client-0-droplet": program_run.outputs["clientPublicIps"][0]}
+    program_run: ProgramRun,
+) -> None:
+    public_ips = {
+        "registry-droplet": program_run.outputs["registryPublicIp"],
+        "client-0-droplet": program_run.outputs["clientPublicIps"][0],
+    }
     for registration in program_run.commands():
         connection = registration.inputs["connection"]
         assert connection["host"] == public_ips[droplet_of(program_run, registration).name]
@@ -578,8 +677,11 @@ def test_every_command_reaches_its_droplet_as_root_with_a_patient_dial(
 
 def test_scripts_travel_on_stdin_as_the_files_in_the_repository(program_run: ProgramRun) -> None:
     scripts = {path.read_text() for path in (ROOT / "files" / "scripts").glob("*.sh")}
-    script_commands = [c for c in program_run.commands()
-                       if (c.inputs.get("create") or c.inputs["delete"]).startswith("bash -s -- ")]
+    script_commands = [
+        c
+        for c in program_run.commands()
+        if (c.inputs.get("create") or c.inputs["delete"]).startswith("bash -s -- ")
+    ]
     assert len(script_commands) == 7
     for registration in script_commands:
         assert registration.inputs["stdin"] in scripts, registration.name
@@ -587,8 +689,8 @@ def test_scripts_travel_on_stdin_as_the_files_in_the_repository(program_run: Pro
 
 # -- secrets ---------------------------------------------------------------------------------
 
-def test_only_passwords_and_the_ssh_private_key_are_secret_outputs(
-        program_run: ProgramRun) -> None:
+
+def test_only_passwords_and_the_ssh_private_key_are_secret_outputs(program_run: ProgramRun) -> None:
     assert program_run.secret_outputs == {"passwords", "sshPrivateKey"}
 
 
@@ -601,7 +703,8 @@ def test_non_secret_outputs_carry_no_secret(program_run: ProgramRun) -> None:
 
 @pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
 def test_no_secret_in_any_command_line_environment_or_trigger(
-        request: pytest.FixtureRequest, run_fixture: str) -> None:
+    request: pytest.FixtureRequest, run_fixture: str
+) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     needles = secret_needles(run)
     for registration in run.commands():
@@ -611,12 +714,18 @@ def test_no_secret_in_any_command_line_environment_or_trigger(
 
 
 def test_commands_with_a_secret_on_stdin_keep_it_secret_and_log_nothing(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     needles = secret_needles(program_run)
-    carrying = {c.name for c in program_run.commands()
-                if leaked_secrets(c.inputs.get("stdin", ""), needles)}
-    assert carrying == {"registry-file-htpasswd", "registry-file-registry-env",
-                        "registry-file-server-key", "client-0-file-login-password"}
+    carrying = {
+        c.name for c in program_run.commands() if leaked_secrets(c.inputs.get("stdin", ""), needles)
+    }
+    assert carrying == {
+        "registry-file-htpasswd",
+        "registry-file-registry-env",
+        "registry-file-server-key",
+        "client-0-file-login-password",
+    }
     for name in carrying:
         registration = command(program_run, name)
         assert registration.is_secret_input("stdin"), name
@@ -624,10 +733,14 @@ def test_commands_with_a_secret_on_stdin_keep_it_secret_and_log_nothing(
 
 
 def test_files_holding_secrets_land_private_to_root_or_the_nginx_group(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     needles = secret_needles(program_run)
-    placed = {placed_file(c) for c in program_run.commands()
-              if leaked_secrets(c.inputs.get("stdin", ""), needles)}
+    placed = {
+        placed_file(c)
+        for c in program_run.commands()
+        if leaked_secrets(c.inputs.get("stdin", ""), needles)
+    }
     assert placed == {
         PlacedFile(REGISTRY_HOST.file("htpasswd").path, f"0:{NGINX_WORKER_GID}", "0640"),
         PlacedFile(REGISTRY_HOST.file("registry_env").path, "0:0", "0600"),
@@ -637,10 +750,13 @@ def test_files_holding_secrets_land_private_to_root_or_the_nginx_group(
 
 
 def test_private_keys_and_passwords_stay_secret_where_they_are_consumed(
-        program_run: ProgramRun) -> None:
-    secret_inputs = [(SELF_SIGNED, "ca-cert", "privateKeyPem"),
-                     (CERT_REQUEST, "registry-tls-csr", "privateKeyPem"),
-                     (SIGNED_CERT, "registry-tls-cert", "caPrivateKeyPem")]
+    program_run: ProgramRun,
+) -> None:
+    secret_inputs = [
+        (SELF_SIGNED, "ca-cert", "privateKeyPem"),
+        (CERT_REQUEST, "registry-tls-csr", "privateKeyPem"),
+        (SIGNED_CERT, "registry-tls-cert", "caPrivateKeyPem"),
+    ]
     for type_token, name, key in secret_inputs:
         assert resource(program_run, type_token, name).is_secret_input(key), f"{name}.{key}"
     for registration in program_run.commands():
@@ -648,6 +764,7 @@ def test_private_keys_and_passwords_stay_secret_where_they_are_consumed(
 
 
 # -- a second `pulumi up` --------------------------------------------------------------------
+
 
 def command_inputs(run: ProgramRun) -> dict[str, dict[str, Any]]:
     return {c.name: c.inputs for c in run.commands()}
@@ -659,21 +776,27 @@ def changed_commands(before: ProgramRun, after: ProgramRun) -> set[str]:
 
 
 def test_unchanged_config_gives_byte_identical_remote_commands(
-        program_run: ProgramRun, unchanged_rerun: ProgramRun) -> None:
+    program_run: ProgramRun, unchanged_rerun: ProgramRun
+) -> None:
     before, after = command_inputs(program_run), command_inputs(unchanged_rerun)
     assert before.keys() == after.keys()
     for name in before:
         assert before[name].keys() == after[name].keys(), name
         for field in before[name]:
-            assert json.dumps(before[name][field], sort_keys=True) == \
-                json.dumps(after[name][field], sort_keys=True), f"{name}.{field}"
+            assert json.dumps(before[name][field], sort_keys=True) == json.dumps(
+                after[name][field], sort_keys=True
+            ), f"{name}.{field}"
 
 
 def test_password_rotation_rewrites_htpasswd_and_reactivates_without_other_file_changes(
-        program_run: ProgramRun, rotated_run: ProgramRun) -> None:
+    program_run: ProgramRun, rotated_run: ProgramRun
+) -> None:
     assert changed_commands(program_run, rotated_run) == {
-        "registry-file-htpasswd", "registry-activate",
-        "client-0-file-login-password", "client-0-verify-registry"}
+        "registry-file-htpasswd",
+        "registry-activate",
+        "client-0-file-login-password",
+        "client-0-verify-registry",
+    }
     activate_before = command(program_run, "registry-activate").inputs
     activate_after = command(rotated_run, "registry-activate").inputs
     assert activate_before["create"] == activate_after["create"]
@@ -685,11 +808,15 @@ def test_password_rotation_rewrites_htpasswd_and_reactivates_without_other_file_
 
 
 def test_adding_a_user_adds_an_htpasswd_line_and_keeps_the_others(
-        program_run: ProgramRun, added_user_run: ProgramRun) -> None:
+    program_run: ProgramRun, added_user_run: ProgramRun
+) -> None:
     # nginx.conf carries each user's grants (components/access.py), so it changes too.
     assert changed_commands(program_run, added_user_run) == {
-        "registry-file-htpasswd", "registry-file-nginx-conf", "registry-activate",
-        "client-0-verify-registry"}
+        "registry-file-htpasswd",
+        "registry-file-nginx-conf",
+        "registry-activate",
+        "client-0-verify-registry",
+    }
     old_lines, new_lines = htpasswd_lines(program_run), htpasswd_lines(added_user_run)
     assert list(new_lines) == ["ci", "alice", "bob"]
     assert {user: new_lines[user] for user in old_lines} == old_lines
@@ -698,6 +825,7 @@ def test_adding_a_user_adds_an_htpasswd_line_and_keeps_the_others(
 
 # -- outputs ---------------------------------------------------------------------------------
 
+
 def test_outputs_describe_the_registry(dev_stack: DevStack) -> None:
     outputs, mocks = dev_stack.run.outputs, dev_stack.mocks
     assert outputs["registryAddress"] == "registry.internal:5043"
@@ -705,9 +833,12 @@ def test_outputs_describe_the_registry(dev_stack: DevStack) -> None:
     # Each address and id is the one DigitalOcean returned for that very resource.
     _, registry = mocks.provided(DROPLET, "registry-droplet")
     assert (outputs["registryPublicIp"], outputs["registryPrivateIp"]) == (
-        registry["ipv4Address"], registry["ipv4AddressPrivate"])
+        registry["ipv4Address"],
+        registry["ipv4AddressPrivate"],
+    )
     assert outputs["clientPrivateIps"] == [
-        mocks.provided(DROPLET, "client-0-droplet")[1]["ipv4AddressPrivate"]]
+        mocks.provided(DROPLET, "client-0-droplet")[1]["ipv4AddressPrivate"]
+    ]
     assert outputs["dataVolumeId"] == mocks.provided(VOLUME, "registry-data")[0]
     assert outputs["caCertificatePem"] == mocks.provided(SELF_SIGNED, "ca-cert")[1]["certPem"]
 
@@ -720,20 +851,22 @@ def test_docker_login_command_reads_the_password_from_stdin(program_run: Program
 
 
 def test_trust_ca_steps_install_the_ca_for_docker_podman_and_the_system(
-        program_run: ProgramRun) -> None:
+    program_run: ProgramRun,
+) -> None:
     steps = program_run.outputs["trustCaSteps"].splitlines()
     assert steps[0] == "pulumi stack output caCertificatePem > private-registry-ca.crt"
     for directory in ("/etc/docker/certs.d", "/etc/containers/certs.d"):
-        assert f"sudo install -D -m 0644 private-registry-ca.crt " \
-               f"{directory}/registry.internal:5043/ca.crt" in steps
+        assert (
+            f"sudo install -D -m 0644 private-registry-ca.crt "
+            f"{directory}/registry.internal:5043/ca.crt" in steps
+        )
     assert "sudo update-ca-certificates" in steps
     public_ip = program_run.outputs["registryPublicIp"]
     assert steps[-1] == f"echo '{public_ip} registry.internal' | sudo tee -a /etc/hosts"
 
 
 def test_extra_ssh_keys_are_placed_on_every_host(variant_run: ProgramRun) -> None:
-    names = ["registry-extra-ssh-keys",
-             *(f"client-{index}-extra-ssh-keys" for index in range(3))]
+    names = ["registry-extra-ssh-keys", *(f"client-{index}-extra-ssh-keys" for index in range(3))]
     for name in names:
         registration = command(variant_run, name)
         assert registration.inputs["stdin"] == EXTRA_SSH_KEY + "\n"

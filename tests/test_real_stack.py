@@ -57,8 +57,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client_trust(program: ProgramRun, workdir: Path) -> dict[str, object]:
     """The client host's trust script, run twice over a private root."""
     root = workdir / "client-root"
-    etc, local_ca = (Sandbox(root).upper(path)
-                     for path in ("/etc", "/usr/local/share/ca-certificates"))
+    etc, local_ca = (
+        Sandbox(root).upper(path) for path in ("/etc", "/usr/local/share/ca-certificates")
+    )
     first = apply_client_trust(program, root)
     after_first = tree_snapshot(etc), tree_snapshot(local_ca)
     second = apply_client_trust(program, root)
@@ -67,8 +68,9 @@ def client_trust(program: ProgramRun, workdir: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def sim(program: ProgramRun, workdir: Path,
-        client_trust: dict[str, object]) -> Iterator[RegistryHostSim]:
+def sim(
+    program: ProgramRun, workdir: Path, client_trust: dict[str, object]
+) -> Iterator[RegistryHostSim]:
     host = RegistryHostSim(program, workdir / "host")
     host.set_client_etc(Sandbox(Path(str(client_trust["root"]))).upper("/etc"))
     with host:
@@ -81,14 +83,16 @@ def skopeo(sim: RegistryHostSim, workdir: Path) -> Skopeo:
     return Skopeo.logged_in(sim, workdir / "skopeo")
 
 
-def curl(sim: RegistryHostSim, *args: str,
-         trusted: bool = True) -> subprocess.CompletedProcess[bytes]:
+def curl(
+    sim: RegistryHostSim, *args: str, trusted: bool = True
+) -> subprocess.CompletedProcess[bytes]:
     return sim.client("curl", "-sS", "--max-time", "10", *args, trusted=trusted, check=False)
 
 
 # -- the client host's trust script ----------------------------------------------------------
-def test_client_trust_script_installs_ca_and_hosts_entry(program: ProgramRun,
-                                                         client_trust: dict[str, object]) -> None:
+def test_client_trust_script_installs_ca_and_hosts_entry(
+    program: ProgramRun, client_trust: dict[str, object]
+) -> None:
     for result in client_trust["runs"]:  # type: ignore[attr-defined]
         assert result.returncode == 0, result.stderr.decode()
     root = Path(str(client_trust["root"]))
@@ -121,7 +125,8 @@ def test_every_generated_user_can_log_in(sim: RegistryHostSim, skopeo: Skopeo) -
 
 
 def test_skopeo_push_then_pull_returns_same_manifest_and_layers(
-        sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> None:
+    sim: RegistryHostSim, skopeo: Skopeo, workdir: Path
+) -> None:
     image = build_image(workdir / "multi", "v1", [1 * MiB, 64 * 1024, 3 * MiB], seed="multi")
     pushed = skopeo.push(image, "team/multi", "ci")
     assert pushed == image.manifest_digest
@@ -146,13 +151,22 @@ def podman_roundtrip(podman: Podman, sim: RegistryHostSim, workdir: Path) -> Non
     reference = f"{sim.address}/team/podman:v1"
     image_id = podman("images", "--quiet", "--no-trunc").stdout.decode().split()[0]
     digest_file = workdir / "podman-digest"
-    podman("push", "--quiet", "--authfile", str(podman.authfile), "--digestfile",
-           str(digest_file), image_id, f"docker://{reference}")
+    podman(
+        "push",
+        "--quiet",
+        "--authfile",
+        str(podman.authfile),
+        "--digestfile",
+        str(digest_file),
+        image_id,
+        f"docker://{reference}",
+    )
     pushed = digest_file.read_text().strip()
     podman("rmi", "--all", "--force")
     podman("pull", "--quiet", "--authfile", str(podman.authfile), reference)
-    inspected = podman("image", "inspect", "--format", "{{.Digest}} {{json .RootFS.Layers}}",
-                       reference).stdout.decode()
+    inspected = podman(
+        "image", "inspect", "--format", "{{.Digest}} {{json .RootFS.Layers}}", reference
+    ).stdout.decode()
     digest, layers = inspected.split(" ", 1)
     assert digest == pushed
     # podman stores uncompressed layers: their digests are the layout's diff ids.
@@ -161,52 +175,93 @@ def podman_roundtrip(podman: Podman, sim: RegistryHostSim, workdir: Path) -> Non
 
 # -- authentication --------------------------------------------------------------------------
 def test_no_wrong_or_unknown_credentials_get_401_with_basic_challenge(
-        sim: RegistryHostSim, skopeo: Skopeo) -> None:
+    sim: RegistryHostSim, skopeo: Skopeo
+) -> None:
     url = f"https://{sim.address}/v2/"
     anonymous = curl(sim, "-i", url).stdout.decode()
     assert anonymous.startswith("HTTP/1.1 401")
     assert header_lines(anonymous, "WWW-Authenticate") == [
-        'WWW-Authenticate: Basic realm="private registry"']
-    for user, password in (("ci", "not-the-password"), ("mallory", sim.passwords["ci"]),
-                           ("alice", sim.passwords["ci"])):
+        'WWW-Authenticate: Basic realm="private registry"'
+    ]
+    for user, password in (
+        ("ci", "not-the-password"),
+        ("mallory", sim.passwords["ci"]),
+        ("alice", sim.passwords["ci"]),
+    ):
         code = curl(sim, "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", url)
         assert code.stdout == b"401"  # sanity: no credentials at all
-        result = sim.client("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-",
-                            url, input=f'user = "{user}:{password}"\n'.encode(), check=False)
+        result = sim.client(
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-K",
+            "-",
+            url,
+            input=f'user = "{user}:{password}"\n'.encode(),
+            check=False,
+        )
         assert result.stdout == b"401", (user, result.stdout)
     assert skopeo.login("ci", password="wrong", check=False).returncode != 0
-    good = sim.client("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", url,
-                      input=f'user = "ci:{sim.passwords["ci"]}"\n'.encode(), check=False)
+    good = sim.client(
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-K",
+        "-",
+        url,
+        input=f'user = "ci:{sim.passwords["ci"]}"\n'.encode(),
+        check=False,
+    )
     assert good.stdout == b"200"
 
 
 def test_api_version_header_appears_exactly_once(sim: RegistryHostSim) -> None:
     url = f"https://{sim.address}/v2/"
     own_401 = curl(sim, "-i", url).stdout.decode()
-    proxied = sim.client("curl", "-sS", "-i", "-K", "-", url,
-                         input=f'user = "ci:{sim.passwords["ci"]}"\n'.encode()).stdout.decode()
+    proxied = sim.client(
+        "curl", "-sS", "-i", "-K", "-", url, input=f'user = "ci:{sim.passwords["ci"]}"\n'.encode()
+    ).stdout.decode()
     assert proxied.startswith("HTTP/1.1 200")
     for response in (own_401, proxied):
         assert header_lines(response, "Docker-Distribution-Api-Version") == [
-            "Docker-Distribution-Api-Version: registry/2.0"]
+            "Docker-Distribution-Api-Version: registry/2.0"
+        ]
 
 
 # -- deletes (CVE-2026-41888: registries before 3.1.1 delete tags even with deletes off) -----
-def delete_request(sim: RegistryHostSim, path: str,
-                   credentials: tuple[str, str] | None) -> str:
+def delete_request(sim: RegistryHostSim, path: str, credentials: tuple[str, str] | None) -> str:
     """`DELETE https://<registry>/v2/<path>` as a user (password on stdin); the raw response."""
     config = f'user = "{credentials[0]}:{credentials[1]}"\n' if credentials else ""
-    return sim.client("curl", "-sS", "-i", "-X", "DELETE", "-K", "-",
-                      f"https://{sim.address}/v2/{path}", input=config.encode(),
-                      check=False).stdout.decode()
+    return sim.client(
+        "curl",
+        "-sS",
+        "-i",
+        "-X",
+        "DELETE",
+        "-K",
+        "-",
+        f"https://{sim.address}/v2/{path}",
+        input=config.encode(),
+        check=False,
+    ).stdout.decode()
 
 
 def test_delete_by_tag_digest_or_blob_is_denied_for_every_user_and_the_image_still_pulls(
-        sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> None:
+    sim: RegistryHostSim, skopeo: Skopeo, workdir: Path
+) -> None:
     image = build_image(workdir / "keep", "v1", [256 * 1024], seed="keep")
     assert skopeo.push(image, "team/keep", "ci") == image.manifest_digest
-    paths = ["team/keep/manifests/v1", f"team/keep/manifests/{image.manifest_digest}",
-             f"team/keep/blobs/{image.layer_digests[0]}"]
+    paths = [
+        "team/keep/manifests/v1",
+        f"team/keep/manifests/{image.manifest_digest}",
+        f"team/keep/blobs/{image.layer_digests[0]}",
+    ]
     denied = 0
     for user, password in sim.passwords.items():
         for path in paths:
@@ -215,7 +270,8 @@ def test_delete_by_tag_digest_or_blob_is_denied_for_every_user_and_the_image_sti
             assert head.startswith("HTTP/1.1 403"), (user, path, head)
             assert header_lines(head, "Content-Type") == ["Content-Type: application/json"]
             assert header_lines(head, "Docker-Distribution-Api-Version") == [
-                "Docker-Distribution-Api-Version: registry/2.0"]
+                "Docker-Distribution-Api-Version: registry/2.0"
+            ]
             assert [error["code"] for error in json.loads(body)["errors"]] == ["DENIED"]
             denied += 1
     assert denied == len(sim.passwords) * len(paths)
@@ -224,8 +280,14 @@ def test_delete_by_tag_digest_or_blob_is_denied_for_every_user_and_the_image_sti
     assert delete_request(sim, paths[0], ("ci", "wrong")).startswith("HTTP/1.1 401")
     manifest, layers = skopeo.pull("team/keep", "v1", "alice", workdir / "keep-pulled")
     assert (manifest, layers) == (image.manifest_digest, image.layer_digests)
-    by_digest = sim.client("skopeo", "inspect", "--raw", "--authfile", str(skopeo.authfile("ci")),
-                           f"docker://{sim.address}/team/keep@{image.manifest_digest}")
+    by_digest = sim.client(
+        "skopeo",
+        "inspect",
+        "--raw",
+        "--authfile",
+        str(skopeo.authfile("ci")),
+        f"docker://{sim.address}/team/keep@{image.manifest_digest}",
+    )
     assert "sha256:" + hashlib.sha256(by_digest.stdout).hexdigest() == image.manifest_digest
 
 
@@ -235,68 +297,136 @@ def test_client_without_the_ca_fails_and_with_the_ca_output_succeeds(sim: Regist
     resolve = f"{sim.registry_name}:{sim.port}:{sim.registry_ip}"
     untrusted = curl(sim, "--resolve", resolve, url, trusted=False)
     assert untrusted.returncode == 60, untrusted.stderr  # peer certificate cannot be verified
-    with_ca = curl(sim, "--resolve", resolve, "--cacert", str(sim.ca_file), "-o", "/dev/null",
-                   "-w", "%{http_code}", url, trusted=False)
+    with_ca = curl(
+        sim,
+        "--resolve",
+        resolve,
+        "--cacert",
+        str(sim.ca_file),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+        trusted=False,
+    )
     assert with_ca.stdout == b"401"
 
 
 def test_server_chain_verifies_for_the_registry_name(sim: RegistryHostSim) -> None:
-    result = sim.client("openssl", "s_client", "-connect", f"{sim.registry_ip}:{sim.port}",
-                        "-servername", sim.registry_name, "-CAfile", str(sim.ca_file),
-                        "-verify_hostname", sim.registry_name, "-verify_return_error",
-                        input=b"", check=False, trusted=False)
+    result = sim.client(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"{sim.registry_ip}:{sim.port}",
+        "-servername",
+        sim.registry_name,
+        "-CAfile",
+        str(sim.ca_file),
+        "-verify_hostname",
+        sim.registry_name,
+        "-verify_return_error",
+        input=b"",
+        check=False,
+        trusted=False,
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert b"Verify return code: 0 (ok)" in result.stdout
-    wrong_name = sim.client("openssl", "s_client", "-connect", f"{sim.registry_ip}:{sim.port}",
-                            "-CAfile", str(sim.ca_file), "-verify_hostname", "other.example",
-                            "-verify_return_error", input=b"", check=False, trusted=False)
+    wrong_name = sim.client(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"{sim.registry_ip}:{sim.port}",
+        "-CAfile",
+        str(sim.ca_file),
+        "-verify_hostname",
+        "other.example",
+        "-verify_return_error",
+        input=b"",
+        check=False,
+        trusted=False,
+    )
     assert wrong_name.returncode != 0
 
 
-@pytest.mark.parametrize(("flag", "accepted"), [("-tls1", False), ("-tls1_1", False),
-                                                ("-tls1_2", True), ("-tls1_3", True)])
+@pytest.mark.parametrize(
+    ("flag", "accepted"),
+    [("-tls1", False), ("-tls1_1", False), ("-tls1_2", True), ("-tls1_3", True)],
+)
 def test_only_tls_1_2_and_1_3_are_accepted(sim: RegistryHostSim, flag: str, accepted: bool) -> None:
     # SECLEVEL=0 lets this OpenSSL client offer TLS 1.0/1.1, so a refusal is the server's.
     # -brief prints the outcome on stderr, even when s_client exits before a TLS 1.3 ticket.
-    result = sim.client("openssl", "s_client", "-brief", "-connect",
-                        f"{sim.registry_ip}:{sim.port}", "-servername", sim.registry_name, flag,
-                        "-cipher", "DEFAULT@SECLEVEL=0", input=b"", check=False, trusted=False)
+    result = sim.client(
+        "openssl",
+        "s_client",
+        "-brief",
+        "-connect",
+        f"{sim.registry_ip}:{sim.port}",
+        "-servername",
+        sim.registry_name,
+        flag,
+        "-cipher",
+        "DEFAULT@SECLEVEL=0",
+        input=b"",
+        check=False,
+        trusted=False,
+    )
     output = result.stderr.decode()
     negotiated = re.search(r"Protocol version: (TLSv[\d.]+)", output)
     established = "CONNECTION ESTABLISHED" in output and negotiated is not None
     assert established == accepted, output
     if accepted:
-        assert negotiated is not None and negotiated.group(1) == {"-tls1_2": "TLSv1.2",
-                                                                "-tls1_3": "TLSv1.3"}[flag]
+        assert (
+            negotiated is not None
+            and negotiated.group(1) == {"-tls1_2": "TLSv1.2", "-tls1_3": "TLSv1.3"}[flag]
+        )
 
 
 def test_plain_http_to_the_tls_port_gets_no_registry_data(sim: RegistryHostSim) -> None:
-    result = curl(sim, "-i", "-u", f"ci:{sim.passwords['ci']}",
-                  f"http://{sim.registry_ip}:{sim.port}/v2/_catalog", trusted=False)
+    result = curl(
+        sim,
+        "-i",
+        "-u",
+        f"ci:{sim.passwords['ci']}",
+        f"http://{sim.registry_ip}:{sim.port}/v2/_catalog",
+        trusted=False,
+    )
     response = result.stdout.decode()
     assert response.startswith("HTTP/1.1 400")
     assert "repositories" not in response
     assert not header_lines(response, "Docker-Distribution-Api-Version")
 
 
-@pytest.mark.parametrize(("port", "path"), [(REGISTRY_LAYOUT.registry_port, "/v2/"),
-                                            (REGISTRY_LAYOUT.debug_port, "/debug/vars")])
-def test_registry_ports_are_unreachable_from_outside_the_host(sim: RegistryHostSim, port: int,
-                                                              path: str) -> None:
+@pytest.mark.parametrize(
+    ("port", "path"),
+    [(REGISTRY_LAYOUT.registry_port, "/v2/"), (REGISTRY_LAYOUT.debug_port, "/debug/vars")],
+)
+def test_registry_ports_are_unreachable_from_outside_the_host(
+    sim: RegistryHostSim, port: int, path: str
+) -> None:
     for address in (sim.registry_ip, sim.container_ip):
-        result = curl(sim, "--connect-timeout", "3", f"http://{address}:{port}{path}",
-                      trusted=False)
+        result = curl(
+            sim, "--connect-timeout", "3", f"http://{address}:{port}{path}", trusted=False
+        )
         assert result.returncode in (7, 28), (address, port, result.returncode)
     # Control: the registry does serve there, to the host on the compose network (the API on
     # 5000, the debug server the rendered config enables on 5001).
-    inside = sim.host_exec("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                           f"http://{sim.container_ip}:{port}{path}")
+    inside = sim.host_exec(
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"http://{sim.container_ip}:{port}{path}",
+    )
     assert inside.stdout == b"200"
 
 
 # -- big and concurrent ----------------------------------------------------------------------
 def test_256_mib_layer_pushes_and_pulls_intact_without_request_body_buffering(
-        sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> None:
+    sim: RegistryHostSim, skopeo: Skopeo, workdir: Path
+) -> None:
     image = build_image(workdir / "big", "v1", [256 * MiB], seed="big")
     temp_dir = sim.nginx_cache / "nginx" / "client_temp"
     largest_temp_file = 0
@@ -325,18 +455,29 @@ def test_256_mib_layer_pushes_and_pulls_intact_without_request_body_buffering(
     assert (manifest, layers) == (image.manifest_digest, image.layer_digests)
 
 
-def test_eight_concurrent_pushes_then_pulls_are_intact(sim: RegistryHostSim, skopeo: Skopeo,
-                                                        workdir: Path) -> None:
-    images = [build_image(workdir / f"par-{index}", "v1", [3 * MiB, 512 * 1024],
-                          seed=f"parallel-{index}") for index in range(8)]
+def test_eight_concurrent_pushes_then_pulls_are_intact(
+    sim: RegistryHostSim, skopeo: Skopeo, workdir: Path
+) -> None:
+    images = [
+        build_image(workdir / f"par-{index}", "v1", [3 * MiB, 512 * 1024], seed=f"parallel-{index}")
+        for index in range(8)
+    ]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        pushed = list(pool.map(lambda item: skopeo.push(item[1], f"parallel/app{item[0]}", "ci"),
-                               enumerate(images)))
+        pushed = list(
+            pool.map(
+                lambda item: skopeo.push(item[1], f"parallel/app{item[0]}", "ci"), enumerate(images)
+            )
+        )
     assert pushed == [image.manifest_digest for image in images]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        pulled = list(pool.map(
-            lambda item: skopeo.pull(f"parallel/app{item[0]}", "v1", "alice",
-                                     workdir / f"par-pulled-{item[0]}"), enumerate(images)))
+        pulled = list(
+            pool.map(
+                lambda item: skopeo.pull(
+                    f"parallel/app{item[0]}", "v1", "alice", workdir / f"par-pulled-{item[0]}"
+                ),
+                enumerate(images),
+            )
+        )
     assert pulled == [(image.manifest_digest, image.layer_digests) for image in images]
     assert len({image.manifest_digest for image in images}) == 8
     assert layout_digests(images[0].layout, "v1")[0] == images[0].manifest_digest

@@ -71,8 +71,11 @@ class Runs:
 
 def placed_files(run: ProgramRun) -> dict[str, str]:
     """The registry host's files as the run places them: command name -> content."""
-    return {c.name: str(c.inputs["stdin"]) for c in run.commands()
-            if c.name.startswith("registry-file-")}
+    return {
+        c.name: str(c.inputs["stdin"])
+        for c in run.commands()
+        if c.name.startswith("registry-file-")
+    }
 
 
 def changed_files(before: ProgramRun, after: ProgramRun) -> set[str]:
@@ -83,8 +86,10 @@ def changed_files(before: ProgramRun, after: ProgramRun) -> set[str]:
 def activation_reruns(before: ProgramRun, after: ProgramRun) -> bool:
     """Whether `pulumi up` from `before` to `after` re-runs activate-registry.sh, which reloads
     the running service (`systemctl reload registry`): its triggers changed."""
+
     def triggers(run: ProgramRun) -> object:
         return run.named("registry-activate").inputs["triggers"]
+
     return triggers(before) != triggers(after)
 
 
@@ -101,8 +106,14 @@ def runs() -> Runs:
     renewed = run_program(mocks, overrides=RENEWED)
     rotated = run_program(mocks, overrides=ROTATED)
     removed = run_program(mocks, overrides=REMOVED)
-    return Runs(base=base, base_again=base_again, renewed=renewed, rotated=rotated,
-                removed=removed, fresh=run_program(overrides=BASE))
+    return Runs(
+        base=base,
+        base_again=base_again,
+        renewed=renewed,
+        rotated=rotated,
+        removed=removed,
+        fresh=run_program(overrides=BASE),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +150,9 @@ def skopeo(sim: RegistryHostSim, workdir: Path) -> Skopeo:
 def baseline(sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> dict[str, OciImage]:
     """Images pushed before any fault; every fault test pulls and verifies all of them."""
     images = {
-        "base/multi": build_image(workdir / "base-multi", "v1", [1 * MiB, 64 * 1024, 2 * MiB],
-                                  seed="base-multi"),
+        "base/multi": build_image(
+            workdir / "base-multi", "v1", [1 * MiB, 64 * 1024, 2 * MiB], seed="base-multi"
+        ),
         "base/small": build_image(workdir / "base-small", "v1", [512 * 1024], seed="base-small"),
         "base/large": build_image(workdir / "base-large", "v1", [64 * MiB], seed="base-large"),
     }
@@ -152,8 +164,9 @@ def baseline(sim: RegistryHostSim, skopeo: Skopeo, workdir: Path) -> dict[str, O
 _pulls = count()
 
 
-def assert_intact(skopeo: Skopeo, images: dict[str, OciImage], workdir: Path,
-                  user: str = "ci") -> None:
+def assert_intact(
+    skopeo: Skopeo, images: dict[str, OciImage], workdir: Path, user: str = "ci"
+) -> None:
     """Pull every image into a fresh layout; every blob is re-hashed against its digest."""
     for repository, image in images.items():
         destination = workdir / f"verify-{next(_pulls)}"
@@ -172,18 +185,29 @@ def serving(sim: RegistryHostSim) -> None:
             wait()
 
 
-def curl(sim: RegistryHostSim, *args: str, user: str | None = None,
-         password: str | None = None) -> subprocess.CompletedProcess[bytes]:
+def curl(
+    sim: RegistryHostSim, *args: str, user: str | None = None, password: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """curl from the trusting client; credentials, if any, on stdin (`-K -`), never argv."""
     config = f'user = "{user}:{password}"\n'.encode() if user else b""
-    return sim.client("curl", "-sS", "--max-time", "30", "-K", "-", *args, input=config,
-                      check=False, timeout=60)
+    return sim.client(
+        "curl", "-sS", "--max-time", "30", "-K", "-", *args, input=config, check=False, timeout=60
+    )
 
 
-def http_status(sim: RegistryHostSim, path: str, user: str | None = None,
-                password: str | None = None) -> str:
-    result = curl(sim, "-o", "/dev/null", "-w", "%{http_code}", f"https://{sim.address}{path}",
-                  user=user, password=password)
+def http_status(
+    sim: RegistryHostSim, path: str, user: str | None = None, password: str | None = None
+) -> str:
+    result = curl(
+        sim,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"https://{sim.address}{path}",
+        user=user,
+        password=password,
+    )
     return result.stdout.decode()
 
 
@@ -193,19 +217,30 @@ def status_line(raw: str) -> str:
 
 # -- TLS: real handshakes ---------------------------------------------------------------------
 CONTROL_ADDRESS = "127.0.0.1:4433"  # in the client's namespace
-TLS13_ALL = ("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
-             "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256")
+TLS13_ALL = (
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
+    "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"
+)
 # Mozilla "intermediate", TLS 1.2 part, for the key type: ECDHE key exchange (forward secrecy)
 # and AEAD ciphers (AES-GCM, ChaCha20-Poly1305). Mozilla also lists three DHE suites; this
 # program leaves them out (no DH parameters), as DESIGN.md and the issue ask.
 TLS12_ACCEPTED = {
-    "ECDSA": {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-              "ECDHE-ECDSA-CHACHA20-POLY1305"},
-    "RSA": {"ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
-            "ECDHE-RSA-CHACHA20-POLY1305"},
+    "ECDSA": {
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    },
+    "RSA": {
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    },
 }
-TLS13_ACCEPTED = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
-                  "TLS_CHACHA20_POLY1305_SHA256")
+TLS13_ACCEPTED = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+)
 # One suite per family the server must refuse, for each key type (RSA-authenticated suites
 # cannot be negotiated with an ECDSA key at all, hence the RSA stack).
 TLS12_REFUSED = [
@@ -261,13 +296,35 @@ def permissive_tls_server(sim: RegistryHostSim, log: Path) -> Iterator[str]:
     """`openssl s_server` with nginx's certificate and key, in the client's namespace, accepting
     every protocol from TLS 1.0 and every suite this OpenSSL has, and issuing session tickets:
     the negative control that shows a refusal by nginx is nginx's."""
-    argv = ["ip", "netns", "exec", sim.ns_client, "openssl", "s_server",
-            "-accept", CONTROL_ADDRESS, "-cert", str(host_file(sim, "server_cert")),
-            "-key", str(host_file(sim, "server_key")), "-cipher", "ALL:COMPLEMENTOFALL:@SECLEVEL=0",
-            "-ciphersuites", TLS13_ALL, "-min_protocol", "TLSv1", "-www"]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        sim.ns_client,
+        "openssl",
+        "s_server",
+        "-accept",
+        CONTROL_ADDRESS,
+        "-cert",
+        str(host_file(sim, "server_cert")),
+        "-key",
+        str(host_file(sim, "server_key")),
+        "-cipher",
+        "ALL:COMPLEMENTOFALL:@SECLEVEL=0",
+        "-ciphersuites",
+        TLS13_ALL,
+        "-min_protocol",
+        "TLSv1",
+        "-www",
+    ]
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 20
         while b"ACCEPT" not in log.read_bytes():
@@ -301,9 +358,20 @@ def tls(request: pytest.FixtureRequest) -> TlsStack:
 def s_client(stack: TlsStack, address: str, *args: str, brief: bool = False) -> str:
     """`openssl s_client` from the client's namespace, without trusting the CA (no verification
     needed to see what is negotiated); stdout and stderr together."""
-    result = stack.sim.client("openssl", "s_client", *(["-brief"] if brief else []),
-                              "-connect", address, "-servername", stack.sim.registry_name, *args,
-                              input=b"", trusted=False, check=False, timeout=30)
+    result = stack.sim.client(
+        "openssl",
+        "s_client",
+        *(["-brief"] if brief else []),
+        "-connect",
+        address,
+        "-servername",
+        stack.sim.registry_name,
+        *args,
+        input=b"",
+        trusted=False,
+        check=False,
+        timeout=30,
+    )
     return (result.stdout + result.stderr).decode(errors="replace")
 
 
@@ -323,8 +391,15 @@ def probe(stack: TlsStack, *args: str) -> str:
 
 def hello(stack: TlsStack, address: str, version: int, suites: tuple[int, ...] | list[int]) -> str:
     host, port = address.rsplit(":", 1)
-    return probe(stack, "hello", host, port, stack.sim.registry_name, f"{version:04x}",
-                 *(f"{suite:04x}" for suite in suites)).strip()
+    return probe(
+        stack,
+        "hello",
+        host,
+        port,
+        stack.sim.registry_name,
+        f"{version:04x}",
+        *(f"{suite:04x}" for suite in suites),
+    ).strip()
 
 
 def tls12_cipher_names() -> list[str]:
@@ -338,10 +413,12 @@ def test_tls12_accepts_exactly_the_ecdhe_aead_suites_of_its_key_type(tls: TlsSta
     names = tls12_cipher_names()
     nginx_host, nginx_port = tls.nginx.rsplit(":", 1)
     control_host, control_port = tls.control.rsplit(":", 1)
-    by_nginx = set(probe(tls, "ciphers", nginx_host, nginx_port, tls.sim.registry_name,
-                         *names).split())
-    by_control = set(probe(tls, "ciphers", control_host, control_port, tls.sim.registry_name,
-                           *names).split())
+    by_nginx = set(
+        probe(tls, "ciphers", nginx_host, nginx_port, tls.sim.registry_name, *names).split()
+    )
+    by_control = set(
+        probe(tls, "ciphers", control_host, control_port, tls.sim.registry_name, *names).split()
+    )
     assert by_nginx == TLS12_ACCEPTED[tls.key]
     # The sweep could have found more: with the same key, the control accepts dozens of suites
     # (CBC, CCM, DHE, RSA key exchange, NULL, anonymous) that nginx refuses.
@@ -349,22 +426,30 @@ def test_tls12_accepts_exactly_the_ecdhe_aead_suites_of_its_key_type(tls: TlsSta
     assert len(by_control - by_nginx) >= 20, sorted(by_control)
 
 
-@pytest.mark.parametrize(("tls", "suite"), TLS12_REFUSED, indirect=["tls"],
-                         ids=[f"{key}-{suite}" for key, suite in TLS12_REFUSED])
+@pytest.mark.parametrize(
+    ("tls", "suite"),
+    TLS12_REFUSED,
+    indirect=["tls"],
+    ids=[f"{key}-{suite}" for key, suite in TLS12_REFUSED],
+)
 def test_tls12_refuses_each_weak_suite_family(tls: TlsStack, suite: str) -> None:
     offer = ("-tls1_2", "-cipher", f"{suite}@SECLEVEL=0")
-    assert handshake(tls, tls.control, *offer) == ("TLSv1.2", suite), \
+    assert handshake(tls, tls.control, *offer) == ("TLSv1.2", suite), (
         "negative control: the client must be able to negotiate this suite with this key"
+    )
     assert handshake(tls, tls.nginx, *offer) is None
 
 
-@pytest.mark.parametrize(("tls", "suite"),
-                         [(key, suite) for key in TLS12_ACCEPTED
-                          for suite in sorted(TLS12_ACCEPTED[key])],
-                         indirect=["tls"])
+@pytest.mark.parametrize(
+    ("tls", "suite"),
+    [(key, suite) for key in TLS12_ACCEPTED for suite in sorted(TLS12_ACCEPTED[key])],
+    indirect=["tls"],
+)
 def test_tls12_negotiates_each_ecdhe_aead_suite(tls: TlsStack, suite: str) -> None:
-    assert handshake(tls, tls.nginx, "-tls1_2", "-cipher", f"{suite}@SECLEVEL=0") == \
-        ("TLSv1.2", suite)
+    assert handshake(tls, tls.nginx, "-tls1_2", "-cipher", f"{suite}@SECLEVEL=0") == (
+        "TLSv1.2",
+        suite,
+    )
 
 
 @pytest.mark.parametrize("tls", ["ECDSA", "RSA"], indirect=True)
@@ -372,8 +457,10 @@ def test_tls13_offers_the_profile_suites_and_refuses_ccm(tls: TlsStack) -> None:
     for suite in TLS13_ACCEPTED:
         assert handshake(tls, tls.nginx, "-tls1_3", "-ciphersuites", suite) == ("TLSv1.3", suite)
     for suite in ("TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256"):
-        assert handshake(tls, tls.control, "-tls1_3", "-ciphersuites", suite) == \
-            ("TLSv1.3", suite), "negative control"
+        assert handshake(tls, tls.control, "-tls1_3", "-ciphersuites", suite) == (
+            "TLSv1.3",
+            suite,
+        ), "negative control"
         assert handshake(tls, tls.nginx, "-tls1_3", "-ciphersuites", suite) is None
 
 
@@ -386,8 +473,10 @@ def test_only_tls12_and_tls13_by_raw_client_hello(tls: TlsStack) -> None:
         answer = hello(tls, tls.nginx, version, suites)
         assert not answer.startswith("server-hello"), (f"{version:04x}", answer)
     for version in (0x0301, 0x0302):
-        assert hello(tls, tls.control, version, suites) == \
-            f"server-hello {version:04x} {CBC_SUITE[tls.key]:04x}"
+        assert (
+            hello(tls, tls.control, version, suites)
+            == f"server-hello {version:04x} {CBC_SUITE[tls.key]:04x}"
+        )
     assert hello(tls, tls.nginx, 0x0303, suites) == f"server-hello 0303 {GOOD_SUITE[tls.key]:04x}"
     assert handshake(tls, tls.nginx, "-tls1_3") is not None
 
@@ -401,8 +490,9 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 15) -> Non
 
 
 @contextmanager
-def nginx_config_changed(sim: RegistryHostSim, change: Callable[[str], str],
-                         in_force: Callable[[], bool]) -> Iterator[None]:
+def nginx_config_changed(
+    sim: RegistryHostSim, change: Callable[[str], str], in_force: Callable[[], bool]
+) -> Iterator[None]:
     """nginx serving the placed nginx.conf as `change` rewrites it, from when `in_force` says
     the reload took effect; then the placed file again, until `in_force` says it no longer
     holds. The change exists only in this test's copy of the host's files."""
@@ -426,14 +516,23 @@ def every_cipher_at_security_level_0(conf: str) -> str:
     own `ssl_ciphers` (`ssl_conf_command` applies last): no cipher list and no system policy
     (Debian's OpenSSL refuses TLS 1.0 and 1.1 below level 0) can refuse an old protocol; only
     `ssl_protocols` can."""
-    return re.sub(r"^(\s*)(ssl_protocols [^;]*;)$",
-                  r"\1\2\n\1ssl_conf_command CipherString ALL:@SECLEVEL=0;", conf,
-                  count=1, flags=re.MULTILINE)
+    return re.sub(
+        r"^(\s*)(ssl_protocols [^;]*;)$",
+        r"\1\2\n\1ssl_conf_command CipherString ALL:@SECLEVEL=0;",
+        conf,
+        count=1,
+        flags=re.MULTILINE,
+    )
 
 
 def with_old_protocols(conf: str) -> str:
-    return re.sub(r"^(\s*)ssl_protocols ", r"\1ssl_protocols TLSv1 TLSv1.1 ", conf, count=1,
-                  flags=re.MULTILINE)
+    return re.sub(
+        r"^(\s*)ssl_protocols ",
+        r"\1ssl_protocols TLSv1 TLSv1.1 ",
+        conf,
+        count=1,
+        flags=re.MULTILINE,
+    )
 
 
 def test_tls10_and_tls11_are_refused_by_the_configs_ssl_protocols(ecdsa_tls: TlsStack) -> None:
@@ -446,6 +545,7 @@ def test_tls10_and_tls11_are_refused_by_the_configs_ssl_protocols(ecdsa_tls: Tls
     for version in old_versions:
         assert hello(tls, tls.control, version, [cbc]) == f"server-hello {version:04x} {cbc:04x}"
     assert handshake(tls, tls.control, "-tls1", "-cipher", "ALL:@SECLEVEL=0") is not None
+
     def accepts(version: int) -> bool:
         return hello(tls, tls.nginx, version, [cbc]) == f"server-hello {version:04x} {cbc:04x}"
 
@@ -459,8 +559,10 @@ def test_tls10_and_tls11_are_refused_by_the_configs_ssl_protocols(ecdsa_tls: Tls
         assert handshake(tls, tls.nginx, "-tls1_1", "-cipher", "ALL:@SECLEVEL=0") is None
     # Control: nginx itself accepts the same hellos once `ssl_protocols` allows them.
     with nginx_config_changed(
-            tls.sim, lambda conf: with_old_protocols(every_cipher_at_security_level_0(conf)),
-            lambda: accepts(0x0301)):
+        tls.sim,
+        lambda conf: with_old_protocols(every_cipher_at_security_level_0(conf)),
+        lambda: accepts(0x0301),
+    ):
         assert accepts(0x0302)
 
 
@@ -471,16 +573,21 @@ def test_rc4_3des_export_null_and_anonymous_suites_are_refused(tls: TlsStack) ->
         assert not answer.startswith("server-hello"), (family, answer)
     # Offered first, before one good suite: the server still picks only the good one.
     everything = [suite for suites in LEGACY_SUITES.values() for suite in suites]
-    assert hello(tls, tls.nginx, 0x0303, [*everything, GOOD_SUITE[tls.key]]) == \
-        f"server-hello 0303 {GOOD_SUITE[tls.key]:04x}"
+    assert (
+        hello(tls, tls.nginx, 0x0303, [*everything, GOOD_SUITE[tls.key]])
+        == f"server-hello 0303 {GOOD_SUITE[tls.key]:04x}"
+    )
     # Negative control: the probe does see a server that accepts a weak suite.
-    assert hello(tls, tls.control, 0x0303, [NULL_SUITE[tls.key]]) == \
-        f"server-hello 0303 {NULL_SUITE[tls.key]:04x}"
+    assert (
+        hello(tls, tls.control, 0x0303, [NULL_SUITE[tls.key]])
+        == f"server-hello 0303 {NULL_SUITE[tls.key]:04x}"
+    )
 
 
 @pytest.mark.parametrize("tls", ["ECDSA", "RSA"], indirect=True)
 def test_tls12_issues_no_session_tickets_and_resumes_from_the_session_cache(
-        tls: TlsStack, workdir: Path) -> None:
+    tls: TlsStack, workdir: Path
+) -> None:
     session = workdir / f"session-{tls.key}.pem"
     first = s_client(tls, tls.nginx, "-tls1_2", "-sess_out", str(session))
     assert re.search(r"^\s*Protocol\s*:\s*TLSv1\.2$", first, re.MULTILINE), first
@@ -509,7 +616,8 @@ def test_hsts_header_once_on_nginx_own_and_proxied_responses(sim: RegistryHostSi
         response = result.stdout.decode()
         assert status_line(response).startswith(expected_status), response
         assert header_lines(response, "Strict-Transport-Security") == [
-            "Strict-Transport-Security: max-age=63072000"], response
+            "Strict-Transport-Security: max-age=63072000"
+        ], response
     assert "MANIFEST_UNKNOWN" in proxied_404.stdout.decode()  # the registry's own 404
 
 
@@ -517,8 +625,7 @@ def test_hsts_header_once_on_nginx_own_and_proxied_responses(sim: RegistryHostSi
 def test_only_the_tls_port_is_reachable_from_the_client(sim: RegistryHostSim) -> None:
     def scan(address: str, in_host: bool = False) -> list[int]:
         argv = [sys.executable, probes.__file__, "ports", address, "1", "65535"]
-        result = sim.host_exec(*argv) if in_host else sim.client(*argv, trusted=False,
-                                                                  timeout=120)
+        result = sim.host_exec(*argv) if in_host else sim.client(*argv, trusted=False, timeout=120)
         assert result.returncode == 0, result.stderr.decode()
         return [int(port) for port in result.stdout.split()]
 
@@ -528,13 +635,13 @@ def test_only_the_tls_port_is_reachable_from_the_client(sim: RegistryHostSim) ->
     # as seen from the host: its API and its debug server.
     registry_port = REGISTRY_LAYOUT.registry_port
     assert {registry_port, REGISTRY_LAYOUT.debug_port} <= set(scan(sim.container_ip, in_host=True))
-    direct = curl(sim, "--connect-timeout", "3",
-                  f"http://{sim.container_ip}:{registry_port}/v2/")
+    direct = curl(sim, "--connect-timeout", "3", f"http://{sim.container_ip}:{registry_port}/v2/")
     assert direct.returncode in (7, 28), direct.returncode  # cannot connect / timed out
     # What the sim publishes comes from the compose file: only nginx's port, unchanged.
     services = sim.files.compose["services"]
-    assert {name: spec.get("ports") for name, spec in services.items() if spec.get("ports")} == \
-        {"nginx": [f"{sim.port}:{sim.port}"]}
+    assert {name: spec.get("ports") for name, spec in services.items() if spec.get("ports")} == {
+        "nginx": [f"{sim.port}:{sim.port}"]
+    }
     assert not any("network_mode" in spec or "expose" in spec for spec in services.values())
 
 
@@ -543,8 +650,13 @@ def test_http_secret_is_generated_once_and_kept_by_every_later_run(runs: Runs) -
     def env(run: ProgramRun) -> str:
         return str(run.named("registry-file-registry-env").inputs["stdin"])
 
-    assert env(runs.base) == env(runs.base_again) == env(runs.renewed) == env(runs.rotated) \
+    assert (
+        env(runs.base)
+        == env(runs.base_again)
+        == env(runs.renewed)
+        == env(runs.rotated)
         == env(runs.removed)
+    )
     secret = env(runs.base).strip().removeprefix("REGISTRY_HTTP_SECRET=")
     assert re.fullmatch(r"[A-Za-z0-9]{32,}", secret)
     assert env(runs.fresh) != env(runs.base), "each stack generates its own secret"
@@ -556,8 +668,9 @@ def test_registry_process_runs_with_the_rendered_http_secret(sim: RegistryHostSi
     assert env_file.stat().st_mode & 0o777 == 0o600
     secret = env_file.read_text().strip().removeprefix("REGISTRY_HTTP_SECRET=")
     environ = Path(f"/proc/{sim.service_pid('registry')}/environ").read_bytes().split(b"\0")
-    assert Path(f"/proc/{sim.service_pid('registry')}/comm").read_text().strip() == \
-        "docker-registry"
+    assert (
+        Path(f"/proc/{sim.service_pid('registry')}/comm").read_text().strip() == "docker-registry"
+    )
     assert f"REGISTRY_HTTP_SECRET={secret}".encode() in environ
     assert "No HTTP secret provided" not in (sim.logs / "registry.log").read_text()
 
@@ -571,14 +684,34 @@ def location(response: str) -> str:
 def upload_first_chunk(sim: RegistryHostSim, repository: str, chunk: Path) -> str:
     """Start a chunked upload and send one chunk; return the URL for the next one."""
     password = sim.passwords["ci"]
-    started = curl(sim, "-i", "-X", "POST", f"https://{sim.address}/v2/{repository}/blobs/uploads/",
-                   user="ci", password=password).stdout.decode()
+    started = curl(
+        sim,
+        "-i",
+        "-X",
+        "POST",
+        f"https://{sim.address}/v2/{repository}/blobs/uploads/",
+        user="ci",
+        password=password,
+    ).stdout.decode()
     assert status_line(started).startswith("HTTP/1.1 202"), started
     size = chunk.stat().st_size
-    patched = curl(sim, "-i", "-X", "PATCH", "--data-binary", f"@{chunk}",
-                   "-H", "Content-Type: application/octet-stream", "-H", "Expect:",
-                   "-H", f"Content-Range: 0-{size - 1}", location(started),
-                   user="ci", password=password).stdout.decode()
+    patched = curl(
+        sim,
+        "-i",
+        "-X",
+        "PATCH",
+        "--data-binary",
+        f"@{chunk}",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-H",
+        "Expect:",
+        "-H",
+        f"Content-Range: 0-{size - 1}",
+        location(started),
+        user="ci",
+        password=password,
+    ).stdout.decode()
     assert status_line(patched).startswith("HTTP/1.1 202"), patched
     assert header_lines(patched, "Range") == [f"Range: 0-{size - 1}"]
     return location(patched)
@@ -586,10 +719,23 @@ def upload_first_chunk(sim: RegistryHostSim, repository: str, chunk: Path) -> st
 
 def upload_next_chunk(sim: RegistryHostSim, url: str, chunk: Path, offset: int) -> str:
     end = offset + chunk.stat().st_size - 1
-    return curl(sim, "-i", "-X", "PATCH", "--data-binary", f"@{chunk}",
-                "-H", "Content-Type: application/octet-stream", "-H", "Expect:",
-                "-H", f"Content-Range: {offset}-{end}",
-                url, user="ci", password=sim.passwords["ci"]).stdout.decode()
+    return curl(
+        sim,
+        "-i",
+        "-X",
+        "PATCH",
+        "--data-binary",
+        f"@{chunk}",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-H",
+        "Expect:",
+        "-H",
+        f"Content-Range: {offset}-{end}",
+        url,
+        user="ci",
+        password=sim.passwords["ci"],
+    ).stdout.decode()
 
 
 def restart_registry(sim: RegistryHostSim) -> None:
@@ -601,7 +747,8 @@ def restart_registry(sim: RegistryHostSim) -> None:
 
 
 def test_chunked_upload_started_before_a_registry_restart_completes_after_it(
-        sim: RegistryHostSim, workdir: Path) -> None:
+    sim: RegistryHostSim, workdir: Path
+) -> None:
     chunks = [workdir / "chunk-0", workdir / "chunk-1"]
     for index, chunk in enumerate(chunks):
         chunk.write_bytes(os.urandom(MiB + index))
@@ -614,19 +761,35 @@ def test_chunked_upload_started_before_a_registry_restart_completes_after_it(
     data = b"".join(chunk.read_bytes() for chunk in chunks)
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
     url = location(patched)
-    put = curl(sim, "-i", "-X", "PUT", "-H", "Content-Length: 0",
-               f"{url}{'&' if '?' in url else '?'}digest={digest}",
-               user="ci", password=sim.passwords["ci"]).stdout.decode()
+    put = curl(
+        sim,
+        "-i",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Length: 0",
+        f"{url}{'&' if '?' in url else '?'}digest={digest}",
+        user="ci",
+        password=sim.passwords["ci"],
+    ).stdout.decode()
     assert status_line(put).startswith("HTTP/1.1 201"), put
     fetched = workdir / "resumed-blob"
-    got = curl(sim, "-f", "-o", str(fetched), f"https://{sim.address}/v2/team/resumed/blobs/{digest}",
-               user="ci", password=sim.passwords["ci"])
+    got = curl(
+        sim,
+        "-f",
+        "-o",
+        str(fetched),
+        f"https://{sim.address}/v2/team/resumed/blobs/{digest}",
+        user="ci",
+        password=sim.passwords["ci"],
+    )
     assert got.returncode == 0, got.stderr
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == digest.split(":", 1)[1]
 
 
 def test_chunked_upload_across_a_restart_fails_if_the_secret_changes(
-        sim: RegistryHostSim, workdir: Path) -> None:
+    sim: RegistryHostSim, workdir: Path
+) -> None:
     """Negative control for the test above: what a random per-start secret (no `http.secret`)
     would do. The upload state the client holds is signed with the old secret."""
     chunk = workdir / "chunk-control"
@@ -651,30 +814,47 @@ KILL_ERROR_BOUND = 30  # seconds from the kill to the client's error
 
 def registry_data_snapshot(sim: RegistryHostSim) -> dict[str, tuple[int, int]]:
     """Size and mtime of every stored file (blobs, manifests, tags), uploads in flight aside."""
-    return {str(path.relative_to(sim.data_dir)): (path.stat().st_size, path.stat().st_mtime_ns)
-            for path in sorted(sim.data_dir.rglob("*"))
-            if path.is_file() and "_uploads" not in path.parts}
+    return {
+        str(path.relative_to(sim.data_dir)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(sim.data_dir.rglob("*"))
+        if path.is_file() and "_uploads" not in path.parts
+    }
 
 
 def test_registry_killed_mid_push_fails_the_client_fast_and_the_retry_succeeds(
-        sim: RegistryHostSim, skopeo: Skopeo, baseline: dict[str, OciImage],
-        workdir: Path) -> None:
+    sim: RegistryHostSim, skopeo: Skopeo, baseline: dict[str, OciImage], workdir: Path
+) -> None:
     image = build_image(workdir / "killed", "v1", [256 * MiB], seed="killed-mid-push")
     push = subprocess.Popen(
-        sim.client_argv(skopeo.argv("copy", "--quiet", "--dest-authfile",
-                                    str(skopeo.authfile("ci")), image.reference,
-                                    f"docker://{sim.address}/team/killed:v1")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        sim.client_argv(
+            skopeo.argv(
+                "copy",
+                "--quiet",
+                "--dest-authfile",
+                str(skopeo.authfile("ci")),
+                image.reference,
+                f"docker://{sim.address}/team/killed:v1",
+            )
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
+
         def uploaded() -> int:
-            sizes = [path.stat().st_size for path in sim.data_dir.rglob("_uploads/*/data")
-                     if "killed" in path.parts]
+            sizes = [
+                path.stat().st_size
+                for path in sim.data_dir.rglob("_uploads/*/data")
+                if "killed" in path.parts
+            ]
             return max(sizes, default=0)
 
         deadline = time.monotonic() + 120
         while uploaded() < 32 * MiB:
-            assert push.poll() is None, "the push ended before the kill: " + \
-                push.stderr.read().decode()  # type: ignore[union-attr]
+            assert push.poll() is None, (
+                "the push ended before the kill: " + push.stderr.read().decode()
+            )  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "the push never got going"
             time.sleep(0.01)
         sim.stop_service("registry", signal.SIGKILL)
@@ -699,8 +879,8 @@ def test_registry_killed_mid_push_fails_the_client_fast_and_the_retry_succeeds(
 
 
 def test_nginx_sigkill_and_restart_keeps_stored_data_and_pushes_work(
-        sim: RegistryHostSim, skopeo: Skopeo, baseline: dict[str, OciImage],
-        workdir: Path) -> None:
+    sim: RegistryHostSim, skopeo: Skopeo, baseline: dict[str, OciImage], workdir: Path
+) -> None:
     stored = registry_data_snapshot(sim)
     try:
         sim.stop_service("nginx", signal.SIGKILL)
@@ -717,19 +897,23 @@ def test_nginx_sigkill_and_restart_keeps_stored_data_and_pushes_work(
 
 
 def test_restarting_every_service_keeps_every_image_on_the_volume_path(
-        sim: RegistryHostSim, skopeo: Skopeo, baseline: dict[str, OciImage],
-        workdir: Path) -> None:
+    sim: RegistryHostSim, skopeo: Skopeo, baseline: dict[str, OciImage], workdir: Path
+) -> None:
     # The registry's storage is the compose volume under the data volume's mount point.
-    registry_volumes = [volume for volume in sim.files.compose["services"]["registry"]["volumes"]
-                        if volume.split(":")[1] == REGISTRY_LAYOUT.registry_storage]
+    registry_volumes = [
+        volume
+        for volume in sim.files.compose["services"]["registry"]["volumes"]
+        if volume.split(":")[1] == REGISTRY_LAYOUT.registry_storage
+    ]
     assert registry_volumes == [f"{REGISTRY_LAYOUT.data_dir}:{REGISTRY_LAYOUT.registry_storage}"]
     assert REGISTRY_LAYOUT.data_dir.startswith(REGISTRY_LAYOUT.data_mount + "/")
     data_path = sim.data_path(REGISTRY_LAYOUT.data_dir)
     for image in baseline.values():
         for digest in image.layer_digests:
             hex_digest = digest.split(":", 1)[1]
-            assert (data_path / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest
-                    / "data").is_file()
+            assert (
+                data_path / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+            ).is_file()
     unit = host_file(sim, "systemd_unit").read_text()
     assert f"RequiresMountsFor={REGISTRY_LAYOUT.data_mount}" in unit  # no start without the volume
     stored = registry_data_snapshot(sim)
@@ -746,8 +930,12 @@ def test_restarting_every_service_keeps_every_image_on_the_volume_path(
     assert registry_data_snapshot(sim) == stored
     # Every repository still lists its tag (the catalog is for admins; these users push).
     for repository, image in baseline.items():
-        tags = curl(sim, f"https://{sim.address}/v2/{repository}/tags/list", user="alice",
-                    password=sim.passwords["alice"]).stdout.decode()
+        tags = curl(
+            sim,
+            f"https://{sim.address}/v2/{repository}/tags/list",
+            user="alice",
+            password=sim.passwords["alice"],
+        ).stdout.decode()
         assert f'"{image.tag}"' in tags, tags
     assert_intact(skopeo, baseline, workdir, user="alice")
 
@@ -762,10 +950,22 @@ def apply_files(sim: RegistryHostSim, run: ProgramRun, *roles: str) -> None:
 
 
 def served_certificate(sim: RegistryHostSim) -> str:
-    output = sim.client("openssl", "s_client", "-connect", f"{sim.registry_ip}:{sim.port}",
-                        "-servername", sim.registry_name, "-CAfile", str(sim.ca_file),
-                        "-verify_hostname", sim.registry_name, "-verify_return_error",
-                        input=b"", trusted=False, timeout=30).stdout.decode()
+    output = sim.client(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"{sim.registry_ip}:{sim.port}",
+        "-servername",
+        sim.registry_name,
+        "-CAfile",
+        str(sim.ca_file),
+        "-verify_hostname",
+        sim.registry_name,
+        "-verify_return_error",
+        input=b"",
+        trusted=False,
+        timeout=30,
+    ).stdout.decode()
     match = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", output, re.DOTALL)
     assert match, output
     return match.group(0)
@@ -782,14 +982,21 @@ def restores_base_files(sim: RegistryHostSim, runs: Runs, skopeo: Skopeo) -> Ite
 
 
 def test_renewal_and_new_user_reload_while_pulling_fails_no_pull(
-        sim: RegistryHostSim, skopeo: Skopeo, runs: Runs, baseline: dict[str, OciImage],
-        workdir: Path, restores_base_files: None) -> None:
+    sim: RegistryHostSim,
+    skopeo: Skopeo,
+    runs: Runs,
+    baseline: dict[str, OciImage],
+    workdir: Path,
+    restores_base_files: None,
+) -> None:
     # What the user changed reaches the host as exactly these files: the registry's own files
     # (compose, config, env) are untouched, so the reload's `compose up` leaves it running.
     # nginx.conf carries each user's grants (components/access.py), so a new user changes it.
-    assert changed_files(runs.base, runs.renewed) == {"registry-file-server-cert",
-                                                      "registry-file-htpasswd",
-                                                      "registry-file-nginx-conf"}
+    assert changed_files(runs.base, runs.renewed) == {
+        "registry-file-server-cert",
+        "registry-file-htpasswd",
+        "registry-file-nginx-conf",
+    }
     assert activation_reruns(runs.base, runs.renewed)
     assert not activation_reruns(runs.base, runs.base_again)
     small, large = baseline["base/small"], baseline["base/large"]
@@ -821,10 +1028,24 @@ def test_renewal_and_new_user_reload_while_pulling_fails_no_pull(
     # A large blob download that is still running when nginx reloads.
     download = workdir / "in-flight-blob"
     in_flight = subprocess.Popen(
-        sim.client_argv(["curl", "-sS", "--fail", "--limit-rate", "16M", "-K", "-", "-o",
-                         str(download),
-                         f"https://{sim.address}/v2/base/large/blobs/{large.layer_digests[0]}"]),
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        sim.client_argv(
+            [
+                "curl",
+                "-sS",
+                "--fail",
+                "--limit-rate",
+                "16M",
+                "-K",
+                "-",
+                "-o",
+                str(download),
+                f"https://{sim.address}/v2/base/large/blobs/{large.layer_digests[0]}",
+            ]
+        ),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     assert in_flight.stdin is not None
     in_flight.stdin.write(f'user = "ci:{sim.passwords["ci"]}"\n'.encode())
     in_flight.stdin.close()
@@ -853,8 +1074,9 @@ def test_renewal_and_new_user_reload_while_pulling_fails_no_pull(
             os.killpg(in_flight.pid, signal.SIGKILL)
             in_flight.wait()
     assert not failures, failures
-    assert hashlib.sha256(download.read_bytes()).hexdigest() == \
-        large.layer_digests[0].split(":", 1)[1]
+    assert (
+        hashlib.sha256(download.read_bytes()).hexdigest() == large.layer_digests[0].split(":", 1)[1]
+    )
     # The renewed certificate is served, chains to the same CA, and bob can log in.
     renewed_cert = placed_files(runs.renewed)["registry-file-server-cert"]
     assert served_certificate(sim) == renewed_cert.strip()
@@ -867,8 +1089,13 @@ def test_renewal_and_new_user_reload_while_pulling_fails_no_pull(
 
 
 def test_password_rotation_reaches_nginx_without_restarting_the_registry(
-        sim: RegistryHostSim, skopeo: Skopeo, runs: Runs, baseline: dict[str, OciImage],
-        workdir: Path, restores_base_files: None) -> None:
+    sim: RegistryHostSim,
+    skopeo: Skopeo,
+    runs: Runs,
+    baseline: dict[str, OciImage],
+    workdir: Path,
+    restores_base_files: None,
+) -> None:
     assert changed_files(runs.renewed, runs.rotated) == {"registry-file-htpasswd"}
     assert activation_reruns(runs.renewed, runs.rotated)
     old, new = runs.renewed.outputs["passwords"], runs.rotated.outputs["passwords"]
@@ -887,9 +1114,12 @@ def test_password_rotation_reaches_nginx_without_restarting_the_registry(
 
 
 def test_removing_a_user_reaches_nginx_without_restarting_the_registry(
-        sim: RegistryHostSim, runs: Runs, restores_base_files: None) -> None:
-    assert changed_files(runs.rotated, runs.removed) == {"registry-file-htpasswd",
-                                                         "registry-file-nginx-conf"}
+    sim: RegistryHostSim, runs: Runs, restores_base_files: None
+) -> None:
+    assert changed_files(runs.rotated, runs.removed) == {
+        "registry-file-htpasswd",
+        "registry-file-nginx-conf",
+    }
     assert activation_reruns(runs.rotated, runs.removed)
     passwords = runs.rotated.outputs["passwords"]
     apply_files(sim, runs.rotated, "server_cert", "htpasswd", "nginx_conf")

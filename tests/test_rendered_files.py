@@ -51,11 +51,13 @@ pytestmark = pytest.mark.files
 SCRIPTS = sorted((ROOT / "files" / "scripts").glob("*.sh"))
 COMPOSE_FILE = REGISTRY_HOST.file("compose").path
 REGISTRY, NGINX = REGISTRY_LAYOUT.registry_service, REGISTRY_LAYOUT.nginx_service
-EXTRA_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
-                 " me@laptop")
+EXTRA_SSH_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV me@laptop"
+)
 
 
 # -- tools -----------------------------------------------------------------------------------
+
 
 def debian_tool(name: str, package: str) -> str:
     path = shutil.which(name)
@@ -75,13 +77,16 @@ def compose_binary() -> str:
 
 # -- the files, as the hosts receive them ----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def registry_host_files(program_run: ProgramRun) -> dict[str, str]:
     """Host path -> content of every file the dev stack places on the registry host."""
     names = {command_name(REGISTRY_HOST_NAME, host_file) for host_file in REGISTRY_HOST.files}
-    files = {path: command.inputs["stdin"]
-             for path, command in place_file_commands(program_run).items()
-             if command.name in names}
+    files = {
+        path: command.inputs["stdin"]
+        for path, command in place_file_commands(program_run).items()
+        if command.name in names
+    }
     assert set(files) == {host_file.path for host_file in REGISTRY_HOST.files}
     return files
 
@@ -93,11 +98,18 @@ def compose(registry_host_files: dict[str, str]) -> dict[str, Any]:
 
 # -- the sandbox -----------------------------------------------------------------------------
 
+
 def test_the_sandbox_keeps_every_write_private_and_persists_it(tmp_path: Path) -> None:
     """What runs in a sandbox (e.g. update-ca-certificates' hooks writing /var/lib/dpkg) never
     reaches the machine; a later script in the same sandbox sees it, as on one host."""
-    written_by_tests = ("/etc", "/etc/ssl/certs", "/root", "/var/cache", "/var/lib/dpkg",
-                        "/usr/local/share/ca-certificates")
+    written_by_tests = (
+        "/etc",
+        "/etc/ssl/certs",
+        "/root",
+        "/var/cache",
+        "/var/lib/dpkg",
+        "/usr/local/share/ca-certificates",
+    )
     probes = [f"{directory}/.sandbox-probe-{tmp_path.name}" for directory in written_by_tests]
     sandbox = Sandbox(tmp_path)
     written = sandbox.run("\n".join(f"echo written >{shlex.quote(probe)}" for probe in probes))
@@ -114,9 +126,13 @@ def test_the_sandbox_keeps_every_write_private_and_persists_it(tmp_path: Path) -
 
 # -- placing files ---------------------------------------------------------------------------
 
-def run_place_file_commands(commands: Mapping[str, Registration], scratch: Path,
-                            directories: Mapping[str, int] | None = None,
-                            inspect: tuple[str, ...] = ()) -> dict[str, str]:
+
+def run_place_file_commands(
+    commands: Mapping[str, Registration],
+    scratch: Path,
+    directories: Mapping[str, int] | None = None,
+    inspect: tuple[str, ...] = (),
+) -> dict[str, str]:
     """Run each place-file command twice, as SSH does (`bash -c CREATE`, content on stdin), in a
     sandbox. Returns `mode uid:gid` of each placed file and of the `inspect` paths, after
     checking that each file holds its stdin and that no temporary file is left beside it."""
@@ -141,40 +157,55 @@ def run_place_file_commands(commands: Mapping[str, Registration], scratch: Path,
 
 @pytest.mark.host  # real owners (root, the nginx group) need real root
 def test_place_file_commands_land_every_file_with_its_owner_and_mode(
-        program_run: ProgramRun, tmp_path: Path) -> None:
+    program_run: ProgramRun, tmp_path: Path
+) -> None:
     unit_dir = str(Path(REGISTRY_LAYOUT.unit_path).parent)  # made by the command, 0755
-    states = run_place_file_commands(place_file_commands(program_run), tmp_path,
-                                     inspect=(unit_dir,))
+    states = run_place_file_commands(
+        place_file_commands(program_run), tmp_path, inspect=(unit_dir,)
+    )
     assert states == {
-        **{host_file.path: f"{host_file.mode:o} {host_file.uid}:{host_file.gid}"
-           for host_file in (*REGISTRY_HOST.files, *CLIENT_HOST.files, EXTRA_SSH_KEYS_FILE)},
+        **{
+            host_file.path: f"{host_file.mode:o} {host_file.uid}:{host_file.gid}"
+            for host_file in (*REGISTRY_HOST.files, *CLIENT_HOST.files, EXTRA_SSH_KEYS_FILE)
+        },
         unit_dir: "755 0:0",
     }
 
 
 @pytest.mark.host  # real owners (root, the nginx group) need real root
 def test_placing_extra_ssh_keys_keeps_root_ssh_private(
-        run_with: Callable[[Mapping[str, Any]], ProgramRun], tmp_path: Path) -> None:
+    run_with: Callable[[Mapping[str, Any]], ProgramRun], tmp_path: Path
+) -> None:
     run = run_with({"sshPublicKeys": [EXTRA_SSH_KEY], "clientCount": 0})
-    commands = {path: command for path, command in place_file_commands(run).items()
-                if command.name == "registry-extra-ssh-keys"}
-    states = run_place_file_commands(commands, tmp_path, directories={"/root/.ssh": 0o700},
-                                     inspect=("/root/.ssh",))
+    commands = {
+        path: command
+        for path, command in place_file_commands(run).items()
+        if command.name == "registry-extra-ssh-keys"
+    }
+    states = run_place_file_commands(
+        commands, tmp_path, directories={"/root/.ssh": 0o700}, inspect=("/root/.ssh",)
+    )
     assert states["/root/.ssh/authorized_keys2"] == "600 0:0"
     assert states["/root/.ssh"] == "700 0:0"
 
 
 # -- shellcheck ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=[script.name for script in SCRIPTS])
 def test_host_script_passes_shellcheck(script: Path) -> None:
-    result = subprocess.run([debian_tool("shellcheck", "shellcheck"), str(script)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [debian_tool("shellcheck", "shellcheck"), str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_remote_command_line_passes_shellcheck(program_run: ProgramRun,
-                                                     tmp_path: Path) -> None:
+def test_every_remote_command_line_passes_shellcheck(
+    program_run: ProgramRun, tmp_path: Path
+) -> None:
     paths = []
     for registration in program_run.commands():
         for step in ("create", "delete"):
@@ -183,35 +214,50 @@ def test_every_remote_command_line_passes_shellcheck(program_run: ProgramRun,
                 path.write_text(f"#!/bin/sh\n{registration.inputs[step]}\n")
                 paths.append(str(path))
     assert len(paths) >= 15
-    result = subprocess.run([debian_tool("shellcheck", "shellcheck"), *paths],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [debian_tool("shellcheck", "shellcheck"), *paths],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # -- nginx -----------------------------------------------------------------------------------
 
+
 def test_nginx_accepts_the_rendered_config_with_the_placed_certificate_and_key(
-        registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path) -> None:
+    registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path
+) -> None:
     nginx = debian_tool("nginx", "nginx")
     view = container_view(compose, NGINX, registry_host_files)
     config = nginx_conf_path(compose)
     assert config in view, f"{config} is not among the files mounted into nginx"
-    files = {**view, **mapped_accounts(with_image_nginx_user()),
-             # The compose network's DNS: the upstream (the registry's service) must resolve.
-             "/etc/hosts": f"127.0.0.1 localhost\n127.0.0.2 {REGISTRY}\n"}
-    result = Sandbox(tmp_path).run(f"{nginx} -t -c {config} -e stderr", files=files,
-                                   directories={"/var/cache/nginx": 0o755})
+    files = {
+        **view,
+        **mapped_accounts(with_image_nginx_user()),
+        # The compose network's DNS: the upstream (the registry's service) must resolve.
+        "/etc/hosts": f"127.0.0.1 localhost\n127.0.0.2 {REGISTRY}\n",
+    }
+    result = Sandbox(tmp_path).run(
+        f"{nginx} -t -c {config} -e stderr", files=files, directories={"/var/cache/nginx": 0o755}
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert "test is successful" in result.stderr.decode()
 
 
 def test_every_file_nginx_reads_is_placed_and_mounted(
-        registry_host_files: dict[str, str], compose: dict[str, Any]) -> None:
+    registry_host_files: dict[str, str], compose: dict[str, Any]
+) -> None:
     view = container_view(compose, NGINX, registry_host_files)
     conf = view[nginx_conf_path(compose)]
-    referenced = {line.split()[0]: line.split()[1].rstrip(";") for line in conf.splitlines()
-                  if line.strip().startswith(("ssl_certificate ", "ssl_certificate_key ",
-                                              "auth_basic_user_file "))}
+    referenced = {
+        line.split()[0]: line.split()[1].rstrip(";")
+        for line in conf.splitlines()
+        if line.strip().startswith(
+            ("ssl_certificate ", "ssl_certificate_key ", "auth_basic_user_file ")
+        )
+    }
     assert len(referenced) == 3
     for path in referenced.values():
         assert path in view, f"nginx.conf reads {path}, which no bind mount provides"
@@ -219,7 +265,8 @@ def test_every_file_nginx_reads_is_placed_and_mounted(
 
 
 def test_nginx_listens_with_tls_on_the_port_compose_publishes(
-        registry_host_files: dict[str, str], compose: dict[str, Any]) -> None:
+    registry_host_files: dict[str, str], compose: dict[str, Any]
+) -> None:
     conf = container_view(compose, NGINX, registry_host_files)[nginx_conf_path(compose)]
     assert compose["services"][NGINX]["ports"] == ["5043:5043"]
     assert "        listen 5043 ssl reuseport;\n" in conf
@@ -228,21 +275,26 @@ def test_nginx_listens_with_tls_on_the_port_compose_publishes(
 
 # -- Compose ---------------------------------------------------------------------------------
 
-def compose_config(registry_host_files: Mapping[str, str], scratch: Path,
-                   compose_text: str | None = None) -> subprocess.CompletedProcess[bytes]:
+
+def compose_config(
+    registry_host_files: Mapping[str, str], scratch: Path, compose_text: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """`docker compose config` on the placed files, at their host paths (env_file included)."""
     files = dict(registry_host_files)
     if compose_text is not None:
         files[COMPOSE_FILE] = compose_text
     home = scratch / "home"
     home.mkdir()
-    script = (f"HOME={home} DOCKER_CONFIG={home} {compose_binary()} "
-              f"--file {COMPOSE_FILE} config --format json")
+    script = (
+        f"HOME={home} DOCKER_CONFIG={home} {compose_binary()} "
+        f"--file {COMPOSE_FILE} config --format json"
+    )
     return Sandbox(scratch).run(script, files=files)
 
 
 def test_compose_file_is_valid_compose_with_only_nginx_published(
-        registry_host_files: dict[str, str], tmp_path: Path) -> None:
+    registry_host_files: dict[str, str], tmp_path: Path
+) -> None:
     result = compose_config(registry_host_files, tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     model = json.loads(result.stdout)
@@ -250,9 +302,12 @@ def test_compose_file_is_valid_compose_with_only_nginx_published(
     assert set(services) == {REGISTRY, NGINX}
     assert "ports" not in services[REGISTRY]  # its own port stays on the compose network
     assert [(port["target"], port["published"]) for port in services[NGINX]["ports"]] == [
-        (5043, "5043")]
+        (5043, "5043")
+    ]
     assert {name: service["restart"] for name, service in services.items()} == {
-        REGISTRY: "unless-stopped", NGINX: "unless-stopped"}
+        REGISTRY: "unless-stopped",
+        NGINX: "unless-stopped",
+    }
     assert services[NGINX]["depends_on"][REGISTRY]["condition"] == "service_healthy"
     # env_file was found and read: the registry gets its stable http.secret.
     env_file = registry_host_files[REGISTRY_HOST.file("registry_env").path]
@@ -261,36 +316,50 @@ def test_compose_file_is_valid_compose_with_only_nginx_published(
 
 
 def test_compose_validation_rejects_a_file_outside_the_specification(
-        registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path) -> None:
-    broken = {**compose, "services": {**compose["services"], NGINX: {
-        **compose["services"][NGINX], "restart_policy": "always"}}}
+    registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path
+) -> None:
+    broken = {
+        **compose,
+        "services": {
+            **compose["services"],
+            NGINX: {**compose["services"][NGINX], "restart_policy": "always"},
+        },
+    }
     result = compose_config(registry_host_files, tmp_path, yaml.safe_dump(broken))
     assert result.returncode != 0
     assert "additional properties 'restart_policy' not allowed" in result.stderr.decode()
 
 
 def test_registry_reads_its_config_at_the_v3_path(
-        registry_host_files: dict[str, str], compose: dict[str, Any]) -> None:
+    registry_host_files: dict[str, str], compose: dict[str, Any]
+) -> None:
     view = container_view(compose, REGISTRY, registry_host_files)
     # The image's documented path, stated here as the oracle (versions.py names it too).
-    assert view["/etc/distribution/config.yml"] == \
-        registry_host_files[REGISTRY_HOST.file("registry_config").path]
+    assert (
+        view["/etc/distribution/config.yml"]
+        == registry_host_files[REGISTRY_HOST.file("registry_config").path]
+    )
     assert "/etc/docker/registry/config.yml" not in view  # v2's path: v3 ignores it
-    assert (REGISTRY_LAYOUT.data_dir, REGISTRY_LAYOUT.registry_storage, False) in \
-        bind_mounts(compose, REGISTRY)
+    assert (REGISTRY_LAYOUT.data_dir, REGISTRY_LAYOUT.registry_storage, False) in bind_mounts(
+        compose, REGISTRY
+    )
 
 
 # -- the registry ----------------------------------------------------------------------------
 
+
 def test_debian_registry_serves_with_the_rendered_config_and_http_secret(
-        registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path) -> None:
+    registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path
+) -> None:
     registry = debian_tool("docker-registry", "docker-registry")
     curl = debian_tool("curl", "curl")
     debian_tool("ip", "iproute2")
     view = container_view(compose, REGISTRY, registry_host_files)
     env_file = registry_host_files[compose["services"][REGISTRY]["env_file"][0]]
-    environment = {**dict(line.split("=", 1) for line in env_file.splitlines()),
-                   **compose["services"][REGISTRY]["environment"]}
+    environment = {
+        **dict(line.split("=", 1) for line in env_file.splitlines()),
+        **compose["services"][REGISTRY]["environment"],
+    }
     exports = " ".join(shlex.quote(f"{name}={value}") for name, value in environment.items())
     health_probe = compose["services"][REGISTRY]["healthcheck"]["test"][-1]
     port = REGISTRY_LAYOUT.registry_port
@@ -307,8 +376,9 @@ done
 kill "$pid"
 wait "$pid" || true
 """
-    result = Sandbox(tmp_path / "root").run(script, files=view, network=True,
-                                            directories={REGISTRY_LAYOUT.registry_storage: 0o755})
+    result = Sandbox(tmp_path / "root").run(
+        script, files=view, network=True, directories={REGISTRY_LAYOUT.registry_storage: 0o755}
+    )
     assert result.returncode == 0, result.stderr.decode()
     log_text = log.read_text()
     assert headers.exists(), f"the registry never answered on :{port}\n{log_text}"

@@ -34,8 +34,10 @@ def declared_defaults() -> dict[str, str]:
 
 def config(**overrides: Any) -> dict[str, str]:
     """Defaults with overrides given as Python values (lists, ints) or raw CLI strings."""
-    return {**declared_defaults(),
-            **{key: cli_config_value(value) for key, value in overrides.items()}}
+    return {
+        **declared_defaults(),
+        **{key: cli_config_value(value) for key, value in overrides.items()},
+    }
 
 
 def problem_lines(error: SettingsError) -> list[str]:
@@ -49,15 +51,18 @@ def settings_error(raw_config: Mapping[str, str]) -> SettingsError:
     return caught.value
 
 
-ED25519_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV"
-               " me@laptop")
+ED25519_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfDS+k8D2XPRGm1Z0liQ0SlrtlHltoCNwj2ia7m/rvV me@laptop"
+)
 REGION_FORM = "a DigitalOcean region slug, one of "
 SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
 IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
 NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
 PORT_FORM = "an integer from 1 to 65535 other than 22, 5000, 5001 (e.g. 5043 or 443)"
-USERS_FORM = ("a non-empty list of distinct users, each NAME, NAME:ROLE or "
-              "NAME:ROLE:SCOPE,SCOPE...; NAME: lowercase letters")
+USERS_FORM = (
+    "a non-empty list of distinct users, each NAME, NAME:ROLE or "
+    "NAME:ROLE:SCOPE,SCOPE...; NAME: lowercase letters"
+)
 CIDRS_FORM = 'a list of CIDR blocks such as ["203.0.113.7/32", "2001:db8::/48"]'
 DOMAIN_FORM = "empty, or a domain managed in DigitalOcean DNS such as example.com"
 VOLUME_FORM = "an integer number of GiB from 1 to 16384"
@@ -198,16 +203,21 @@ def assert_rejected_with_one_clear_message(key: str, value: Any, form: str) -> N
 
 @pytest.mark.parametrize(("key", "value", "form"), BAD_VALUES, ids=map(case_id, BAD_VALUES))
 def test_bad_value_fails_with_one_message_naming_key_value_and_form(
-        key: str, value: Any, form: str) -> None:
+    key: str, value: Any, form: str
+) -> None:
     assert_rejected_with_one_clear_message(key, value, form)
 
 
-@pytest.mark.parametrize(("key", "value", "form"), [
-    ("registryName", "10.0.0.1", NAME_FORM),
-    ("domain", "203.0.113.7", DOMAIN_FORM),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "form"),
+    [
+        ("registryName", "10.0.0.1", NAME_FORM),
+        ("domain", "203.0.113.7", DOMAIN_FORM),
+    ],
+)
 def test_ip_address_is_rejected_where_a_dns_name_is_expected(
-        key: str, value: Any, form: str) -> None:
+    key: str, value: Any, form: str
+) -> None:
     assert_rejected_with_one_clear_message(key, value, form)
 
 
@@ -220,13 +230,17 @@ def test_early_renewal_must_be_shorter_than_a_shortened_validity() -> None:
     error = settings_error(config(certValidityHours=720, certEarlyRenewalHours=720))
     assert problem_lines(error) == [
         f"  {PROJECT}:certEarlyRenewalHours = '720': expected fewer hours than "
-        "certValidityHours (720)"]
+        "certValidityHours (720)"
+    ]
 
 
 def test_every_bad_key_is_reported_in_one_error() -> None:
     error = settings_error(config(port=5000, users=["Bad User"], adminCidrs=["10.0.0.1/8"]))
     assert [line.split(" = ")[0].strip() for line in problem_lines(error)] == [
-        f"{PROJECT}:port", f"{PROJECT}:users", f"{PROJECT}:adminCidrs"]
+        f"{PROJECT}:port",
+        f"{PROJECT}:users",
+        f"{PROJECT}:adminCidrs",
+    ]
     assert str(error).startswith("Invalid stack configuration:\n")
     assert "pulumi config set" in str(error)
 
@@ -236,7 +250,8 @@ def test_missing_key_is_reported_as_not_set() -> None:
     del raw["region"]
     assert problem_lines(settings_error(raw)) == [
         f"  {PROJECT}:region = (not set): expected a value (Pulumi.yaml declares its default; "
-        "use Pulumi CLI 3.120 or newer)"]
+        "use Pulumi CLI 3.120 or newer)"
+    ]
 
 
 def test_settings_error_is_a_run_error_so_pulumi_prints_no_traceback() -> None:
@@ -251,15 +266,31 @@ def test_every_parsed_key_is_declared_in_pulumi_yaml_with_a_default() -> None:
 
 def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
     assert parse_settings(declared_defaults()) == Settings(
-        region="nyc3", registry_size="s-1vcpu-2gb", client_size="s-1vcpu-1gb",
-        image=versions.UBUNTU_IMAGE, registry_name="registry.internal", port=5043,
-        accounts=(Account("ci", "push", ("**",)),), password_rotation=0, client_count=1,
+        region="nyc3",
+        registry_size="s-1vcpu-2gb",
+        client_size="s-1vcpu-1gb",
+        image=versions.UBUNTU_IMAGE,
+        registry_name="registry.internal",
+        port=5043,
+        accounts=(Account("ci", "push", ("**",)),),
+        password_rotation=0,
+        client_count=1,
         admin_cidrs=("0.0.0.0/0", "::/0"),
-        allowed_cidrs=(), domain=None, volume_size_gb=20, retain_volume_on_destroy=False,
-        registry_image=versions.REGISTRY_IMAGE, nginx_image=versions.NGINX_IMAGE,
-        tls_key_algorithm="ECDSA", cert_validity_hours=8760, cert_early_renewal_hours=720,
-        ssh_public_keys=(), existing_volume=None, name_prefix="registry-dev",
-        gc_schedule="weekly", gc_delete_untagged=False)
+        allowed_cidrs=(),
+        domain=None,
+        volume_size_gb=20,
+        retain_volume_on_destroy=False,
+        registry_image=versions.REGISTRY_IMAGE,
+        nginx_image=versions.NGINX_IMAGE,
+        tls_key_algorithm="ECDSA",
+        cert_validity_hours=8760,
+        cert_early_renewal_hours=720,
+        ssh_public_keys=(),
+        existing_volume=None,
+        name_prefix="registry-dev",
+        gc_schedule="weekly",
+        gc_delete_untagged=False,
+    )
 
 
 def test_defaults_without_a_domain_use_the_registry_name_and_no_dns_name() -> None:
@@ -276,43 +307,78 @@ def test_dev_stack_file_parses() -> None:
     assert (settings.region, settings.users) == ("fra1", ("ci", "alice"))
 
 
-@pytest.mark.parametrize(("key", "value", "field", "parsed"), [
-    ("port", 443, "port", 443),
-    ("port", 65535, "port", 65535),
-    ("clientCount", 0, "client_count", 0),
-    ("clientCount", 10, "client_count", 10),
-    ("users", ["ci", "alice_2", "bob-the-builder"], "users", ("ci", "alice_2", "bob-the-builder")),
-    ("users", ["a" * 32], "users", ("a" * 32,)),
-    ("users", ["ci", "viewer:pull:team/*", "ops:admin"], "accounts",
-     (Account("ci", "push", ("**",)), Account("viewer", "pull", ("team/*",)),
-      Account("ops", "admin", ("**",)))),
-    ("users", ["ci:push:team/**,base,proj-*/app.x,private-registry/*"], "accounts",
-     (Account("ci", "push", ("team/**", "base", "proj-*/app.x", "private-registry/*")),)),
-    ("adminCidrs", ["203.0.113.7/32", "2001:db8::/48"], "admin_cidrs",
-     ("203.0.113.7/32", "2001:db8::/48")),
-    ("allowedCidrs", ["198.51.100.0/24"], "allowed_cidrs", ("198.51.100.0/24",)),
-    ("volumeSizeGb", 16384, "volume_size_gb", 16384),
-    ("retainVolumeOnDestroy", True, "retain_volume_on_destroy", True),
-    ("registryImage", "registry:3.0.0", "registry_image", "registry:3.0.0"),
-    ("registryImage", "docker.io/library/registry:3.0.0", "registry_image",
-     "docker.io/library/registry:3.0.0"),
-    ("registryImage", "localhost:5000/mirror/registry@sha256:" + "a" * 64, "registry_image",
-     "localhost:5000/mirror/registry@sha256:" + "a" * 64),
-    ("nginxImage", "nginx:1.27.3-alpine", "nginx_image", "nginx:1.27.3-alpine"),
-    ("tlsKeyAlgorithm", "RSA", "tls_key_algorithm", "RSA"),
-    ("certEarlyRenewalHours", 8759, "cert_early_renewal_hours", 8759),
-    ("sshPublicKeys", [f"  {ED25519_KEY}  "], "ssh_public_keys", (ED25519_KEY,)),
-    ("image", "ubuntu-22-04-x64", "image", "ubuntu-22-04-x64"),
-    ("existingVolume", "registry-dev-data", "existing_volume", "registry-dev-data"),
-    ("existingVolume", "a" * 64, "existing_volume", "a" * 64),
-    ("existingVolume", "506f78a4-e098-11e5-ad9f-000f53306ae1", "existing_volume",
-     "506f78a4-e098-11e5-ad9f-000f53306ae1"),
-    ("gcSchedule", "daily", "gc_schedule", "daily"),
-    ("gcSchedule", "Sun *-*-* 03:00:00", "gc_schedule", "Sun *-*-* 03:00:00"),
-    ("gcSchedule", "Mon..Fri 02:30", "gc_schedule", "Mon..Fri 02:30"),
-    ("gcSchedule", "Sat,Sun *-*-1..7 04:00", "gc_schedule", "Sat,Sun *-*-1..7 04:00"),
-    ("gcDeleteUntagged", True, "gc_delete_untagged", True),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "field", "parsed"),
+    [
+        ("port", 443, "port", 443),
+        ("port", 65535, "port", 65535),
+        ("clientCount", 0, "client_count", 0),
+        ("clientCount", 10, "client_count", 10),
+        (
+            "users",
+            ["ci", "alice_2", "bob-the-builder"],
+            "users",
+            ("ci", "alice_2", "bob-the-builder"),
+        ),
+        ("users", ["a" * 32], "users", ("a" * 32,)),
+        (
+            "users",
+            ["ci", "viewer:pull:team/*", "ops:admin"],
+            "accounts",
+            (
+                Account("ci", "push", ("**",)),
+                Account("viewer", "pull", ("team/*",)),
+                Account("ops", "admin", ("**",)),
+            ),
+        ),
+        (
+            "users",
+            ["ci:push:team/**,base,proj-*/app.x,private-registry/*"],
+            "accounts",
+            (Account("ci", "push", ("team/**", "base", "proj-*/app.x", "private-registry/*")),),
+        ),
+        (
+            "adminCidrs",
+            ["203.0.113.7/32", "2001:db8::/48"],
+            "admin_cidrs",
+            ("203.0.113.7/32", "2001:db8::/48"),
+        ),
+        ("allowedCidrs", ["198.51.100.0/24"], "allowed_cidrs", ("198.51.100.0/24",)),
+        ("volumeSizeGb", 16384, "volume_size_gb", 16384),
+        ("retainVolumeOnDestroy", True, "retain_volume_on_destroy", True),
+        ("registryImage", "registry:3.0.0", "registry_image", "registry:3.0.0"),
+        (
+            "registryImage",
+            "docker.io/library/registry:3.0.0",
+            "registry_image",
+            "docker.io/library/registry:3.0.0",
+        ),
+        (
+            "registryImage",
+            "localhost:5000/mirror/registry@sha256:" + "a" * 64,
+            "registry_image",
+            "localhost:5000/mirror/registry@sha256:" + "a" * 64,
+        ),
+        ("nginxImage", "nginx:1.27.3-alpine", "nginx_image", "nginx:1.27.3-alpine"),
+        ("tlsKeyAlgorithm", "RSA", "tls_key_algorithm", "RSA"),
+        ("certEarlyRenewalHours", 8759, "cert_early_renewal_hours", 8759),
+        ("sshPublicKeys", [f"  {ED25519_KEY}  "], "ssh_public_keys", (ED25519_KEY,)),
+        ("image", "ubuntu-22-04-x64", "image", "ubuntu-22-04-x64"),
+        ("existingVolume", "registry-dev-data", "existing_volume", "registry-dev-data"),
+        ("existingVolume", "a" * 64, "existing_volume", "a" * 64),
+        (
+            "existingVolume",
+            "506f78a4-e098-11e5-ad9f-000f53306ae1",
+            "existing_volume",
+            "506f78a4-e098-11e5-ad9f-000f53306ae1",
+        ),
+        ("gcSchedule", "daily", "gc_schedule", "daily"),
+        ("gcSchedule", "Sun *-*-* 03:00:00", "gc_schedule", "Sun *-*-* 03:00:00"),
+        ("gcSchedule", "Mon..Fri 02:30", "gc_schedule", "Mon..Fri 02:30"),
+        ("gcSchedule", "Sat,Sun *-*-1..7 04:00", "gc_schedule", "Sat,Sun *-*-1..7 04:00"),
+        ("gcDeleteUntagged", True, "gc_delete_untagged", True),
+    ],
+)
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
     assert getattr(parse_settings(config(**{key: value})), field) == parsed
 
@@ -327,43 +393,53 @@ def test_domain_gives_a_dns_name_that_clients_use() -> None:
 
 # -- through the real program ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("overrides", "key"), [
-    ({"port": 5000}, "port"),
-    ({"users": ["ci:owner"]}, "users"),
-    ({"users": ["ci:push:team//x"]}, "users"),
-    ({"adminCidrs": ["203.0.113.0/33"]}, "adminCidrs"),
-    ({"domain": "not a domain"}, "domain"),
-    ({"clientCount": -1}, "clientCount"),
-], ids=["port", "users-role", "users-scope", "adminCidrs", "domain", "clientCount"])
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"port": 5000}, "port"),
+        ({"users": ["ci:owner"]}, "users"),
+        ({"users": ["ci:push:team//x"]}, "users"),
+        ({"adminCidrs": ["203.0.113.0/33"]}, "adminCidrs"),
+        ({"domain": "not a domain"}, "domain"),
+        ({"clientCount": -1}, "clientCount"),
+    ],
+    ids=["port", "users-role", "users-scope", "adminCidrs", "domain", "clientCount"],
+)
 def test_program_with_bad_config_raises_settings_error_before_any_resource(
-        run_failing: Callable[[Mapping[str, Any]], FailedRun],
-        overrides: Mapping[str, Any], key: str) -> None:
+    run_failing: Callable[[Mapping[str, Any]], FailedRun], overrides: Mapping[str, Any], key: str
+) -> None:
     failed = run_failing(overrides)
     assert isinstance(failed.error, SettingsError), repr(failed.error)
     assert [line.split(" = ")[0].strip() for line in problem_lines(failed.error)] == [
-        f"{PROJECT}:{key}"]
+        f"{PROJECT}:{key}"
+    ]
     assert failed.registrations == {}
 
 
-@pytest.mark.parametrize(("scope", "repository", "covered"), [
-    ("team/*", "team/app", True),
-    ("team/*", "team/a.b-c_d", True),
-    ("team/*", "team", False),
-    ("team/*", "team/app/sub", False),
-    ("team/*", "teams/app", False),
-    ("team/*", "other/team/app", False),
-    ("team/**", "team/app", True),
-    ("team/**", "team/app/sub", True),
-    ("team/**", "team", False),
-    ("proj-*/app", "proj-x/app", True),
-    ("proj-*/app", "proj-x/app2", False),
-    ("base", "base", True),
-    ("base", "base/x", False),
-    ("a.b", "axb", False),  # "." is literal
-    ("**", "anything/at/all", True),
-])
-def test_scope_patterns_cover_the_documented_repositories(scope: str, repository: str,
-                                                          covered: bool) -> None:
+@pytest.mark.parametrize(
+    ("scope", "repository", "covered"),
+    [
+        ("team/*", "team/app", True),
+        ("team/*", "team/a.b-c_d", True),
+        ("team/*", "team", False),
+        ("team/*", "team/app/sub", False),
+        ("team/*", "teams/app", False),
+        ("team/*", "other/team/app", False),
+        ("team/**", "team/app", True),
+        ("team/**", "team/app/sub", True),
+        ("team/**", "team", False),
+        ("proj-*/app", "proj-x/app", True),
+        ("proj-*/app", "proj-x/app2", False),
+        ("base", "base", True),
+        ("base", "base/x", False),
+        ("a.b", "axb", False),  # "." is literal
+        ("**", "anything/at/all", True),
+    ],
+)
+def test_scope_patterns_cover_the_documented_repositories(
+    scope: str, repository: str, covered: bool
+) -> None:
     account = Account("ci", "push", (scope,))
     assert account.may("read", repository) is covered
     assert account.may("write", repository) is covered
@@ -371,9 +447,11 @@ def test_scope_patterns_cover_the_documented_repositories(scope: str, repository
 
 
 def test_roles_grant_read_write_and_delete_in_order() -> None:
-    assert [Account("u", role).may(action, "x/y") for role in ("pull", "push", "admin")
-            for action in ("read", "write", "delete")] == [
-        True, False, False, True, True, False, True, True, True]
+    assert [
+        Account("u", role).may(action, "x/y")
+        for role in ("pull", "push", "admin")
+        for action in ("read", "write", "delete")
+    ] == [True, False, False, True, True, False, True, True, True]
 
 
 def test_plain_user_list_keeps_working_as_push_users_of_every_repository() -> None:
@@ -393,16 +471,29 @@ def test_clients_need_a_user_who_may_push_their_proof() -> None:
     users = ["viewer:pull", "team:push:team/*"]
     error = settings_error(config(users=users))
     assert problem_lines(error) == [
-        (f"  {PROJECT}:users = {cli_config_value(users)!r}: expected a push or admin user whose "
-         "scopes include private-registry/proof (the client hosts push their proof there), or "
-         "clientCount 0")]
+        (
+            f"  {PROJECT}:users = {cli_config_value(users)!r}: expected a push or admin user whose "
+            "scopes include private-registry/proof (the client hosts push their proof there), or "
+            "clientCount 0"
+        )
+    ]
     assert parse_settings(config(users=users, clientCount=0)).users == ("viewer", "team")
 
 
-@pytest.mark.parametrize("schedule", ["weekly", "daily", "Sun *-*-* 03:00:00", "Mon..Fri 02:30",
-                                      "Sat,Sun *-*-1..7 04:00", "*-*-* 00/6:00"])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "weekly",
+        "daily",
+        "Sun *-*-* 03:00:00",
+        "Mon..Fri 02:30",
+        "Sat,Sun *-*-1..7 04:00",
+        "*-*-* 00/6:00",
+    ],
+)
 def test_accepted_gc_schedules_are_valid_for_systemd(schedule: str) -> None:
     assert parse_settings(config(gcSchedule=schedule)).gc_schedule == schedule
-    result = subprocess.run(["systemd-analyze", "calendar", schedule], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", schedule], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr

@@ -30,9 +30,12 @@ def test_registry_pin_has_the_tag_delete_fix_of_3_1_1() -> None:
 
 def test_the_host_runs_exactly_the_pinned_images() -> None:
     run = run_program()
-    compose_commands = [command for command in run.commands()
-                        if command.inputs.get("stdin", "").startswith("# Rendered by")
-                        and "services:" in command.inputs["stdin"]]
+    compose_commands = [
+        command
+        for command in run.commands()
+        if command.inputs.get("stdin", "").startswith("# Rendered by")
+        and "services:" in command.inputs["stdin"]
+    ]
     assert len(compose_commands) == 1
     compose = yaml.safe_load(compose_commands[0].inputs["stdin"])
     images = {name: service["image"] for name, service in compose["services"].items()}

@@ -22,18 +22,20 @@ def place_file_command(path: str, mode: int, uid: int = 0, gid: int = 0) -> str:
     quoted_path = shlex.quote(path)
     directory = shlex.quote(str(target.parent))
     temporary = shlex.quote(f"{target.parent}/.{target.name}.XXXXXX")
-    return "\n".join([
-        "set -eu",
-        f"[ -d {directory} ] || install -d -m 0755 {directory}",
-        "umask 077",
-        f'tmp="$(mktemp {temporary})"',
-        "trap 'rm -f \"$tmp\"' EXIT",
-        'cat >"$tmp"',
-        f'chown {int(uid)}:{int(gid)} "$tmp"',
-        f'chmod {mode:04o} "$tmp"',
-        f'mv -f "$tmp" {quoted_path}',
-        "trap - EXIT",
-    ])
+    return "\n".join(
+        [
+            "set -eu",
+            f"[ -d {directory} ] || install -d -m 0755 {directory}",
+            "umask 077",
+            f'tmp="$(mktemp {temporary})"',
+            "trap 'rm -f \"$tmp\"' EXIT",
+            'cat >"$tmp"',
+            f'chown {int(uid)}:{int(gid)} "$tmp"',
+            f'chmod {mode:04o} "$tmp"',
+            f'mv -f "$tmp" {quoted_path}',
+            "trap - EXIT",
+        ]
+    )
 
 
 def script_command(*args: str) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 def login_command(stack_output_passwords: str, user: str, address: str) -> str:
     """A `docker login` that reads the password from the stack output, never from argv."""
-    return (f"pulumi stack output {stack_output_passwords} --show-secrets --json"
-            f" | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"{user}\"])'"
-            f" | docker login {address} --username {user} --password-stdin")
+    return (
+        f"pulumi stack output {stack_output_passwords} --show-secrets --json"
+        f" | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"{user}\"])'"
+        f" | docker login {address} --username {user} --password-stdin"
+    )
 
 
 def trust_steps(name: str, port: int, public_ip: str, hosts_entry_needed: bool) -> str:

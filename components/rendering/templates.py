@@ -22,8 +22,10 @@ def render_template(name: str, **values: object) -> str:
     wanted = set(_PLACEHOLDER.findall(text))
     given = set(values)
     if wanted != given:
-        raise ValueError(f"template {name}: missing values {sorted(wanted - given)}, "
-                         f"unused values {sorted(given - wanted)}")
+        raise ValueError(
+            f"template {name}: missing values {sorted(wanted - given)}, "
+            f"unused values {sorted(given - wanted)}"
+        )
     return _PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), text)
 
 

@@ -86,8 +86,11 @@ class Plan:
 
     def index(self, name: str, action: Action | None = None) -> int:
         """Position of the (only) step of `name` (with `action`, if given)."""
-        found = [i for i, step in enumerate(self.steps)
-                 if step.name == name and (action is None or step.action == action)]
+        found = [
+            i
+            for i, step in enumerate(self.steps)
+            if step.name == name and (action is None or step.action == action)
+        ]
         assert len(found) == 1, f"expected one {action or 'step'} of {name}: {self.summary()}"
         return found[0]
 
@@ -96,13 +99,18 @@ class Plan:
 
     def host_commands(self) -> list[tuple[str, Action, str]]:
         """(resource name, action, command line) of every command that runs on a host."""
-        return [(step.name, step.action, command) for step in self.steps
-                if (command := step.host_command) is not None]
+        return [
+            (step.name, step.action, command)
+            for step in self.steps
+            if (command := step.host_command) is not None
+        ]
 
     def summary(self) -> list[str]:
         """`action name` lines, for assertion messages."""
-        return [f"{step.action}{'' if step.provider_call else ' (no provider call)'} "
-                f"{step.name}" for step in self.steps]
+        return [
+            f"{step.action}{'' if step.provider_call else ' (no provider call)'} {step.name}"
+            for step in self.steps
+        ]
 
 
 def _custom(run: ProgramRun | None) -> dict[str, Registration]:
@@ -146,28 +154,36 @@ def _dependents(resources: dict[str, Registration], urn: str) -> set[str]:
     found: set[str] = set()
     frontier = {urn}
     while frontier:
-        frontier = {other for other, r in resources.items()
-                    if other not in found and _edges(r) & frontier}
+        frontier = {
+            other for other, r in resources.items() if other not in found and _edges(r) & frontier
+        }
         found |= frontier
     return found
 
 
-def _delete_steps(stored: dict[str, Registration], urns: Iterable[str],
-                  action: Action) -> list[Step]:
+def _delete_steps(
+    stored: dict[str, Registration], urns: Iterable[str], action: Action
+) -> list[Step]:
     """Deletes of `urns`, dependents first; a delete calls no provider when the resource is
     retained or its `deleted_with` target is deleted in the same batch."""
     batch = set(urns)
     order = [urn for urn in reversed(_dependency_order(stored)) if urn in batch]
-    return [Step(action, stored[urn],
-                 provider_call=not (stored[urn].retain_on_delete
-                                    or stored[urn].deleted_with in batch))
-            for urn in order]
+    return [
+        Step(
+            action,
+            stored[urn],
+            provider_call=not (stored[urn].retain_on_delete or stored[urn].deleted_with in batch),
+        )
+        for urn in order
+    ]
 
 
-def _forces_replacement(old: Registration, changed: set[str],
-                        now: datetime.datetime | None) -> bool:
+def _forces_replacement(
+    old: Registration, changed: set[str], now: datetime.datetime | None
+) -> bool:
     return bool(schema.replacing_inputs(old.type, changed)) or (
-        now is not None and schema.due_for_renewal(old.type, old.outputs, now))
+        now is not None and schema.due_for_renewal(old.type, old.outputs, now)
+    )
 
 
 def _dependent_replacements(stored: dict[str, Registration], root: str) -> list[str]:
@@ -178,15 +194,17 @@ def _dependent_replacements(stored: dict[str, Registration], root: str) -> list[
         if urn == root or urn not in _dependents(stored, root):
             continue
         resource = stored[urn]
-        unknown = {key for key, urns in resource.property_dependencies.items()
-                   if set(urns) & replacing}
+        unknown = {
+            key for key, urns in resource.property_dependencies.items() if set(urns) & replacing
+        }
         if schema.replacing_inputs(resource.type, unknown):
             replacing.add(urn)
     return [urn for urn in replacing if urn != root]
 
 
-def plan_up(previous: ProgramRun | None, new: ProgramRun,
-            now: datetime.datetime | None = None) -> Plan:
+def plan_up(
+    previous: ProgramRun | None, new: ProgramRun, now: datetime.datetime | None = None
+) -> Plan:
     """The steps of `pulumi up` from the state `previous` (None: an empty stack) to the program
     run `new`. `now` is the time of the update (certificates due for renewal are replaced)."""
     stored = _custom(previous)
@@ -204,8 +222,9 @@ def plan_up(previous: ProgramRun | None, new: ProgramRun,
             plan.steps.append(Step("replace", registration))
             continue
         old = stored[urn]
-        changed = schema.changed_inputs(old.inputs, registration.inputs,
-                                        frozenset(registration.ignore_changes))
+        changed = schema.changed_inputs(
+            old.inputs, registration.inputs, frozenset(registration.ignore_changes)
+        )
         if _forces_replacement(old, changed, now):
             if registration.delete_before_replace:
                 chain = [*_dependent_replacements(stored, urn), urn]

@@ -33,12 +33,31 @@ _SUBJECT_AND_SANS = frozenset({"subject", "dnsNames", "ipAddresses", "uris"})
 REPLACE_ON: dict[str, frozenset[str]] = {
     # digitalocean/terraform-provider-digitalocean digitalocean/droplet/resource_droplet.go
     # (`ForceNew: true`). `size`, `name`, `tags`, `ipv6`, `graceful_shutdown` update in place.
-    DROPLET: frozenset({"image", "region", "publicNetworking", "sshKeys", "userData",
-                        "monitoring", "dropletAgent", "vpcUuid", "gpuPartitionMode"}),
+    DROPLET: frozenset(
+        {
+            "image",
+            "region",
+            "publicNetworking",
+            "sshKeys",
+            "userData",
+            "monitoring",
+            "dropletAgent",
+            "vpcUuid",
+            "gpuPartitionMode",
+        }
+    ),
     # .../digitalocean/volume/resource_volume.go: `size` updates in place (a resize of the
     # block device only); everything else that identifies the volume is force-new.
-    VOLUME: frozenset({"region", "name", "description", "snapshotId", "initialFilesystemType",
-                       "initialFilesystemLabel"}),
+    VOLUME: frozenset(
+        {
+            "region",
+            "name",
+            "description",
+            "snapshotId",
+            "initialFilesystemType",
+            "initialFilesystemLabel",
+        }
+    ),
     # .../digitalocean/volume/resource_volume_attachment.go
     ATTACHMENT: frozenset({"dropletId", "volumeId"}),
     # .../digitalocean/vpc/resource_vpc.go
@@ -56,19 +75,48 @@ REPLACE_ON: dict[str, frozenset[str]] = {
     PRIVATE_KEY: frozenset({"algorithm", "rsaBits", "ecdsaCurve"}),
     # .../resource_self_signed_cert.go (`private_key_pem`: requireReplaceIfStateContainsPEMString;
     # `early_renewal_hours` updates in place)
-    SELF_SIGNED_CERT: _SUBJECT_AND_SANS | {"privateKeyPem", "validityPeriodHours", "allowedUses",
-                                           "isCaCertificate", "maxPathLength", "setSubjectKeyId",
-                                           "setAuthorityKeyId"},
+    SELF_SIGNED_CERT: _SUBJECT_AND_SANS
+    | {
+        "privateKeyPem",
+        "validityPeriodHours",
+        "allowedUses",
+        "isCaCertificate",
+        "maxPathLength",
+        "setSubjectKeyId",
+        "setAuthorityKeyId",
+    },
     # .../resource_cert_request.go
     CERT_REQUEST: _SUBJECT_AND_SANS | {"privateKeyPem"},
     # .../resource_locally_signed_cert.go
-    LOCALLY_SIGNED_CERT: frozenset({"caCertPem", "caPrivateKeyPem", "certRequestPem",
-                                    "validityPeriodHours", "allowedUses", "isCaCertificate",
-                                    "maxPathLength", "setSubjectKeyId"}),
+    LOCALLY_SIGNED_CERT: frozenset(
+        {
+            "caCertPem",
+            "caPrivateKeyPem",
+            "certRequestPem",
+            "validityPeriodHours",
+            "allowedUses",
+            "isCaCertificate",
+            "maxPathLength",
+            "setSubjectKeyId",
+        }
+    ),
     # hashicorp/terraform-provider-random internal/provider/resource_password.go
-    RANDOM_PASSWORD: frozenset({"keepers", "length", "special", "upper", "lower", "number",
-                                "numeric", "minNumeric", "minUpper", "minLower", "minSpecial",
-                                "overrideSpecial"}),
+    RANDOM_PASSWORD: frozenset(
+        {
+            "keepers",
+            "length",
+            "special",
+            "upper",
+            "lower",
+            "number",
+            "numeric",
+            "minNumeric",
+            "minUpper",
+            "minLower",
+            "minSpecial",
+            "overrideSpecial",
+        }
+    ),
     # .../resource_bytes.go
     RANDOM_BYTES: frozenset({"keepers", "length"}),
     # pulumi/pulumi-command provider/pkg/provider/common/inputs.go: `Triggers ...
@@ -82,11 +130,13 @@ REPLACE_ON: dict[str, frozenset[str]] = {
 RENEWABLE = frozenset({SELF_SIGNED_CERT, LOCALLY_SIGNED_CERT})
 
 
-def changed_inputs(old: Mapping[str, Any], new: Mapping[str, Any],
-                   ignored: frozenset[str] = frozenset()) -> set[str]:
+def changed_inputs(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignored: frozenset[str] = frozenset()
+) -> set[str]:
     """Top-level inputs whose values differ (the engine diffs the whole value of each)."""
-    return {key for key in set(old) | set(new)
-            if key not in ignored and old.get(key) != new.get(key)}
+    return {
+        key for key in set(old) | set(new) if key not in ignored and old.get(key) != new.get(key)
+    }
 
 
 def replacing_inputs(type_token: str, changed: set[str]) -> set[str]:
@@ -96,8 +146,7 @@ def replacing_inputs(type_token: str, changed: set[str]) -> set[str]:
     return changed & REPLACE_ON[type_token]
 
 
-def due_for_renewal(type_token: str, outputs: Mapping[str, Any],
-                    now: datetime.datetime) -> bool:
+def due_for_renewal(type_token: str, outputs: Mapping[str, Any], now: datetime.datetime) -> bool:
     """A tls certificate the provider replaces on this plan (its early renewal time passed)."""
     if type_token not in RENEWABLE or "validityEndTime" not in outputs:
         return False

@@ -21,8 +21,11 @@ from tests.realstack.oci import OciImage, layout_digests
 
 def header_lines(raw: str, name: str) -> list[str]:
     """The lines of an HTTP response (`curl -i`) that carry header `name`."""
-    return [line.rstrip("\r") for line in raw.splitlines()
-            if line.lower().startswith(name.lower() + ":")]
+    return [
+        line.rstrip("\r")
+        for line in raw.splitlines()
+        if line.lower().startswith(name.lower() + ":")
+    ]
 
 
 def with_private_state(big_files: Path, argv: Sequence[str]) -> list[str]:
@@ -35,10 +38,16 @@ def with_private_state(big_files: Path, argv: Sequence[str]) -> list[str]:
     A fresh blob-info cache per command also means every push really uploads its layers
     (containers/image would otherwise mount a blob it has seen from another repository)."""
     big_files.mkdir(parents=True, exist_ok=True)
-    script = " && ".join([
-        *(f"mount -t tmpfs -o mode=0755 tmpfs {path}" for path in ("/run", "/dev/shm", "/var/lib")),
-        f"mount --bind {shlex.quote(str(big_files))} /var/tmp",
-        'exec "$@"'])
+    script = " && ".join(
+        [
+            *(
+                f"mount -t tmpfs -o mode=0755 tmpfs {path}"
+                for path in ("/run", "/dev/shm", "/var/lib")
+            ),
+            f"mount --bind {shlex.quote(str(big_files))} /var/tmp",
+            'exec "$@"',
+        ]
+    )
     return ["bash", "-c", script, "private-state", *argv]
 
 
@@ -63,34 +72,63 @@ class Skopeo:
         """A skopeo command line as `sim.client` or `sim.client_argv` take it."""
         return with_private_state(self.workdir / "tmp", ["skopeo", *args])
 
-    def __call__(self, *args: str, input: bytes | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def __call__(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
         return self.sim.client(*self.argv(*args), input=input, check=check)
 
-    def login(self, user: str, password: str | None = None,
-              check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def login(
+        self, user: str, password: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
         secret = self.sim.passwords[user] if password is None else password
-        return self("login", "--authfile", str(self.authfile(user)), "--username", user,
-                    "--password-stdin", self.sim.address, input=secret.encode(), check=check)
+        return self(
+            "login",
+            "--authfile",
+            str(self.authfile(user)),
+            "--username",
+            user,
+            "--password-stdin",
+            self.sim.address,
+            input=secret.encode(),
+            check=check,
+        )
 
     def push(self, image: OciImage, repository: str, user: str) -> str:
         """Copy the layout to the registry; return the manifest digest skopeo wrote."""
         digest_file = self.workdir / f"digest-{repository.replace('/', '_')}-{image.tag}"
-        self("copy", "--quiet", "--dest-authfile", str(self.authfile(user)), "--digestfile",
-             str(digest_file), image.reference,
-             f"docker://{self.sim.address}/{repository}:{image.tag}")
+        self(
+            "copy",
+            "--quiet",
+            "--dest-authfile",
+            str(self.authfile(user)),
+            "--digestfile",
+            str(digest_file),
+            image.reference,
+            f"docker://{self.sim.address}/{repository}:{image.tag}",
+        )
         return digest_file.read_text().strip()
 
-    def pull(self, repository: str, tag: str, user: str,
-             destination: Path) -> tuple[str, tuple[str, ...]]:
+    def pull(
+        self, repository: str, tag: str, user: str, destination: Path
+    ) -> tuple[str, tuple[str, ...]]:
         """Copy from the registry into a fresh OCI layout; return its verified digests."""
-        self("copy", "--quiet", "--src-authfile", str(self.authfile(user)),
-             f"docker://{self.sim.address}/{repository}:{tag}", f"oci:{destination}:{tag}")
+        self(
+            "copy",
+            "--quiet",
+            "--src-authfile",
+            str(self.authfile(user)),
+            f"docker://{self.sim.address}/{repository}:{tag}",
+            f"oci:{destination}:{tag}",
+        )
         return layout_digests(destination, tag)
 
     def raw_manifest_digest(self, repository: str, tag: str, user: str) -> str:
-        result = self("inspect", "--authfile", str(self.authfile(user)),
-                      f"docker://{self.sim.address}/{repository}:{tag}")
+        result = self(
+            "inspect",
+            "--authfile",
+            str(self.authfile(user)),
+            f"docker://{self.sim.address}/{repository}:{tag}",
+        )
         return json.loads(result.stdout)["Digest"]
 
 
@@ -107,18 +145,43 @@ class Podman:
     def close(self) -> None:
         shutil.rmtree(self.runroot, ignore_errors=True)
 
-    def __call__(self, *args: str, input: bytes | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return self.sim.client(*with_private_state(self.workdir / "tmp", [
-            "podman", "--root", str(self.workdir / "root"), "--runroot",
-            str(self.runroot), "--storage-driver", "vfs", "--cgroup-manager",
-            "cgroupfs", "--events-backend", "none", *args]), input=input, check=check)
+    def __call__(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        return self.sim.client(
+            *with_private_state(
+                self.workdir / "tmp",
+                [
+                    "podman",
+                    "--root",
+                    str(self.workdir / "root"),
+                    "--runroot",
+                    str(self.runroot),
+                    "--storage-driver",
+                    "vfs",
+                    "--cgroup-manager",
+                    "cgroupfs",
+                    "--events-backend",
+                    "none",
+                    *args,
+                ],
+            ),
+            input=input,
+            check=check,
+        )
 
     @property
     def authfile(self) -> Path:
         return self.workdir / "auth.json"
 
     def login(self, user: str) -> subprocess.CompletedProcess[bytes]:
-        return self("login", "--authfile", str(self.authfile), "--username", user,
-                    "--password-stdin", self.sim.address,
-                    input=self.sim.passwords[user].encode())
+        return self(
+            "login",
+            "--authfile",
+            str(self.authfile),
+            "--username",
+            user,
+            "--password-stdin",
+            self.sim.address,
+            input=self.sim.passwords[user].encode(),
+        )

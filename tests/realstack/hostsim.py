@@ -52,10 +52,12 @@ NETMASK = 20
 T = TypeVar("T")
 
 
-def sh(*argv: str, input: bytes | None = None, check: bool = True,
-       timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(argv), input=input, capture_output=True, check=check,
-                          timeout=timeout)
+def sh(
+    *argv: str, input: bytes | None = None, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        list(argv), input=input, capture_output=True, check=check, timeout=timeout
+    )
 
 
 def with_image_nginx_user() -> dict[str, str]:
@@ -111,8 +113,9 @@ def bind_mounts(compose: Mapping[str, Any], service: str) -> list[tuple[str, str
     return mounts
 
 
-def container_view(compose: Mapping[str, Any], service: str,
-                   host_files: Mapping[str, T]) -> dict[str, T]:
+def container_view(
+    compose: Mapping[str, Any], service: str, host_files: Mapping[str, T]
+) -> dict[str, T]:
     """Container path -> value of every host file (path -> value) the service's mounts show."""
     view = {}
     for source, target, _ in bind_mounts(compose, service):
@@ -122,8 +125,9 @@ def container_view(compose: Mapping[str, Any], service: str,
     return view
 
 
-def nginx_conf_path(compose: Mapping[str, Any],
-                    service: str = REGISTRY_LAYOUT.nginx_service) -> str:
+def nginx_conf_path(
+    compose: Mapping[str, Any], service: str = REGISTRY_LAYOUT.nginx_service
+) -> str:
     """The config file nginx's compose command starts it with (`-c PATH`)."""
     command = compose["services"][service]["command"]
     return str(command[command.index("-c") + 1])
@@ -151,8 +155,13 @@ class Service:
 class RegistryHostSim:
     """Start, drive and stop the simulated registry host. Use as a context manager."""
 
-    def __init__(self, run: ProgramRun, workdir: Path, client_ip: str | None = None,
-                 expose_registry_port: bool = False) -> None:
+    def __init__(
+        self,
+        run: ProgramRun,
+        workdir: Path,
+        client_ip: str | None = None,
+        expose_registry_port: bool = False,
+    ) -> None:
         self.run = run
         self.workdir = workdir
         self.files = materialize(run, workdir)
@@ -179,15 +188,21 @@ class RegistryHostSim:
     def _services(self) -> dict[str, Service]:
         services = {}
         for name, spec in self.files.compose["services"].items():
-            binds = [(self._host_source(source), target, read_only)
-                     for source, target, read_only in bind_mounts(self.files.compose, name)]
+            binds = [
+                (self._host_source(source), target, read_only)
+                for source, target, read_only in bind_mounts(self.files.compose, name)
+            ]
             environment = {}
             for env_file in spec.get("env_file", []):
                 environment.update(_env_file(self.files.host_path(env_file)))
-            environment.update({key: str(value)
-                                for key, value in (spec.get("environment") or {}).items()})
-            argv = (list(REGISTRY_ARGV) if name == REGISTRY_LAYOUT.registry_service
-                    else list(spec["command"]))
+            environment.update(
+                {key: str(value) for key, value in (spec.get("environment") or {}).items()}
+            )
+            argv = (
+                list(REGISTRY_ARGV)
+                if name == REGISTRY_LAYOUT.registry_service
+                else list(spec["command"])
+            )
             services[name] = Service(name=name, binds=binds, environment=environment, argv=argv)
         return services
 
@@ -218,10 +233,36 @@ class RegistryHostSim:
         for ns in (x, h, c):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", f"{x}0", "netns", x, "type", "veth", "peer", "name", f"{h}0",
-           "netns", h)
-        sh("ip", "link", "add", f"{h}1", "netns", h, "type", "veth", "peer", "name", f"{c}1",
-           "netns", c)
+        sh(
+            "ip",
+            "link",
+            "add",
+            f"{x}0",
+            "netns",
+            x,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{h}0",
+            "netns",
+            h,
+        )
+        sh(
+            "ip",
+            "link",
+            "add",
+            f"{h}1",
+            "netns",
+            h,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{c}1",
+            "netns",
+            c,
+        )
         sh("ip", "-n", x, "addr", "add", f"{self.client_ip}/{NETMASK}", "dev", f"{x}0")
         sh("ip", "-n", h, "addr", "add", f"{self.registry_ip}/{NETMASK}", "dev", f"{h}0")
         sh("ip", "-n", h, "addr", "add", f"{COMPOSE_NET_PREFIX}.1/24", "dev", f"{h}1")
@@ -232,15 +273,18 @@ class RegistryHostSim:
         if self.expose_registry_port:
             # Benchmark only: a route from the client straight to the registry's own port.
             sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            sh("ip", "-n", x, "route", "add", f"{COMPOSE_NET_PREFIX}.0/24", "via",
-               self.registry_ip)
+            sh("ip", "-n", x, "route", "add", f"{COMPOSE_NET_PREFIX}.0/24", "via", self.registry_ip)
 
     def _container_script(self, service: Service, etc_upper: Path) -> str:
         """Shell run inside a netns: private /etc overlay, the service's binds, then exec."""
         work = etc_upper.parent / f"{etc_upper.name}-work"
         work.mkdir(parents=True, exist_ok=True)
-        steps = ["set -e", "mount --make-rprivate /", overlay_mount("/etc", etc_upper, work),
-                 "mount -t tmpfs tmpfs /run"]
+        steps = [
+            "set -e",
+            "mount --make-rprivate /",
+            overlay_mount("/etc", etc_upper, work),
+            "mount -t tmpfs tmpfs /run",
+        ]
         for index, (source, target, read_only) in enumerate(service.binds):
             q_source, q_target = shlex.quote(str(source)), shlex.quote(target)
             if not target.startswith("/etc/") and not Path(target).exists():
@@ -252,8 +296,10 @@ class RegistryHostSim:
                 scratch = etc_upper.parent / f"{etc_upper.name}-mnt{index}"
                 (scratch / "upper").mkdir(parents=True, exist_ok=True)
                 (scratch / "work").mkdir(parents=True, exist_ok=True)
-                steps.append(f"mount -t overlay overlay -o lowerdir={ancestor},"
-                             f"upperdir={scratch}/upper,workdir={scratch}/work {ancestor}")
+                steps.append(
+                    f"mount -t overlay overlay -o lowerdir={ancestor},"
+                    f"upperdir={scratch}/upper,workdir={scratch}/work {ancestor}"
+                )
             steps.append(f"mkdir -p {q_target}")
             steps.append(f"mount --bind {q_source} {q_target}")
             if read_only:
@@ -281,12 +327,27 @@ class RegistryHostSim:
         etc_upper = self._etc_upper(name, hosts)
         self.logs.mkdir(exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               **service.environment}
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            **service.environment,
+        }
         self.processes[name] = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "bash", "-c",
-             self._container_script(service, etc_upper), name, *service.argv],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "bash",
+                "-c",
+                self._container_script(service, etc_upper),
+                name,
+                *service.argv,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         self.started_pids.append(self.processes[name].pid)
         log.close()
 
@@ -331,15 +392,28 @@ class RegistryHostSim:
         namespaces (the compose service's `exec`)."""
         nginx = REGISTRY_LAYOUT.nginx_service
         conf = self.services[nginx].argv[self.services[nginx].argv.index("-c") + 1]
-        result = sh("nsenter", "-t", str(self.service_pid(nginx)), "-m", "-n",
-                    "nginx", "-c", conf, "-s", "reload", check=False)
+        result = sh(
+            "nsenter",
+            "-t",
+            str(self.service_pid(nginx)),
+            "-m",
+            "-n",
+            "nginx",
+            "-c",
+            conf,
+            "-s",
+            "reload",
+            check=False,
+        )
         if result.returncode != 0:
             raise AssertionError(f"nginx reload failed: {result.stderr.decode()}")
 
     def place_file(self, run: ProgramRun, role: str) -> None:
         """Re-run one of a (new) run's file-placing commands against the live host files."""
-        run_placing(self.files.sandbox, run.named(command_name(REGISTRY_HOST_NAME,
-                                                               REGISTRY_HOST.file(role))))
+        run_placing(
+            self.files.sandbox,
+            run.named(command_name(REGISTRY_HOST_NAME, REGISTRY_HOST.file(role))),
+        )
 
     # -- readiness ------------------------------------------------------------------------
     def _wait(self, what: str, check: Any, timeout: float = 30) -> None:
@@ -348,13 +422,30 @@ class RegistryHostSim:
             if check():
                 return
             time.sleep(0.1)
-        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(self.logs.glob("*.log")))
+        logs = "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.logs.glob("*.log"))
+        )
         raise AssertionError(f"{what} not ready within {timeout}s\n{logs}")
 
     def _http_code(self, netns: str, url: str, *curl_args: str) -> str:
-        result = sh("ip", "netns", "exec", netns, "curl", "-s", "-o", "/dev/null", "-w",
-                    "%{http_code}", "--max-time", "3", *curl_args, url, check=False)
+        result = sh(
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+            *curl_args,
+            url,
+            check=False,
+        )
         return result.stdout.decode()
 
     def wait_registry(self) -> None:
@@ -364,8 +455,15 @@ class RegistryHostSim:
     def wait_nginx(self) -> None:
         url = f"https://{self.registry_name}:{self.port}/v2/"
         resolve = f"{self.registry_name}:{self.port}:{self.registry_ip}"
-        self._wait("nginx", lambda: self._http_code(
-            self.ns_client, url, "--resolve", resolve, "--cacert", str(self.ca_file)) == "401")
+        self._wait(
+            "nginx",
+            lambda: (
+                self._http_code(
+                    self.ns_client, url, "--resolve", resolve, "--cacert", str(self.ca_file)
+                )
+                == "401"
+            ),
+        )
 
     @property
     def ca_file(self) -> Path:
@@ -383,19 +481,38 @@ class RegistryHostSim:
         """argv run in the client netns; with `trusted`, /etc is a read-only overlay of the
         client's trusted /etc (CA in certs.d and the system store, registry name in hosts)."""
         if trusted and self.client_etc is not None:
-            mount = (f"mount -t overlay overlay -o "
-                     f"lowerdir={shlex.quote(str(self.client_etc))}:/etc /etc && ")
+            mount = (
+                f"mount -t overlay overlay -o "
+                f"lowerdir={shlex.quote(str(self.client_etc))}:/etc /etc && "
+            )
         else:
             mount = ""
-        return ["ip", "netns", "exec", self.ns_client, "bash", "-c",
-                f'{mount}exec "$@"', "client", *argv]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.ns_client,
+            "bash",
+            "-c",
+            f'{mount}exec "$@"',
+            "client",
+            *argv,
+        ]
 
-    def client(self, *argv: str, input: bytes | None = None, trusted: bool = True,
-               timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def client(
+        self,
+        *argv: str,
+        input: bytes | None = None,
+        trusted: bool = True,
+        timeout: float = 300,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
         result = sh(*self.client_argv(argv, trusted), input=input, check=False, timeout=timeout)
         if check and result.returncode != 0:
-            raise AssertionError(f"client command failed ({result.returncode}): "
-                                 f"{' '.join(argv)}\n{result.stderr.decode()[-3000:]}")
+            raise AssertionError(
+                f"client command failed ({result.returncode}): "
+                f"{' '.join(argv)}\n{result.stderr.decode()[-3000:]}"
+            )
         return result
 
     def host_exec(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess[bytes]:
@@ -423,8 +540,11 @@ class RegistryHostSim:
         """What `stop` failed to clean up: namespaces, service processes, anything still
         running from the test directory."""
         namespaces = sh("ip", "netns", "list", check=False).stdout.decode()
-        found = [f"netns {ns}" for ns in (self.ns_client, self.ns_host, self.ns_container)
-                 if ns in namespaces]
+        found = [
+            f"netns {ns}"
+            for ns in (self.ns_client, self.ns_host, self.ns_container)
+            if ns in namespaces
+        ]
         found += [f"pid {pid}" for pid in self.started_pids if Path(f"/proc/{pid}").exists()]
         if str(self.workdir) in sh("ps", "-eo", "args").stdout.decode():
             found.append(f"a process running from {self.workdir}")
@@ -441,9 +561,9 @@ class RegistryHostSim:
         self.stop()
 
 
-
-def apply_client_trust(run: ProgramRun, workdir: Path,
-                       client: str = "client-0") -> list[subprocess.CompletedProcess[bytes]]:
+def apply_client_trust(
+    run: ProgramRun, workdir: Path, client: str = "client-0"
+) -> list[subprocess.CompletedProcess[bytes]]:
     """Run a client's CA-file and trust commands, as the client host would, in a `Sandbox` of
     `workdir` (its /etc changes land in `Sandbox(workdir).upper("/etc")`)."""
     sandbox = Sandbox(workdir)

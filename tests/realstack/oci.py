@@ -105,10 +105,18 @@ def _write_layer(blobs: Path, name: str, size: int, seed: str) -> tuple[str, int
         blob = _HashingWriter(raw)
         with gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=0, mtime=0) as compressed:
             tar_stream = _HashingWriter(compressed)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=tar_stream, mode="w",  # type: ignore[call-overload]
-                              format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(info, io.BufferedReader(_PseudoRandom(size, seed),  # type: ignore[type-var]
-                                                    buffer_size=_CHUNK))
+            with tarfile.open(
+                fileobj=tar_stream,
+                mode="w",  # type: ignore[call-overload]
+                format=tarfile.PAX_FORMAT,
+            ) as tar:
+                tar.addfile(
+                    info,
+                    io.BufferedReader(
+                        _PseudoRandom(size, seed),  # type: ignore[type-var]
+                        buffer_size=_CHUNK,
+                    ),
+                )
     digest = f"sha256:{blob.hasher.hexdigest()}"
     partial.rename(blobs / digest.split(":", 1)[1])
     return digest, blob.position, f"sha256:{tar_stream.hasher.hexdigest()}"
@@ -118,40 +126,72 @@ def build_image(layout: Path, tag: str, layer_sizes: list[int], seed: str) -> Oc
     """Write an OCI layout at `layout` with one layer per size; deterministic for a seed."""
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
-    layers = [_write_layer(blobs, f"layer-{index}.bin", size, f"{seed}/{index}")
-              for index, size in enumerate(layer_sizes)]
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Labels": {"io.private-registry.test-seed": seed}},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, _, diff_id in layers]},
-        "history": [{"created_by": f"test layer {index}"} for index in range(len(layers))],
-    }, sort_keys=True).encode()
+    layers = [
+        _write_layer(blobs, f"layer-{index}.bin", size, f"{seed}/{index}")
+        for index, size in enumerate(layer_sizes)
+    ]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Labels": {"io.private-registry.test-seed": seed}},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id for _, _, diff_id in layers]},
+            "history": [{"created_by": f"test layer {index}"} for index in range(len(layers))],
+        },
+        sort_keys=True,
+    ).encode()
     config_digest = _write_blob(blobs, config)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": digest, "size": size}
-                   for digest, size, _ in layers],
-    }, sort_keys=True).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {
+                "mediaType": CONFIG_MEDIA_TYPE,
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": LAYER_MEDIA_TYPE, "digest": digest, "size": size}
+                for digest, size, _ in layers
+            ],
+        },
+        sort_keys=True,
+    ).encode()
     manifest_digest = _write_blob(blobs, manifest)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (layout / "index.json").write_text(json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": MANIFEST_MEDIA_TYPE, "digest": manifest_digest,
-                       "size": len(manifest),
-                       "annotations": {"org.opencontainers.image.ref.name": tag}}],
-    }))
-    return OciImage(layout=layout, tag=tag, manifest_digest=manifest_digest,
-                    layer_digests=tuple(digest for digest, _, _ in layers),
-                    diff_ids=tuple(diff_id for _, _, diff_id in layers))
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": MANIFEST_MEDIA_TYPE,
+                        "digest": manifest_digest,
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": tag},
+                    }
+                ],
+            }
+        )
+    )
+    return OciImage(
+        layout=layout,
+        tag=tag,
+        manifest_digest=manifest_digest,
+        layer_digests=tuple(digest for digest, _, _ in layers),
+        diff_ids=tuple(diff_id for _, _, diff_id in layers),
+    )
 
 
 def layout_digests(layout: Path, tag: str) -> tuple[str, tuple[str, ...]]:
     """(manifest digest, layer digests) of a tag in an OCI layout, e.g. one skopeo pulled;
     every blob's bytes are re-hashed, so a corrupted pull fails here."""
     index = json.loads((layout / "index.json").read_text())
-    entries = [m for m in index["manifests"]
-               if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
+    entries = [
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    ]
     if len(entries) != 1:
         raise AssertionError(f"{layout}: expected one manifest tagged {tag}, found {len(entries)}")
     manifest_digest = entries[0]["digest"]

@@ -68,18 +68,32 @@ def client_hello(server_name: str, version: int, suites: list[int]) -> bytes:
     sni = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
     groups = [0x001D, 0x0017, 0x0018]  # x25519, P-256, P-384
     signatures = [0x0403, 0x0503, 0x0804, 0x0805, 0x0401, 0x0501, 0x0201, 0x0203]
-    extensions = b"".join([
-        _extension(0x0000, sni),
-        _extension(0x000A, struct.pack("!H", 2 * len(groups))
-                   + b"".join(struct.pack("!H", g) for g in groups)),
-        _extension(0x000B, b"\x01\x00"),  # EC point formats: uncompressed
-        _extension(0x000D, struct.pack("!H", 2 * len(signatures))
-                   + b"".join(struct.pack("!H", s) for s in signatures)),
-        _extension(0xFF01, b"\x00"),  # secure renegotiation, initial handshake
-    ])
-    body = (struct.pack("!H", version) + os.urandom(32) + b"\x00"
-            + struct.pack("!H", 2 * len(suites)) + b"".join(struct.pack("!H", s) for s in suites)
-            + b"\x01\x00" + struct.pack("!H", len(extensions)) + extensions)
+    extensions = b"".join(
+        [
+            _extension(0x0000, sni),
+            _extension(
+                0x000A,
+                struct.pack("!H", 2 * len(groups)) + b"".join(struct.pack("!H", g) for g in groups),
+            ),
+            _extension(0x000B, b"\x01\x00"),  # EC point formats: uncompressed
+            _extension(
+                0x000D,
+                struct.pack("!H", 2 * len(signatures))
+                + b"".join(struct.pack("!H", s) for s in signatures),
+            ),
+            _extension(0xFF01, b"\x00"),  # secure renegotiation, initial handshake
+        ]
+    )
+    body = (
+        struct.pack("!H", version)
+        + os.urandom(32)
+        + b"\x00"
+        + struct.pack("!H", 2 * len(suites))
+        + b"".join(struct.pack("!H", s) for s in suites)
+        + b"\x01\x00"
+        + struct.pack("!H", len(extensions))
+        + extensions
+    )
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
 
@@ -110,7 +124,7 @@ def hello(host: str, port: int, server_name: str, version: int, suites: list[int
     if content_type == 0x16 and record[:1] == b"\x02":
         server_version = struct.unpack("!H", record[4:6])[0]
         session_id_length = record[38]
-        suite = struct.unpack("!H", record[39 + session_id_length:41 + session_id_length])[0]
+        suite = struct.unpack("!H", record[39 + session_id_length : 41 + session_id_length])[0]
         return f"server-hello {server_version:04x} {suite:04x}"
     return f"unexpected {content_type:02x} {record[:8].hex()}"
 
@@ -127,8 +141,10 @@ def accepted_ciphers(host: str, port: int, server_name: str, names: list[str]) -
         # SECLEVEL=0: this client offers anything OpenSSL still has; refusals are the server's.
         context.set_ciphers(f"{name}:@SECLEVEL=0")
         try:
-            with socket.create_connection((host, port), timeout=TIMEOUT) as raw, \
-                    context.wrap_socket(raw, server_hostname=server_name) as tls:
+            with (
+                socket.create_connection((host, port), timeout=TIMEOUT) as raw,
+                context.wrap_socket(raw, server_hostname=server_name) as tls,
+            ):
                 cipher = tls.cipher()
         except (ssl.SSLError, OSError):
             continue
@@ -143,8 +159,11 @@ def main(argv: list[str]) -> int:
         print("\n".join(str(port) for port in open_ports(args[0], int(args[1]), int(args[2]))))
     elif command == "hello":
         host, port, server_name, version, *suites = args
-        print(hello(host, int(port), server_name, int(version, 16),
-                    [int(suite, 16) for suite in suites]))
+        print(
+            hello(
+                host, int(port), server_name, int(version, 16), [int(suite, 16) for suite in suites]
+            )
+        )
     elif command == "ciphers":
         host, port, server_name, *names = args
         print("\n".join(accepted_ciphers(host, int(port), server_name, names)))

@@ -24,9 +24,11 @@ ROOTS = ("/etc", "/root", "/var/cache", "/var/lib", "/usr/local/share/ca-certifi
 
 def overlay_mount(root: str, upper: Path, work: Path) -> str:
     """The shell command that overlays `root` with `upper` (changes land there)."""
-    return (f"mount -t overlay overlay -o lowerdir={shlex.quote(root)},"
-            f"upperdir={shlex.quote(str(upper))},workdir={shlex.quote(str(work))} "
-            f"{shlex.quote(root)}")
+    return (
+        f"mount -t overlay overlay -o lowerdir={shlex.quote(root)},"
+        f"upperdir={shlex.quote(str(upper))},workdir={shlex.quote(str(work))} "
+        f"{shlex.quote(root)}"
+    )
 
 
 class Sandbox:
@@ -56,9 +58,15 @@ class Sandbox:
         root = self.root_of(path)
         return self._layer(root, "upper") / path.removeprefix(root + "/")
 
-    def run(self, script: str, stdin: bytes | None = None,
-            files: Mapping[str, str] | None = None, directories: Mapping[str, int] | None = None,
-            network: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self,
+        script: str,
+        stdin: bytes | None = None,
+        files: Mapping[str, str] | None = None,
+        directories: Mapping[str, int] | None = None,
+        network: bool = False,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run `script` with `bash -c` in the sandbox; `files` (path -> text) and `directories`
         (path -> mode) are put in the upper layers first. /run is a private tmpfs (`nginx -t`
         writes its pid file there). Without root, in a user namespace in which this user is root
@@ -75,21 +83,44 @@ class Sandbox:
             upper.mkdir(parents=True, exist_ok=True)
             work.mkdir(parents=True, exist_ok=True)
             mounts.append(overlay_mount(root, upper, work))
-        preamble = ["set -euo pipefail", *mounts, "mount -t tmpfs tmpfs /run",
-                    *(["ip link set lo up"] if network else [])]
+        preamble = [
+            "set -euo pipefail",
+            *mounts,
+            "mount -t tmpfs tmpfs /run",
+            *(["ip link set lo up"] if network else []),
+        ]
         # The script runs as its own `bash -c`, exactly as sshd would run a command's text.
-        unshare = ["unshare", *(["--user", "--map-root-user"] if os.geteuid() != 0 else []),
-                   "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-                   *(["--net"] if network else [])]
+        unshare = [
+            "unshare",
+            *(["--user", "--map-root-user"] if os.geteuid() != 0 else []),
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            *(["--net"] if network else []),
+        ]
         return subprocess.run(
-            [*unshare, "bash", "-c", "\n".join([*preamble, 'exec bash -c "$1"']), "sandbox",
-             script], input=b"" if stdin is None else stdin, capture_output=True,
-            timeout=timeout, check=False)
+            [
+                *unshare,
+                "bash",
+                "-c",
+                "\n".join([*preamble, 'exec bash -c "$1"']),
+                "sandbox",
+                script,
+            ],
+            input=b"" if stdin is None else stdin,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def run_command(self, registration: Registration) -> subprocess.CompletedProcess[bytes]:
         """Run a recorded remote command (its `create` text, its stdin) as SSH would."""
-        return self.run(registration.inputs["create"],
-                        stdin=str(registration.inputs.get("stdin", "")).encode())
+        return self.run(
+            registration.inputs["create"], stdin=str(registration.inputs.get("stdin", "")).encode()
+        )
 
 
 def mapped_accounts(accounts: Mapping[str, str]) -> dict[str, str]:
@@ -104,7 +135,7 @@ def mapped_accounts(accounts: Mapping[str, str]) -> dict[str, str]:
             fields = line.split(":")
             if fields[0] == "nginx":
                 ids = 2 if path == "/etc/passwd" else 1  # name:x:uid:gid:... or name:x:gid:...
-                fields[2:2 + ids] = ["0"] * ids
+                fields[2 : 2 + ids] = ["0"] * ids
             lines.append(":".join(fields) + "\n")
         mapped[path] = "".join(lines)
     return mapped
