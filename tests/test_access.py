@@ -22,6 +22,8 @@ from tests.realstack.clients import Podman, Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust
 from tests.realstack.oci import OciImage, build_image
 
+pytestmark = pytest.mark.host
+
 USERS = [
     "ci:push:team/*,private-registry/*",
     "viewer:pull:team/*",

@@ -79,6 +79,8 @@ shift 3
 if [[ "$1" == --file && "${*:3}" == "up --detach --wait --no-deps registry" ]]; then
   readonly_json="$("$GC_TEST_PYTHON" -c '
 import sys, yaml
+
+pytestmark = pytest.mark.host
 env = yaml.safe_load(open(sys.argv[1]))["services"]["registry"]["environment"]
 assert set(env) == {"REGISTRY_STORAGE_MAINTENANCE_READONLY"}, env
 print(env["REGISTRY_STORAGE_MAINTENANCE_READONLY"])' "$2")"

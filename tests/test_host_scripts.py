@@ -584,6 +584,8 @@ def test_release_fails_clearly_while_the_mount_stays_busy(volume_host: VolumeHos
 # -- install-packages.sh against a private apt root ------------------------------------------
 HOLD_LOCK = """
 import fcntl, os, sys, time
+
+pytestmark = pytest.mark.host
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a POSIX record lock, as apt and dpkg take
 print("locked", flush=True)

@@ -29,6 +29,8 @@ from tests.lifecycle import schema
 from tests.lifecycle.planner import Action, Plan, Step, plan_destroy, plan_up
 from tests.mocks import ProviderMocks
 
+pytestmark = pytest.mark.program
+
 VOLUME_NAME = "registry-dev-data"  # the dev stack's own volume
 ATTACHMENT = "registry-data-attachment"
 RELEASE = "registry-release-data-volume"

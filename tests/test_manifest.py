@@ -26,6 +26,8 @@ from tests.harness import ProgramRun, run_program
 from tests.mocks import ProviderMocks
 from tests.realstack.hostsim import container_view, nginx_conf_path
 
+pytestmark = pytest.mark.program
+
 MOVED_REGISTRY = RegistryHostLayout(
     config_dir="/opt/moved-config",
     data_mount="/mnt/moved-data",

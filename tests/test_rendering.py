@@ -16,6 +16,8 @@ import pytest
 
 from components.rendering import commands, htpasswd, instructions, templates
 
+pytestmark = pytest.mark.program
+
 # Every character a shell would act on, in one string.
 HOSTILE = 'it\'s a "quoted" name; $(touch INJECTED) `touch INJECTED` & |'
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from components import versions
 from tests.harness import run_program
+
+pytestmark = pytest.mark.program
 
 # name:tag@sha256:<64 hex>: the tag says which release, the digest fixes the bytes.
 PINNED = re.compile(r"^(?P<name>[a-z0-9./-]+):(?P<tag>[A-Za-z0-9_.-]+)@sha256:[0-9a-f]{64}$")
