@@ -259,6 +259,7 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
             "listen_port": StackValue("port"),
             "server_names": StackValue("server_names"),
             "registry_upstream": f"{layout.registry_service}:{layout.registry_port}",
+            "registry_debug_upstream": f"{layout.registry_service}:{layout.debug_port}",
             "server_cert": tls_dir.in_container(server_cert.path),
             "server_key": tls_dir.in_container(server_key.path),
             "htpasswd": auth_dir.in_container(htpasswd.path),
