@@ -101,7 +101,7 @@ class RegistryServer(pulumi.ComponentResource):
 
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
-    volume_id: pulumi.Output[str]
+    volume_id: pulumi.Output[str]  # storage volume only
     ready: command.remote.Command
     files_fingerprint: pulumi.Output[str]
     region: pulumi.Output[str]
@@ -256,7 +256,6 @@ class RegistryServer(pulumi.ComponentResource):
         )
         self.public_ip = droplet.ipv4_address
         self.private_ip = droplet.ipv4_address_private
-        self.volume_id = pulumi.Output.from_input("")
         self.region = pulumi.Output.from_input(args.host.region)
         self.register_outputs({"publicIp": self.public_ip, "privateIp": self.private_ip})
 
