@@ -34,8 +34,10 @@ class NetworkArgs:
     load_balancer_record: tuple[str, str] | None = None
 
 
-# The load balancer's health checks (DigitalOcean's minimums: 3 s interval, 3 s timeout,
-# 2 checks each way): a node is out within about 3 x 2 s of failing, back after 2 good checks.
+# The load balancer's health checks, at the provider's minimums (3 s interval, 3 s timeout,
+# 2 checks each way: `validation.IntBetween(3, 300)` and `(2, 10)` in terraform-provider-
+# digitalocean digitalocean/loadbalancer/resource_loadbalancer.go): a node is out within about
+# 2 x 3 s of failing, back after 2 good checks.
 HEALTH_CHECK_INTERVAL_SECONDS = 3
 HEALTH_CHECK_TIMEOUT_SECONDS = 3
 HEALTH_CHECK_THRESHOLD = 2
