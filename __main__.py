@@ -4,11 +4,18 @@ import pulumi
 
 from components.credentials import Credentials, CredentialsArgs
 from components.network import Network, NetworkArgs
-from components.pki import CertificateAuthority, CertificateAuthorityArgs
+from components.object_storage import ObjectStorage, ObjectStorageArgs
+from components.pki import (
+    CertificateAuthority,
+    CertificateAuthorityArgs,
+    ServerCertificate,
+    ServerCertificateArgs,
+)
 from components.registry_client import RegistryClient, RegistryClientArgs
-from components.registry_server import RegistryServer, RegistryServerArgs
+from components.registry_server import RegistryServer, RegistryServerArgs, SpacesStorage
 from components.remote import DropletArgs
 from components.rendering import instructions
+from components.rendering.templates import sha256_hex
 from components.settings import load_settings
 
 settings = load_settings()
@@ -30,8 +37,44 @@ network = Network(
         registry_port=settings.port,
         admin_cidrs=settings.admin_cidrs,
         allowed_cidrs=settings.allowed_cidrs,
+        load_balancer_region=settings.region if settings.spaces else None,
+        load_balancer_record=(
+            (settings.domain, settings.dns_name.removesuffix(f".{settings.domain}"))
+            if settings.spaces and settings.domain and settings.dns_name
+            else None
+        ),
     ),
 )
+server_names = [settings.registry_name, *([settings.dns_name] if settings.dns_name else [])]
+spaces = None
+shared_certificate = None
+if settings.spaces:
+    storage = ObjectStorage(
+        "object-storage",
+        ObjectStorageArgs(
+            name_prefix=name_prefix, bucket=settings.spaces_bucket, region=settings.spaces_region
+        ),
+    )
+    spaces = SpacesStorage(
+        region=settings.spaces_region,
+        endpoint=storage.endpoint,
+        bucket=storage.bucket,
+        access_key=storage.access_key,
+        secret_key=storage.secret_key,
+        redirect=settings.spaces_redirect,
+    )
+    # One certificate on every node: clients reach them by the names and the balancer's IP.
+    shared_certificate = ServerCertificate(
+        "registry-tls",
+        ServerCertificateArgs(
+            ca=ca,
+            dns_names=server_names,
+            ip_addresses=[network.load_balancer_ip] if network.load_balancer_ip else [],
+            key_algorithm=settings.tls_key_algorithm,
+            validity_hours=settings.cert_validity_hours,
+            early_renewal_hours=settings.cert_early_renewal_hours,
+        ),
+    )
 
 
 def host(
@@ -50,33 +93,40 @@ def host(
     )
 
 
-server = RegistryServer(
-    "registry",
-    RegistryServerArgs(
-        host=host(
-            f"{name_prefix}-registry", settings.region, settings.registry_size, network.server_tag
+servers = [
+    RegistryServer(
+        # One node keeps the name it has always had (an existing stack keeps its resources).
+        droplet_name.removeprefix(f"{name_prefix}-"),
+        RegistryServerArgs(
+            host=host(droplet_name, settings.region, settings.registry_size, network.server_tag),
+            volume_name=settings.volume_name,
+            volume_size_gb=settings.volume_size_gb,
+            retain_volume_on_destroy=settings.retain_volume_on_destroy,
+            existing_volume=settings.existing_volume,
+            registry_name=settings.registry_name,
+            domain=settings.domain,
+            dns_name=settings.dns_name,
+            port=settings.port,
+            registry_image=settings.registry_image,
+            nginx_image=settings.nginx_image,
+            ca=ca,
+            key_algorithm=settings.tls_key_algorithm,
+            cert_validity_hours=settings.cert_validity_hours,
+            cert_early_renewal_hours=settings.cert_early_renewal_hours,
+            htpasswd=credentials.htpasswd,
+            accounts=settings.accounts,
+            gc_schedule=settings.gc_schedule,
+            gc_delete_untagged=settings.gc_delete_untagged,
+            http_secret=credentials.http_secret,
+            spaces=spaces,
+            certificate=shared_certificate,
         ),
-        volume_name=settings.volume_name,
-        volume_size_gb=settings.volume_size_gb,
-        retain_volume_on_destroy=settings.retain_volume_on_destroy,
-        existing_volume=settings.existing_volume,
-        registry_name=settings.registry_name,
-        domain=settings.domain,
-        dns_name=settings.dns_name,
-        port=settings.port,
-        registry_image=settings.registry_image,
-        nginx_image=settings.nginx_image,
-        ca=ca,
-        key_algorithm=settings.tls_key_algorithm,
-        cert_validity_hours=settings.cert_validity_hours,
-        cert_early_renewal_hours=settings.cert_early_renewal_hours,
-        htpasswd=credentials.htpasswd,
-        accounts=settings.accounts,
-        gc_schedule=settings.gc_schedule,
-        gc_delete_untagged=settings.gc_delete_untagged,
-        http_secret=credentials.http_secret,
-    ),
-)
+    )
+    for droplet_name in settings.registry_droplet_names()
+]
+server = servers[0]
+# Clients reach the one droplet, or the balancer in front of every node.
+registry_ip = network.load_balancer_ip or server.public_ip
 
 proof_user = settings.proof_user
 clients = [
@@ -92,12 +142,14 @@ clients = [
             ),
             registry_name=settings.client_name,
             port=settings.port,
-            hosts_ip=None if settings.dns_name else server.private_ip,
+            hosts_ip=None if settings.dns_name else (network.load_balancer_ip or server.private_ip),
             ca_cert_pem=ca.cert_pem,
             user=proof_user,
             password=credentials.passwords[proof_user],
-            registry_ready=server.ready,
-            registry_fingerprint=server.files_fingerprint,
+            registry_ready=[node.ready for node in servers],
+            registry_fingerprint=pulumi.Output.all(
+                *(node.files_fingerprint for node in servers)
+            ).apply(lambda prints: prints[0] if len(prints) == 1 else sha256_hex(*prints)),
         ),
     )
     for index in range(settings.client_count)
@@ -113,7 +165,21 @@ pulumi.export("userAccess", {account.name: account.describe() for account in set
 pulumi.export("passwords", pulumi.Output.secret(credentials.passwords))
 pulumi.export("caCertificatePem", ca.cert_pem)
 pulumi.export("sshPrivateKey", pulumi.Output.secret(network.ssh_private_key))
-pulumi.export("dataVolumeId", server.volume_id)
+if settings.spaces:
+    pulumi.export("loadBalancerIp", network.load_balancer_ip)
+    pulumi.export(
+        "registryNodes",
+        [
+            {"name": name, "publicIp": node.public_ip, "privateIp": node.private_ip}
+            for name, node in zip(settings.registry_droplet_names(), servers, strict=True)
+        ],
+    )
+    pulumi.export(
+        "spacesBucket",
+        {"name": storage.bucket, "region": settings.spaces_region, "endpoint": storage.endpoint},
+    )
+else:
+    pulumi.export("dataVolumeId", server.volume_id)
 pulumi.export(
     "dockerLoginCommand", instructions.login_command("passwords", proof_user, settings.address)
 )
@@ -126,7 +192,7 @@ pulumi.export(
 )
 pulumi.export(
     "trustCaSteps",
-    server.public_ip.apply(
+    registry_ip.apply(
         lambda ip: instructions.trust_steps(
             settings.client_name, settings.port, ip, hosts_entry_needed=settings.dns_name is None
         )

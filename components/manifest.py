@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from components import versions
 from components.rendering.templates import render_template, sha256_hex
@@ -178,11 +178,15 @@ class RegistryHostLayout:
     # neither is ever published, and the TLS port may be neither.
     registry_port: int = 5000
     debug_port: int = 5001
+    # nginx's unauthenticated health endpoint on the TLS port (what load balancers check).
+    health_path: str = "/healthz"
     # Inside the containers.
     registry_storage: str = "/var/lib/registry"
     nginx_dir: str = "/etc/nginx"
     # dockerd's own configuration file.
     docker_daemon_config: str = "/etc/docker/daemon.json"
+    # Storage `spaces`: where the registry keeps its tree in the bucket.
+    spaces_root_directory: str = "/registry"
 
     @property
     def data_dir(self) -> str:
@@ -196,8 +200,45 @@ class ClientHostLayout:
     client_dir: str = "/etc/private-registry"
 
 
-def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostManifest:
-    """The registry host: compose, registry and nginx files, the unit, and its scripts."""
+Storage = Literal["volume", "spaces"]
+# The S3 driver's multipart part size: 32 MiB (its default is 10 MiB, its minimum 5 MiB).
+SPACES_CHUNK_BYTES = 32 << 20
+
+
+def _storage_driver(layout: RegistryHostLayout) -> str:
+    """The `storage:` driver lines of the registry config for a block storage volume."""
+    return render_template(
+        "registry-storage-filesystem.yml", storage_dir=layout.registry_storage
+    ).rstrip("\n")
+
+
+def spaces_storage_driver(
+    region: str, endpoint: str, bucket: str, redirect: bool, layout: RegistryHostLayout
+) -> str:
+    """The `storage:` driver lines of the registry config for a Spaces bucket (the value of
+    the `storage_driver` stack value in storage `spaces`)."""
+    return render_template(
+        "registry-storage-s3.yml",
+        region=region,
+        endpoint=endpoint,
+        bucket=bucket,
+        root_directory=layout.spaces_root_directory,
+        chunksize=SPACES_CHUNK_BYTES,
+        redirect_disabled="false" if redirect else "true",
+    ).rstrip("\n")
+
+
+def registry_host(
+    layout: RegistryHostLayout = RegistryHostLayout(), storage: Storage = "volume"
+) -> HostManifest:
+    """The registry host: compose, registry and nginx files, the unit, and its scripts.
+
+    Storage `volume`: the data on the block storage volume, which the host mounts (and
+    releases before a detach), and scheduled garbage collection. Storage `spaces`: the data in
+    a Spaces bucket that every node shares, its key in registry.env; no volume, and no
+    scheduled garbage collection (it needs every node read-only at once).
+    """
+    spaces = storage == "spaces"
     config_file = PurePosixPath(versions.REGISTRY_CONFIG_FILE)
     registry_config_dir = Mount(f"{layout.config_dir}/distribution", str(config_file.parent))
     nginx_conf_dir = Mount(f"{layout.config_dir}/nginx", f"{layout.nginx_dir}/registry")
@@ -213,15 +254,25 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
         values={
             "registry_port": layout.registry_port,
             "debug_port": layout.debug_port,
-            "storage_dir": layout.registry_storage,
+            "storage_driver": StackValue("storage_driver") if spaces else _storage_driver(layout),
         },
     )
     registry_env = HostFile(
         "registry_env",
         f"{layout.config_dir}/registry.env",
         0o600,
-        template="registry.env",
-        values={"http_secret": StackValue("http_secret")},
+        template="registry-spaces.env" if spaces else "registry.env",
+        values={
+            "http_secret": StackValue("http_secret"),
+            **(
+                {
+                    "access_key": StackValue("spaces_access_key"),
+                    "secret_key": StackValue("spaces_secret_key"),
+                }
+                if spaces
+                else {}
+            ),
+        },
         secret=True,
     )
     server_cert = HostFile(
@@ -259,6 +310,8 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
             "listen_port": StackValue("port"),
             "server_names": StackValue("server_names"),
             "registry_upstream": f"{layout.registry_service}:{layout.registry_port}",
+            "registry_debug_upstream": f"{layout.registry_service}:{layout.debug_port}",
+            "health_path": layout.health_path,
             "server_cert": tls_dir.in_container(server_cert.path),
             "server_key": tls_dir.in_container(server_key.path),
             "htpasswd": auth_dir.in_container(htpasswd.path),
@@ -275,7 +328,11 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
             "registry_image": StackValue("registry_image"),
             "registry_env_file": registry_env.path,
             # Changes with config.yml, so `up -d` recreates the registry.
-            "registry_config_sha256": sha256_hex(registry_config.render({})),
+            "registry_config_sha256": (
+                StackValue("registry_config_sha256")
+                if spaces
+                else sha256_hex(registry_config.render({}))
+            ),
             "registry_config_volume": registry_config_dir.volume,
             "data_volume": data_dir.volume,
             "registry_port": layout.registry_port,
@@ -342,6 +399,7 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
     docker_daemon = HostFile(
         "docker_daemon", layout.docker_daemon_config, 0o644, template="docker-daemon.json"
     )
+    garbage_collection = () if spaces else (gc_script, gc_service, gc_timer)
     files = (
         compose,
         registry_config,
@@ -352,23 +410,25 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
         server_key,
         ca_cert,
         systemd_unit,
-        gc_script,
-        gc_service,
-        gc_timer,
+        *garbage_collection,
         docker_daemon,
     )
+    install = HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES)
+    activate = HostScript(
+        "activate",
+        "activate-registry.sh",
+        (StackValue("registry_name"), StackValue("port"), compose.path, ca_cert.path),
+    )
+    if spaces:
+        return HostManifest(files, (install, activate))
     scripts = (
-        HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES),
+        install,
         HostScript(
             "mount_data_volume",
             "mount-data-volume.sh",
             (StackValue("volume_name"), layout.data_mount, layout.data_dir),
         ),
-        HostScript(
-            "activate",
-            "activate-registry.sh",
-            (StackValue("registry_name"), StackValue("port"), compose.path, ca_cert.path),
-        ),
+        activate,
         # Run before the volume is detached (destroy, a replaced droplet or volume).
         HostScript("release_data_volume", "release-data-volume.sh", (layout.data_mount,)),
     )
@@ -413,6 +473,7 @@ def client_host(layout: ClientHostLayout = ClientHostLayout()) -> HostManifest:
 
 REGISTRY_LAYOUT = RegistryHostLayout()
 REGISTRY_HOST = registry_host(REGISTRY_LAYOUT)
+REGISTRY_HOST_SPACES = registry_host(REGISTRY_LAYOUT, storage="spaces")
 CLIENT_HOST = client_host()
 # Every host, when extra SSH public keys are configured (sshd reads authorized_keys2 too).
 EXTRA_SSH_KEYS_FILE = HostFile(

@@ -16,6 +16,8 @@ import pulumi
 import pulumi_digitalocean as digitalocean
 import pulumi_tls as tls
 
+from components.manifest import REGISTRY_LAYOUT
+
 EVERYWHERE = ["0.0.0.0/0", "::/0"]
 
 
@@ -25,6 +27,20 @@ class NetworkArgs:
     registry_port: int
     admin_cidrs: Sequence[str]
     allowed_cidrs: Sequence[str]
+    # Storage `spaces`: a load balancer in this region in front of every registry droplet.
+    load_balancer_region: str | None = None
+    health_path: str = REGISTRY_LAYOUT.health_path
+    # (domain, record name): an A record for the load balancer, when a domain is set.
+    load_balancer_record: tuple[str, str] | None = None
+
+
+# The load balancer's health checks, at the provider's minimums (3 s interval, 3 s timeout,
+# 2 checks each way: `validation.IntBetween(3, 300)` and `(2, 10)` in terraform-provider-
+# digitalocean digitalocean/loadbalancer/resource_loadbalancer.go): a node is out within about
+# 2 x 3 s of failing, back after 2 good checks.
+HEALTH_CHECK_INTERVAL_SECONDS = 3
+HEALTH_CHECK_TIMEOUT_SECONDS = 3
+HEALTH_CHECK_THRESHOLD = 2
 
 
 def _outbound_anywhere() -> list[digitalocean.FirewallOutboundRuleArgs]:
@@ -54,6 +70,7 @@ class Network(pulumi.ComponentResource):
     ssh_key_fingerprint: pulumi.Output[str]
     server_tag: pulumi.Output[str]
     client_tag: pulumi.Output[str]
+    load_balancer_ip: pulumi.Output[str] | None
 
     def __init__(
         self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -78,19 +95,39 @@ class Network(pulumi.ComponentResource):
             protocol="tcp", port_range="22", source_addresses=list(args.admin_cidrs)
         )
 
+        self.load_balancer_ip = None
+        if args.load_balancer_region is None:
+            registry_port_sources = digitalocean.FirewallInboundRuleArgs(
+                protocol="tcp",
+                port_range=str(args.registry_port),
+                source_tags=[client_tag.name],
+                source_addresses=list(args.allowed_cidrs) or None,
+            )
+        else:
+            balancer = self._load_balancer(name, args, server_tag.name)
+            self.load_balancer_ip = balancer.ip
+            if args.load_balancer_record is not None:
+                domain, record = args.load_balancer_record
+                digitalocean.DnsRecord(
+                    f"{name}-registry-lb-dns",
+                    domain=domain,
+                    type="A",
+                    name=record,
+                    value=balancer.ip,
+                    ttl=300,
+                    opts=child,
+                )
+            # Every client comes through the balancer, and so do its health checks.
+            registry_port_sources = digitalocean.FirewallInboundRuleArgs(
+                protocol="tcp",
+                port_range=str(args.registry_port),
+                source_load_balancer_uids=[balancer.id],
+            )
         digitalocean.Firewall(
             f"{name}-server-firewall",
             name=f"{args.name_prefix}-server",
             tags=[server_tag.name],
-            inbound_rules=[
-                ssh_from_admins,
-                digitalocean.FirewallInboundRuleArgs(
-                    protocol="tcp",
-                    port_range=str(args.registry_port),
-                    source_tags=[client_tag.name],
-                    source_addresses=list(args.allowed_cidrs) or None,
-                ),
-            ],
+            inbound_rules=[ssh_from_admins, registry_port_sources],
             outbound_rules=_outbound_anywhere(),
             opts=child,
         )
@@ -109,3 +146,37 @@ class Network(pulumi.ComponentResource):
         self.server_tag = server_tag.name
         self.client_tag = client_tag.name
         self.register_outputs({"sshPublicKey": self.ssh_public_key})
+
+    def _load_balancer(
+        self, name: str, args: NetworkArgs, server_tag: pulumi.Input[str]
+    ) -> digitalocean.LoadBalancer:
+        """A regional load balancer over every registry droplet (by their tag) in TLS
+        passthrough: the private CA's TLS ends on each node's nginx, so clients trust exactly
+        what they trust without it (passthrough needs https on both sides, and then adds no
+        X-Forwarded-* headers). Health: the nodes' unauthenticated health path over https."""
+        port = args.registry_port
+        return digitalocean.LoadBalancer(
+            f"{name}-registry-lb",
+            name=f"{args.name_prefix}-registry",
+            region=str(args.load_balancer_region),
+            droplet_tag=server_tag,
+            forwarding_rules=[
+                digitalocean.LoadBalancerForwardingRuleArgs(
+                    entry_port=port,
+                    entry_protocol="https",
+                    target_port=port,
+                    target_protocol="https",
+                    tls_passthrough=True,
+                )
+            ],
+            healthcheck=digitalocean.LoadBalancerHealthcheckArgs(
+                protocol="https",
+                port=port,
+                path=args.health_path,
+                check_interval_seconds=HEALTH_CHECK_INTERVAL_SECONDS,
+                response_timeout_seconds=HEALTH_CHECK_TIMEOUT_SECONDS,
+                healthy_threshold=HEALTH_CHECK_THRESHOLD,
+                unhealthy_threshold=HEALTH_CHECK_THRESHOLD,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -20,7 +21,7 @@ class RegistryClientArgs:
     ca_cert_pem: pulumi.Input[str]
     user: str
     password: pulumi.Input[str]
-    registry_ready: pulumi.Resource
+    registry_ready: Sequence[pulumi.Resource]  # every registry node's activation
     registry_fingerprint: pulumi.Input[str]
 
 
@@ -65,7 +66,7 @@ class RegistryClient(pulumi.ComponentResource):
         host.run_script(
             host_manifest.script("verify_registry"),
             stack_values,
-            depends_on=[trust, placed["login_password"], args.registry_ready],
+            depends_on=[trust, placed["login_password"], *args.registry_ready],
             triggers=[
                 pulumi.Output.all(args.password, args.ca_cert_pem, args.registry_fingerprint).apply(
                     lambda values: sha256_hex(*values)

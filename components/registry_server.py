@@ -47,6 +47,19 @@ def _same_region(volume_region: str, region: str, volume: str, adopted: bool) ->
     )
 
 
+@dataclass(frozen=True)
+class SpacesStorage:
+    """The Spaces bucket every registry node of storage `spaces` keeps its data in, and the
+    key (scoped to that bucket) the nodes use."""
+
+    region: str
+    endpoint: str
+    bucket: pulumi.Output[str]
+    access_key: pulumi.Output[str]
+    secret_key: pulumi.Output[str]  # secret
+    redirect: bool  # downloads redirected to presigned Spaces URLs
+
+
 @dataclass
 class RegistryServerArgs:
     host: DropletArgs  # its `region` is the configured one (a plain string)
@@ -69,6 +82,10 @@ class RegistryServerArgs:
     gc_schedule: str  # systemd OnCalendar of registry-gc.timer
     gc_delete_untagged: bool
     http_secret: pulumi.Input[str]
+    # Storage `spaces`: the bucket instead of a volume, and the certificate every node shares
+    # (the load balancer's address in its SANs). The volume settings are then unused.
+    spaces: SpacesStorage | None = None
+    certificate: ServerCertificate | None = None
 
 
 class RegistryServer(pulumi.ComponentResource):
@@ -84,7 +101,7 @@ class RegistryServer(pulumi.ComponentResource):
 
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
-    volume_id: pulumi.Output[str]
+    volume_id: pulumi.Output[str]  # storage volume only
     ready: command.remote.Command
     files_fingerprint: pulumi.Output[str]
     region: pulumi.Output[str]
@@ -95,6 +112,9 @@ class RegistryServer(pulumi.ComponentResource):
         super().__init__("private-registry:index:RegistryServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
+        if args.spaces is not None:
+            self._spaces_node(name, args, args.spaces)
+            return
         volume = self._data_volume(name, args)
         region = pulumi.Output.all(volume.region, volume.name).apply(
             lambda values: _same_region(
@@ -154,18 +174,8 @@ class RegistryServer(pulumi.ComponentResource):
         )
 
         stack_values: dict[str, pulumi.Input[object]] = {
-            "registry_name": args.registry_name,
-            "server_names": " ".join(server_names),
-            "port": args.port,
-            "registry_image": args.registry_image,
-            "nginx_image": args.nginx_image,
+            **_common_stack_values(args, server_names, certificate),
             "volume_name": volume.name,
-            "http_secret": args.http_secret,
-            "htpasswd": args.htpasswd,
-            "server_cert_pem": certificate.cert_pem,
-            "server_key_pem": certificate.private_key_pem,
-            "ca_cert_pem": args.ca.cert_pem,
-            "access_maps": access_maps(tuple(args.accounts)),
             "gc_schedule": args.gc_schedule,
             "gc_flags": "--delete-untagged" if args.gc_delete_untagged else "",
         }
@@ -205,6 +215,50 @@ class RegistryServer(pulumi.ComponentResource):
             {"publicIp": self.public_ip, "privateIp": self.private_ip, "volumeId": self.volume_id}
         )
 
+    def _spaces_node(self, name: str, args: RegistryServerArgs, spaces: SpacesStorage) -> None:
+        """A node of storage `spaces`: the same host, its data in the shared bucket; no volume
+        to mount or release, and the shared certificate."""
+        if args.certificate is None:
+            raise ValueError("a node of storage spaces takes the shared certificate")
+        host = RemoteHost.create(name, args.host, parent=self)
+        droplet = host.droplet
+        host_manifest = manifest.REGISTRY_HOST_SPACES
+        server_names = [args.registry_name, *([args.dns_name] if args.dns_name else [])]
+        storage_driver = spaces.bucket.apply(
+            lambda bucket: manifest.spaces_storage_driver(
+                spaces.region, spaces.endpoint, bucket, spaces.redirect, manifest.REGISTRY_LAYOUT
+            )
+        )
+        registry_config = host_manifest.file("registry_config")
+        stack_values: dict[str, pulumi.Input[object]] = {
+            **_common_stack_values(args, server_names, args.certificate),
+            "storage_driver": storage_driver,
+            "registry_config_sha256": storage_driver.apply(
+                lambda driver: sha256_hex(registry_config.render({"storage_driver": driver}))
+            ),
+            "spaces_access_key": spaces.access_key,
+            "spaces_secret_key": spaces.secret_key,
+        }
+        files = rendered_files(host_manifest, stack_values)
+        install = host.run_script(host_manifest.script("install_packages"), stack_values)
+        placed = [
+            host.place_file(host_file, content, depends_on=[install])
+            for host_file, content in files
+        ]
+        self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
+            lambda texts: sha256_hex(*texts)
+        )
+        self.ready = host.run_script(
+            host_manifest.script("activate"),
+            stack_values,
+            depends_on=[install, *placed],
+            triggers=[self.files_fingerprint],
+        )
+        self.public_ip = droplet.ipv4_address
+        self.private_ip = droplet.ipv4_address_private
+        self.region = pulumi.Output.from_input(args.host.region)
+        self.register_outputs({"publicIp": self.public_ip, "privateIp": self.private_ip})
+
     def _data_volume(self, name: str, args: RegistryServerArgs) -> DataVolume:
         """The stack's own volume, or the adopted one (read only: never changed or deleted)."""
         existing = args.existing_volume
@@ -238,3 +292,22 @@ class RegistryServer(pulumi.ComponentResource):
             ),
         )
         return DataVolume(volume.id, volume.name, volume.region, volume.size)
+
+
+def _common_stack_values(
+    args: RegistryServerArgs, server_names: list[str], certificate: ServerCertificate
+) -> dict[str, pulumi.Input[object]]:
+    """The stack values every registry host takes, whatever its storage."""
+    return {
+        "registry_name": args.registry_name,
+        "server_names": " ".join(server_names),
+        "port": args.port,
+        "registry_image": args.registry_image,
+        "nginx_image": args.nginx_image,
+        "http_secret": args.http_secret,
+        "htpasswd": args.htpasswd,
+        "server_cert_pem": certificate.cert_pem,
+        "server_key_pem": certificate.private_key_pem,
+        "ca_cert_pem": args.ca.cert_pem,
+        "access_maps": access_maps(tuple(args.accounts)),
+    }

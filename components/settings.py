@@ -41,6 +41,13 @@ REGIONS = (
 # The registry's own plain-HTTP port and its debug port live inside the host; 22 is SSH.
 RESERVED_PORTS = (22, REGISTRY_LAYOUT.registry_port, REGISTRY_LAYOUT.debug_port)
 MAX_CLIENTS = 10
+MAX_REGISTRIES = 10
+STORAGE_MODES = ("volume", "spaces")
+# The regions with Spaces (object storage) in DigitalOcean's Spaces availability list.
+SPACES_REGIONS = ("ams3", "atl1", "blr1", "fra1", "nyc3", "sfo2", "sfo3", "sgp1", "syd1")
+# Spaces bucket names: 3 to 63 lowercase letters, digits and dashes, a letter or digit at each
+# end (S3's DNS-compatible naming, which Spaces follows); unique per Spaces region.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MAX_VOLUME_GB = 16384  # DigitalOcean's block storage limit (16 TiB)
 MIN_CERT_HOURS = 24
 MAX_CERT_HOURS = 87600  # 10 years, the CA's own validity
@@ -102,14 +109,39 @@ class Settings:
         """The name of the data volume this stack creates (unless it adopts one)."""
         return f"{self.name_prefix}-data"
 
+    def registry_droplet_names(self) -> list[str]:
+        """One registry droplet keeps today's name; several are numbered from 0."""
+        if self.registry_count == 1:
+            return [f"{self.name_prefix}-registry"]
+        return [f"{self.name_prefix}-registry-{index}" for index in range(self.registry_count)]
+
     def droplet_names(self) -> list[str]:
         return [
-            f"{self.name_prefix}-registry",
+            *self.registry_droplet_names(),
             *(f"{self.name_prefix}-client-{index}" for index in range(self.client_count)),
         ]
 
     gc_schedule: str
     gc_delete_untagged: bool
+    storage: str  # "volume" (one droplet, block storage) or "spaces" (object storage)
+    registry_count: int
+    spaces_region_setting: str | None  # None: the droplets' region
+    spaces_bucket_setting: str | None  # None: derived from the stack name
+    spaces_redirect: bool  # blob downloads redirected to presigned Spaces URLs
+
+    @property
+    def spaces(self) -> bool:
+        return self.storage == "spaces"
+
+    @property
+    def spaces_region(self) -> str:
+        """The bucket's region: `spacesRegion`, or the droplets' own."""
+        return self.spaces_region_setting or self.region
+
+    @property
+    def spaces_bucket(self) -> str:
+        """The bucket's name: `spacesBucket`, or `<name prefix>-images`."""
+        return self.spaces_bucket_setting or f"{self.name_prefix}-images"
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -314,7 +346,8 @@ def name_prefix(stack: str) -> str:
 def _derived_name_problems(settings: Settings, stack: str) -> list[str]:
     """The longest name made from the stack name that DigitalOcean would refuse, if any."""
     names = [(name, "droplet", MAX_DROPLET_NAME) for name in settings.droplet_names()]
-    if settings.existing_volume is None:
+    # The derived bucket name (`<prefix>-images`) is shorter than the registry droplet's.
+    if not settings.spaces and settings.existing_volume is None:
         names.append((settings.volume_name, "volume", MAX_VOLUME_NAME))
     excess, name, kind, limit = max(
         (len(name) - limit, name, kind, limit) for name, kind, limit in names
@@ -354,6 +387,72 @@ def _gc_schedule(raw: str) -> str:
         + ", ".join(_GC_SHORTHANDS)
         + ', or [WEEKDAY] [YEAR-MONTH-DAY] HH:MM[:SS] such as "Sun *-*-* 03:00"'
     )
+
+
+def _storage(raw: str) -> str:
+    if raw not in STORAGE_MODES:
+        raise _Invalid(
+            "volume (one droplet, images on a block storage volume) or spaces (images in a "
+            "Spaces bucket, registryCount droplets behind a load balancer)"
+        )
+    return raw
+
+
+def _spaces_region(raw: str) -> str | None:
+    if raw == "":
+        return None
+    if raw not in SPACES_REGIONS:
+        raise _Invalid(
+            "empty (the droplets' region), or a region with Spaces: " + ", ".join(SPACES_REGIONS)
+        )
+    return raw
+
+
+def _spaces_bucket(raw: str) -> str | None:
+    if raw == "":
+        return None
+    if not _BUCKET_NAME.fullmatch(raw):
+        raise _Invalid(
+            "empty (registry-<stack>-images), or a bucket name of 3 to 63 lowercase letters, "
+            'digits and "-", starting and ending with a letter or digit, such as acme-registry'
+        )
+    return raw
+
+
+def _storage_problems(values: Mapping[str, Any], raw_config: Mapping[str, str | None]) -> list[str]:
+    """Combinations of keys that cannot work together (each key is valid on its own)."""
+    problems = []
+    if values["storage"] == "volume" and values["registry_count"] > 1:
+        problems.append(
+            _problem(
+                "registryCount",
+                raw_config.get("registryCount"),
+                "1 with storage volume (a volume attaches to one droplet): set storage to "
+                "spaces for more registry droplets",
+            )
+        )
+    if values["storage"] == "spaces" and values["existing_volume"] is not None:
+        problems.append(
+            _problem(
+                "existingVolume",
+                raw_config.get("existingVolume"),
+                "empty with storage spaces (images live in the bucket, not on a volume)",
+            )
+        )
+    if (
+        values["storage"] == "spaces"
+        and values["spaces_region_setting"] is None
+        and values["region"] not in SPACES_REGIONS
+    ):
+        problems.append(
+            _problem(
+                "spacesRegion",
+                raw_config.get("spacesRegion"),
+                f"a region with Spaces ({', '.join(SPACES_REGIONS)}): region "
+                f"{values['region']} has none",
+            )
+        )
+    return problems
 
 
 # key -> (field, parser). The order is the order of Pulumi.yaml and of error messages.
@@ -410,6 +509,14 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "existingVolume": ("existing_volume", _existing_volume),
     "gcSchedule": ("gc_schedule", _gc_schedule),
     "gcDeleteUntagged": ("gc_delete_untagged", _bool),
+    "storage": ("storage", _storage),
+    "registryCount": (
+        "registry_count",
+        lambda raw: _int(raw, 1, MAX_REGISTRIES, f"an integer from 1 to {MAX_REGISTRIES}"),
+    ),
+    "spacesRegion": ("spaces_region_setting", _spaces_region),
+    "spacesBucket": ("spaces_bucket_setting", _spaces_bucket),
+    "spacesRedirect": ("spaces_redirect", _bool),
 }
 
 CONFIG_KEYS = tuple(_FIELDS)
@@ -462,6 +569,8 @@ def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> 
                 "there), or clientCount 0",
             )
         )
+    if not problems:
+        problems += _storage_problems(values, raw_config)
     settings = None if problems else Settings(**values, name_prefix=name_prefix(stack))
     if settings is not None:
         problems += _derived_name_problems(settings, stack)

@@ -81,6 +81,7 @@ class Registration:
     ignore_changes: list[str] = field(default_factory=list)
     delete_timeout: str = ""  # custom_timeouts.delete, as the engine passes it to the provider
     id: str = ""  # what the provider (mock) answered
+    provider: str = ""  # an explicit provider's reference, `<provider urn>::<provider id>`
     outputs: dict[str, Any] = field(default_factory=dict)  # secrets unwrapped
 
     def is_secret_input(self, key: str) -> bool:
@@ -121,6 +122,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 delete_timeout=request.customTimeouts.delete,
                 id=response.id,
                 outputs=unwrap(outputs),
+                provider=request.provider,
             )
         return response
 

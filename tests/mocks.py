@@ -45,6 +45,7 @@ SECRET_OUTPUTS = {
     "random:index/randomPassword:RandomPassword": {"result", "bcryptHash"},
     "random:index/randomBytes:RandomBytes": {"base64", "hex"},
     "command:remote:Command": {"connection"},
+    "digitalocean:index/spacesKey:SpacesKey": {"secretKey"},
 }
 
 
@@ -265,6 +266,10 @@ class ProviderMocks(Mocks):
             "digitalocean:index/firewall:Firewall": self._with_uuid("firewall"),
             "digitalocean:index/dnsRecord:DnsRecord": self._dns_record,
             "command:remote:Command": self._remote_command,
+            "digitalocean:index/loadBalancer:LoadBalancer": self._load_balancer,
+            "digitalocean:index/spacesKey:SpacesKey": self._spaces_key,
+            "digitalocean:index/spacesBucket:SpacesBucket": self._spaces_bucket,
+            "pulumi:providers:digitalocean": lambda name, inputs: (f"{name}-provider", inputs),
         }.get(typ)
         if handler is None:
             raise NotImplementedError(f"no provider-like mock for {typ}")
@@ -474,6 +479,29 @@ class ProviderMocks(Mocks):
         return str(30000000 + len(self._state)), {
             **inputs,
             "fqdn": f"{inputs['name']}.{inputs['domain']}",
+        }
+
+    def _load_balancer(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        balancer_id = str(uuid.uuid4())
+        return balancer_id, {
+            **inputs,
+            "ip": f"198.51.100.{10 + len(self._state) % 200}",
+            "urn": f"do:loadbalancer:{balancer_id}",
+            "status": "active",
+        }
+
+    def _spaces_key(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        access_key = "DO" + hashlib.sha256(name.encode()).hexdigest()[:18].upper()
+        secret = base64.b64encode(hashlib.sha256(b"secret " + name.encode()).digest()).decode()
+        return access_key, {**inputs, "accessKey": access_key, "secretKey": secret}
+
+    def _spaces_bucket(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        region, bucket = inputs["region"], inputs["name"]
+        return f"{region}:{bucket}", {
+            **inputs,
+            "bucketDomainName": f"{bucket}.{region}.digitaloceanspaces.com",
+            "endpoint": f"{region}.digitaloceanspaces.com",
+            "urn": f"do:space:{bucket}",
         }
 
     def _remote_command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -31,6 +31,8 @@ from tests.realstack.clients import with_private_state
 from tests.realstack.hostsim import materialize
 from tests.realstack.oci import OciImage, build_image
 
+pytestmark = pytest.mark.host
+
 COMPOSE = REGISTRY_HOST.file("compose").path
 GC_SCRIPT = REGISTRY_HOST.file("gc_script").path
 DATA_DIR = REGISTRY_LAYOUT.data_dir
@@ -80,7 +82,6 @@ if [[ "$1" == --file && "${*:3}" == "up --detach --wait --no-deps registry" ]]; 
   readonly_json="$("$GC_TEST_PYTHON" -c '
 import sys, yaml
 
-pytestmark = pytest.mark.host
 env = yaml.safe_load(open(sys.argv[1]))["services"]["registry"]["environment"]
 assert set(env) == {"REGISTRY_STORAGE_MAINTENANCE_READONLY"}, env
 print(env["REGISTRY_STORAGE_MAINTENANCE_READONLY"])' "$2")"

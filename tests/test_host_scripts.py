@@ -35,6 +35,8 @@ import pytest
 from components.manifest import REGISTRY_HOST, REGISTRY_LAYOUT
 from tests.harness import ProgramRun
 
+pytestmark = pytest.mark.host
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "files" / "scripts"
 MiB = 1 << 20
@@ -585,7 +587,6 @@ def test_release_fails_clearly_while_the_mount_stays_busy(volume_host: VolumeHos
 HOLD_LOCK = """
 import fcntl, os, sys, time
 
-pytestmark = pytest.mark.host
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a POSIX record lock, as apt and dpkg take
 print("locked", flush=True)

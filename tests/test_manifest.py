@@ -76,7 +76,9 @@ def everything_said(host_manifest: HostManifest) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "host_manifest", [manifest.REGISTRY_HOST, manifest.CLIENT_HOST], ids=["registry", "client"]
+    "host_manifest",
+    [manifest.REGISTRY_HOST, manifest.REGISTRY_HOST_SPACES, manifest.CLIENT_HOST],
+    ids=["registry", "registry-spaces", "client"],
 )
 def test_every_file_renders_with_exactly_its_values_and_no_placeholder_left(
     host_manifest: HostManifest,
@@ -86,7 +88,11 @@ def test_every_file_renders_with_exactly_its_values_and_no_placeholder_left(
 
 
 def test_moving_every_directory_port_and_service_leaves_no_old_fact_anywhere() -> None:
-    for host_manifest in (registry_host(MOVED_REGISTRY), client_host(MOVED_CLIENT)):
+    for host_manifest in (
+        registry_host(MOVED_REGISTRY),
+        registry_host(MOVED_REGISTRY, storage="spaces"),
+        client_host(MOVED_CLIENT),
+    ):
         for role, text in everything_said(host_manifest).items():
             stale = [fact for fact in DEFAULT_FACTS if fact in text]
             assert not stale, f"{role} still says {stale}:\n{text}"

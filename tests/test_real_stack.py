@@ -481,3 +481,32 @@ def test_eight_concurrent_pushes_then_pulls_are_intact(
     assert pulled == [(image.manifest_digest, image.layer_digests) for image in images]
     assert len({image.manifest_digest for image in images}) == 8
     assert layout_digests(images[0].layout, "v1")[0] == images[0].manifest_digest
+
+
+# -- the health endpoint a load balancer checks ----------------------------------------------
+def healthz(sim: RegistryHostSim) -> tuple[str, bytes]:
+    """(status, body) of GET /healthz without credentials, from the client."""
+    result = curl(sim, "-o", "-", "-w", "\n%{http_code}", f"https://{sim.address}/healthz")
+    body, _, status = result.stdout.rpartition(b"\n")
+    return status.decode(), body
+
+
+def test_healthz_answers_without_credentials_and_follows_the_registry(
+    sim: RegistryHostSim,
+) -> None:
+    assert healthz(sim) == ("200", b"")
+    # The debug server's other pages stay out of reach, and /v2/ still asks for credentials.
+    for path in ("/debug/health", "/.registry-health", "/healthz/x", "/v2/"):
+        status = curl(sim, "-o", "/dev/null", "-w", "%{http_code}", f"https://{sim.address}{path}")
+        assert status.stdout.decode() in ("401", "404"), path
+    sim.stop_service(REGISTRY_LAYOUT.registry_service)
+    try:
+        # Within one health check interval (a balancer's are 3 s or more).
+        deadline = time.monotonic() + 3
+        while healthz(sim)[0] != "503" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert healthz(sim) == ("503", b"unhealthy\n")
+    finally:
+        sim.start_service(REGISTRY_LAYOUT.registry_service)
+        sim.wait_registry()
+    assert healthz(sim) == ("200", b"")

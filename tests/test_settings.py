@@ -70,6 +70,9 @@ CONTAINER_IMAGE_FORM = "an image reference with an explicit tag or digest"
 CERT_HOURS_FORM = "an integer from 24 to 87600"
 SSH_KEYS_FORM = "a list of OpenSSH public keys"
 EXISTING_VOLUME_FORM = "the name or id of a DigitalOcean volume in the stack's region"
+STORAGE_FORM = "volume (one droplet, images on a block storage volume) or spaces"
+SPACES_REGION_FORM = "empty (the droplets' region), or a region with Spaces: ams3, atl1"
+BUCKET_FORM = "empty (registry-<stack>-images), or a bucket name of 3 to 63 lowercase"
 GC_SCHEDULE_FORM = "a systemd OnCalendar schedule: hourly, daily, weekly"
 
 # (key, bad value as a Python value or raw CLI string, a part of the accepted form)
@@ -184,6 +187,21 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("gcSchedule", "Sun 03:00\nExecStart=/bin/evil", GC_SCHEDULE_FORM),  # a unit-file line
     ("gcSchedule", "0 3 * * 0", GC_SCHEDULE_FORM),  # cron, not systemd
     ("gcDeleteUntagged", "yes", "true or false"),
+    ("storage", "", STORAGE_FORM),
+    ("storage", "s3", STORAGE_FORM),
+    ("storage", "Spaces", STORAGE_FORM),
+    ("registryCount", 0, "an integer from 1 to 10"),
+    ("registryCount", 11, "an integer from 1 to 10"),
+    # More than one droplet cannot share a volume.
+    ("registryCount", 3, "1 with storage volume (a volume attaches to one droplet)"),
+    ("spacesRegion", "nyc1", SPACES_REGION_FORM),  # no Spaces there
+    ("spacesRegion", "FRA1", SPACES_REGION_FORM),
+    ("spacesBucket", "ab", BUCKET_FORM),
+    ("spacesBucket", "My-Bucket", BUCKET_FORM),
+    ("spacesBucket", "bucket-", BUCKET_FORM),
+    ("spacesBucket", "a" * 64, BUCKET_FORM),
+    ("spacesBucket", "my.bucket", BUCKET_FORM),
+    ("spacesRedirect", "yes", "true or false"),
 ]
 
 
@@ -290,6 +308,11 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
         name_prefix="registry-dev",
         gc_schedule="weekly",
         gc_delete_untagged=False,
+        storage="volume",
+        registry_count=1,
+        spaces_region_setting=None,
+        spaces_bucket_setting=None,
+        spaces_redirect=False,
     )
 
 
@@ -377,6 +400,10 @@ def test_dev_stack_file_parses() -> None:
         ("gcSchedule", "Mon..Fri 02:30", "gc_schedule", "Mon..Fri 02:30"),
         ("gcSchedule", "Sat,Sun *-*-1..7 04:00", "gc_schedule", "Sat,Sun *-*-1..7 04:00"),
         ("gcDeleteUntagged", True, "gc_delete_untagged", True),
+        ("storage", "spaces", "storage", "spaces"),
+        ("spacesRegion", "ams3", "spaces_region_setting", "ams3"),
+        ("spacesBucket", "acme-registry", "spaces_bucket_setting", "acme-registry"),
+        ("spacesRedirect", True, "spaces_redirect", True),
     ],
 )
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
@@ -391,6 +418,55 @@ def test_domain_gives_a_dns_name_that_clients_use() -> None:
     assert settings.address == "registry.example.com:443"
 
 
+SPACES = {"storage": "spaces", "region": "fra1"}
+
+
+def test_spaces_mode_defaults_to_the_droplets_region_and_a_bucket_named_after_the_stack() -> None:
+    settings = parse_settings(config(**SPACES, registryCount=3), stack="prod")
+    assert (settings.spaces, settings.registry_count) == (True, 3)
+    assert settings.spaces_region == "fra1"
+    assert settings.spaces_bucket == "registry-prod-images"
+    assert settings.registry_droplet_names() == [
+        "registry-prod-registry-0",
+        "registry-prod-registry-1",
+        "registry-prod-registry-2",
+    ]
+    assert parse_settings(config(**SPACES, spacesRegion="ams3")).spaces_region == "ams3"
+
+
+def test_one_registry_droplet_keeps_its_name_in_either_mode() -> None:
+    for overrides in ({}, SPACES):
+        assert parse_settings(config(**overrides)).registry_droplet_names() == [
+            "registry-dev-registry"
+        ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "form"),
+    [
+        ({"registryCount": 2}, "registryCount", "set storage to spaces for more registry"),
+        (
+            {**SPACES, "existingVolume": "registry-dev-data"},
+            "existingVolume",
+            "empty with storage spaces",
+        ),
+        (
+            {"storage": "spaces", "region": "nyc1"},
+            "spacesRegion",
+            "a region with Spaces (ams3, atl1, blr1, fra1, nyc3, sfo2, sfo3, sgp1, syd1): "
+            "region nyc1 has none",
+        ),
+    ],
+    ids=["count-without-spaces", "volume-with-spaces", "region-without-spaces"],
+)
+def test_storage_combinations_that_cannot_work_fail_naming_the_key(
+    overrides: Mapping[str, Any], key: str, form: str
+) -> None:
+    lines = problem_lines(settings_error(config(**overrides)))
+    assert len(lines) == 1 and lines[0].startswith(f"  {PROJECT}:{key} = ")
+    assert form in lines[0]
+
+
 # -- through the real program ---------------------------------------------------------------
 
 
@@ -403,8 +479,9 @@ def test_domain_gives_a_dns_name_that_clients_use() -> None:
         ({"adminCidrs": ["203.0.113.0/33"]}, "adminCidrs"),
         ({"domain": "not a domain"}, "domain"),
         ({"clientCount": -1}, "clientCount"),
+        ({"registryCount": 3}, "registryCount"),
     ],
-    ids=["port", "users-role", "users-scope", "adminCidrs", "domain", "clientCount"],
+    ids=["port", "users-role", "users-scope", "adminCidrs", "domain", "clientCount", "count"],
 )
 def test_program_with_bad_config_raises_settings_error_before_any_resource(
     run_failing: Callable[[Mapping[str, Any]], FailedRun], overrides: Mapping[str, Any], key: str

@@ -34,7 +34,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from components.manifest import CLIENT_HOST, REGISTRY_HOST, REGISTRY_LAYOUT, command_name
+from components.manifest import (
+    CLIENT_HOST,
+    REGISTRY_HOST,
+    REGISTRY_LAYOUT,
+    HostManifest,
+    command_name,
+)
 from components.versions import NGINX_WORKER_GID, REGISTRY_CONFIG_FILE
 from tests.harness import ProgramRun, Registration
 from tests.realstack.sandbox import Sandbox, overlay_mount
@@ -95,12 +101,17 @@ def run_placing(sandbox: Sandbox, command: Registration) -> None:
         raise AssertionError(f"{command.name} failed: {result.stderr.decode()}")
 
 
-def materialize(run: ProgramRun, workdir: Path) -> HostFiles:
-    """Place every file of the registry host's manifest as the host would."""
+def materialize(
+    run: ProgramRun,
+    workdir: Path,
+    host_name: str = REGISTRY_HOST_NAME,
+    host_manifest: HostManifest = REGISTRY_HOST,
+) -> HostFiles:
+    """Place every file of the registry host's manifest as the host `host_name` would."""
     sandbox = Sandbox(workdir)
-    for host_file in REGISTRY_HOST.files:
-        run_placing(sandbox, run.named(command_name(REGISTRY_HOST_NAME, host_file)))
-    compose_file = sandbox.upper(REGISTRY_HOST.file("compose").path)
+    for host_file in host_manifest.files:
+        run_placing(sandbox, run.named(command_name(host_name, host_file)))
+    compose_file = sandbox.upper(host_manifest.file("compose").path)
     return HostFiles(sandbox=sandbox, compose=yaml.safe_load(compose_file.read_text()))
 
 
@@ -142,6 +153,25 @@ def _env_file(path: Path) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """A registry host as one node of a cluster (tests/realstack/cluster.py): its name in the
+    program, its manifest and private IP, the bridge it joins in the cluster's namespace, a
+    compose network of its own (the bridge routes to it), and what its registry sees of the
+    outside (host names, environment)."""
+
+    host_name: str
+    host_manifest: HostManifest
+    netns_prefix: str  # unique, at most 12 characters (interface names derive from it)
+    private_ip: str
+    compose_net_prefix: str
+    fabric_netns: str
+    bridge: str
+    host_routes: tuple[str, ...]  # on-link routes from the host (e.g. to the object store)
+    extra_hosts: str
+    registry_environment: dict[str, str]
+
+
 @dataclass
 class Service:
     """A compose service as processes will run it."""
@@ -161,11 +191,19 @@ class RegistryHostSim:
         workdir: Path,
         client_ip: str | None = None,
         expose_registry_port: bool = False,
+        node: ClusterNode | None = None,
     ) -> None:
         self.run = run
         self.workdir = workdir
-        self.files = materialize(run, workdir)
-        self.registry_ip = run.outputs["registryPrivateIp"]
+        self.node = node
+        if node is None:
+            self.files = materialize(run, workdir)
+            self.registry_ip = run.outputs["registryPrivateIp"]
+            self.compose_net_prefix = COMPOSE_NET_PREFIX
+        else:
+            self.files = materialize(run, workdir, node.host_name, node.host_manifest)
+            self.registry_ip = node.private_ip
+            self.compose_net_prefix = node.compose_net_prefix
         self.client_ip = client_ip or (run.outputs["clientPrivateIps"] or ["10.110.0.200"])[0]
         self.address = run.outputs["registryAddress"]
         self.registry_name, port = self.address.rsplit(":", 1)
@@ -175,7 +213,9 @@ class RegistryHostSim:
         self.expose_registry_port = expose_registry_port
         tag = f"{os.getpid() % 100000}{int(time.time() * 1000) % 1000:03d}"[-7:]
         self.ns_client, self.ns_host, self.ns_container = (f"rs{tag}{role}" for role in "xhc")
-        self.container_ip = f"{COMPOSE_NET_PREFIX}.2"
+        if node is not None:
+            self.ns_host, self.ns_container = f"{node.netns_prefix}h", f"{node.netns_prefix}c"
+        self.container_ip = f"{self.compose_net_prefix}.2"
         self.data_dir = workdir / "data-volume"  # the data volume, mounted at data_mount
         self.nginx_cache = workdir / "nginx-var-cache"
         self.logs = workdir / "logs"
@@ -228,7 +268,17 @@ class RegistryHostSim:
         return int(host_port)
 
     # -- namespaces -----------------------------------------------------------------------
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """The network namespaces this host makes (a cluster node has no client of its own)."""
+        if self.node is not None:
+            return (self.ns_host, self.ns_container)
+        return (self.ns_client, self.ns_host, self.ns_container)
+
     def _netns(self) -> None:
+        if self.node is not None:
+            self._node_netns(self.node)
+            return
         x, h, c = self.ns_client, self.ns_host, self.ns_container
         for ns in (x, h, c):
             sh("ip", "netns", "add", ns)
@@ -274,6 +324,39 @@ class RegistryHostSim:
             # Benchmark only: a route from the client straight to the registry's own port.
             sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             sh("ip", "-n", x, "route", "add", f"{COMPOSE_NET_PREFIX}.0/24", "via", self.registry_ip)
+
+    def _node_netns(self, node: ClusterNode) -> None:
+        """Host and container namespaces; the host's private IP on the cluster's bridge, and
+        the host forwarding for its compose network (which the bridge routes to it)."""
+        h, c = self.ns_host, self.ns_container
+        for ns in (h, c):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        outside = f"{h}b"
+        sh("ip", "link", "add", f"{h}0", "netns", h, "type", "veth", "peer", "name", outside)
+        sh("ip", "link", "set", outside, "netns", node.fabric_netns)
+        sh("ip", "-n", node.fabric_netns, "link", "set", outside, "master", node.bridge, "up")
+        sh("ip", "link", "add", f"{h}1", "netns", h, "type", "veth", "peer", "name", f"{c}1")
+        sh("ip", "link", "set", f"{c}1", "netns", c)
+        sh("ip", "-n", h, "addr", "add", f"{self.registry_ip}/{NETMASK}", "dev", f"{h}0")
+        sh("ip", "-n", h, "addr", "add", f"{self.compose_net_prefix}.1/24", "dev", f"{h}1")
+        sh("ip", "-n", c, "addr", "add", f"{self.container_ip}/24", "dev", f"{c}1")
+        for ns, dev in ((h, f"{h}0"), (h, f"{h}1"), (c, f"{c}1")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", c, "route", "add", "default", "via", f"{self.compose_net_prefix}.1")
+        sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for route in node.host_routes:
+            sh("ip", "-n", h, "route", "add", route, "dev", f"{h}0")
+        sh(
+            "ip",
+            "-n",
+            node.fabric_netns,
+            "route",
+            "add",
+            f"{self.compose_net_prefix}.0/24",
+            "via",
+            self.registry_ip,
+        )
 
     def _container_script(self, service: Service, etc_upper: Path) -> str:
         """Shell run inside a netns: private /etc overlay, the service's binds, then exec."""
@@ -324,12 +407,17 @@ class RegistryHostSim:
         service = self.services[name]
         netns = self.netns_of(name)
         hosts = f"127.0.0.1 localhost\n{self.container_ip} {REGISTRY_LAYOUT.registry_service}\n"
+        extra_env: dict[str, str] = {}
+        if self.node is not None and name == REGISTRY_LAYOUT.registry_service:
+            hosts += self.node.extra_hosts
+            extra_env = self.node.registry_environment
         etc_upper = self._etc_upper(name, hosts)
         self.logs.mkdir(exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             **service.environment,
+            **extra_env,
         }
         self.processes[name] = subprocess.Popen(
             [
@@ -522,16 +610,28 @@ class RegistryHostSim:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> RegistryHostSim:
         self._netns()
+        self.start_services()
+        return self
+
+    def start_services(self) -> None:
+        """The registry, then nginx, each waited for (what `compose up --wait` does)."""
         self.start_service(REGISTRY_LAYOUT.registry_service)
         self.wait_registry()
         self.start_service(REGISTRY_LAYOUT.nginx_service)
-        self.wait_nginx()
-        return self
+        if self.node is None:
+            self.wait_nginx()
+        else:
+            self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        """Until the node's health endpoint answers 200 on its own address."""
+        url = f"https://{self.registry_ip}:{self.port}{REGISTRY_LAYOUT.health_path}"
+        self._wait("node health", lambda: self._http_code(self.ns_host, url, "-k") == "200")
 
     def stop(self) -> None:
         for name in list(self.processes):
             self.stop_service(name)
-        for ns in (self.ns_client, self.ns_host, self.ns_container):
+        for ns in self.namespaces:
             if ns in sh("ip", "netns", "list", check=False).stdout.decode():
                 self._kill_netns_pids(ns)
                 sh("ip", "netns", "del", ns, check=False)
@@ -540,11 +640,7 @@ class RegistryHostSim:
         """What `stop` failed to clean up: namespaces, service processes, anything still
         running from the test directory."""
         namespaces = sh("ip", "netns", "list", check=False).stdout.decode()
-        found = [
-            f"netns {ns}"
-            for ns in (self.ns_client, self.ns_host, self.ns_container)
-            if ns in namespaces
-        ]
+        found = [f"netns {ns}" for ns in self.namespaces if ns in namespaces]
         found += [f"pid {pid}" for pid in self.started_pids if Path(f"/proc/{pid}").exists()]
         if str(self.workdir) in sh("ps", "-eo", "args").stdout.decode():
             found.append(f"a process running from {self.workdir}")
