@@ -183,6 +183,9 @@ class RegistryHostLayout:
     nginx_dir: str = "/etc/nginx"
     # dockerd's own configuration file.
     docker_daemon_config: str = "/etc/docker/daemon.json"
+    # Each container's json-file log: at most this many files of this size (dockerd rotates).
+    container_log_max_size: str = "20m"
+    container_log_max_files: int = 5
 
     @property
     def data_dir(self) -> str:
@@ -286,6 +289,8 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
             "nginx_conf_volume": nginx_conf_dir.volume,
             "tls_volume": tls_dir.volume,
             "auth_volume": auth_dir.volume,
+            "log_max_size": layout.container_log_max_size,
+            "log_max_files": layout.container_log_max_files,
         },
     )
     systemd_unit = HostFile(

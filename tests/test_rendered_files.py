@@ -315,6 +315,28 @@ def test_compose_file_is_valid_compose_with_only_nginx_published(
     assert services[REGISTRY]["environment"]["REGISTRY_HTTP_SECRET"] == secret
 
 
+def test_both_containers_rotate_their_json_file_logs(
+    registry_host_files: dict[str, str], tmp_path: Path
+) -> None:
+    """Docker's json-file driver keeps logs without bound unless told: both containers get a
+    size cap and a file count (as `docker compose config` reads the file), so the host keeps at
+    most max-size x max-file per container."""
+    result = compose_config(registry_host_files, tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    services = json.loads(result.stdout)["services"]
+    expected = {
+        "driver": "json-file",
+        "options": {
+            "max-size": REGISTRY_LAYOUT.container_log_max_size,
+            "max-file": str(REGISTRY_LAYOUT.container_log_max_files),
+        },
+    }
+    assert {name: service.get("logging") for name, service in services.items()} == {
+        REGISTRY: expected,
+        NGINX: expected,
+    }
+
+
 def test_compose_validation_rejects_a_file_outside_the_specification(
     registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path
 ) -> None:
