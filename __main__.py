@@ -2,7 +2,9 @@
 
 import pulumi
 
+from components.access import METRICS_USER
 from components.credentials import Credentials, CredentialsArgs
+from components.manifest import REGISTRY_LAYOUT
 from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs
 from components.registry_client import RegistryClient, RegistryClientArgs
@@ -15,7 +17,10 @@ settings = load_settings()
 name_prefix = settings.name_prefix
 
 credentials = Credentials(
-    "credentials", CredentialsArgs(users=settings.users, rotation=settings.password_rotation)
+    "credentials",
+    CredentialsArgs(
+        users=settings.users, rotation=settings.password_rotation, metrics_user=METRICS_USER
+    ),
 )
 ca = CertificateAuthority(
     "ca",
@@ -75,6 +80,7 @@ server = RegistryServer(
         gc_schedule=settings.gc_schedule,
         gc_delete_untagged=settings.gc_delete_untagged,
         http_secret=credentials.http_secret,
+        disk_alert_percent=settings.disk_alert_percent,
     ),
 )
 
@@ -112,6 +118,17 @@ pulumi.export("users", list(settings.users))
 pulumi.export("userAccess", {account.name: account.describe() for account in settings.accounts})
 pulumi.export("passwords", pulumi.Output.secret(credentials.passwords))
 pulumi.export("caCertificatePem", ca.cert_pem)
+pulumi.export("metricsUser", METRICS_USER)
+pulumi.export("metricsPassword", pulumi.Output.secret(credentials.metrics_password))
+pulumi.export(
+    "metricsUrls",
+    server.private_ip.apply(
+        lambda ip: {
+            name: f"https://{ip}:{REGISTRY_LAYOUT.metrics_port}/metrics/{name}"
+            for name in ("registry", "nginx", "disk")
+        }
+    ),
+)
 pulumi.export("sshPrivateKey", pulumi.Output.secret(network.ssh_private_key))
 pulumi.export("dataVolumeId", server.volume_id)
 pulumi.export(

@@ -178,6 +178,13 @@ class RegistryHostLayout:
     # neither is ever published, and the TLS port may be neither.
     registry_port: int = 5000
     debug_port: int = 5001
+    # nginx's metrics listener, published on the droplet's private address only, and the path of
+    # the registry's Prometheus metrics on its debug server.
+    metrics_port: int = 9443
+    registry_metrics_path: str = "/metrics"
+    # The disk check's Prometheus text file (nginx serves the directory) and its interval.
+    metrics_dir: str = "/var/lib/registry-metrics"
+    disk_check_interval: str = "5min"
     # Inside the containers.
     registry_storage: str = "/var/lib/registry"
     nginx_dir: str = "/etc/nginx"
@@ -207,6 +214,8 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
     tls_dir = Mount(f"{layout.config_dir}/tls", f"{layout.nginx_dir}/tls")
     auth_dir = Mount(f"{layout.config_dir}/auth", f"{layout.nginx_dir}/auth")
     data_dir = Mount(layout.data_dir, layout.registry_storage)
+    metrics_dir = Mount(layout.metrics_dir, f"{layout.nginx_dir}/metrics")
+    disk_metrics_file = metrics_dir.host_path("disk.prom")
 
     registry_config = HostFile(
         "registry_config",
@@ -216,6 +225,7 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
         values={
             "registry_port": layout.registry_port,
             "debug_port": layout.debug_port,
+            "metrics_path": layout.registry_metrics_path,
             "storage_dir": layout.registry_storage,
         },
     )
@@ -266,6 +276,11 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
             "server_key": tls_dir.in_container(server_key.path),
             "htpasswd": auth_dir.in_container(htpasswd.path),
             "access_maps": StackValue("access_maps"),
+            "metrics_port": layout.metrics_port,
+            "registry_debug_upstream": f"{layout.registry_service}:{layout.debug_port}",
+            "registry_metrics_path": layout.registry_metrics_path,
+            "metrics_user": StackValue("metrics_user"),
+            "disk_metrics_file": metrics_dir.in_container(disk_metrics_file),
         },
     )
     compose = HostFile(
@@ -289,6 +304,9 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
             "nginx_conf_volume": nginx_conf_dir.volume,
             "tls_volume": tls_dir.volume,
             "auth_volume": auth_dir.volume,
+            "metrics_volume": metrics_dir.volume,
+            "private_ip": StackValue("private_ip"),
+            "metrics_port": layout.metrics_port,
             "log_max_size": layout.container_log_max_size,
             "log_max_files": layout.container_log_max_files,
         },
@@ -343,6 +361,32 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
         template="registry-gc.timer",
         values={"schedule": StackValue("gc_schedule")},
     )
+    disk_script = HostFile(
+        "disk_script",
+        f"{layout.config_dir}/registry-disk.sh",
+        0o755,
+        template="registry-disk.sh",
+        values={
+            "data_mount": layout.data_mount,
+            "metrics_file": disk_metrics_file,
+            "threshold_percent": StackValue("disk_alert_percent"),
+        },
+    )
+    disk_unit = registry_unit.with_name(f"{registry_unit.stem}-disk.service")
+    disk_service = HostFile(
+        "disk_service",
+        str(disk_unit),
+        0o644,
+        template="registry-disk.service",
+        values={"disk_script": disk_script.path},
+    )
+    disk_timer = HostFile(
+        "disk_timer",
+        str(disk_unit.with_suffix(".timer")),
+        0o644,
+        template="registry-disk.timer",
+        values={"interval": layout.disk_check_interval},
+    )
     # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
     docker_daemon = HostFile(
         "docker_daemon", layout.docker_daemon_config, 0o644, template="docker-daemon.json"
@@ -360,6 +404,9 @@ def registry_host(layout: RegistryHostLayout = RegistryHostLayout()) -> HostMani
         gc_script,
         gc_service,
         gc_timer,
+        disk_script,
+        disk_service,
+        disk_timer,
         docker_daemon,
     )
     scripts = (

@@ -11,7 +11,7 @@ import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 
 from components import manifest
-from components.access import Account, access_maps
+from components.access import METRICS_USER, Account, access_maps
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
 from components.remote import DropletArgs, RemoteHost, rendered_files
 from components.rendering.templates import sha256_hex
@@ -69,6 +69,7 @@ class RegistryServerArgs:
     gc_schedule: str  # systemd OnCalendar of registry-gc.timer
     gc_delete_untagged: bool
     http_secret: pulumi.Input[str]
+    disk_alert_percent: int  # the disk check's warning threshold
 
 
 class RegistryServer(pulumi.ComponentResource):
@@ -168,6 +169,10 @@ class RegistryServer(pulumi.ComponentResource):
             "access_maps": access_maps(tuple(args.accounts)),
             "gc_schedule": args.gc_schedule,
             "gc_flags": "--delete-untagged" if args.gc_delete_untagged else "",
+            # nginx's metrics listener: published on this address only, for this user only.
+            "private_ip": droplet.ipv4_address_private,
+            "metrics_user": METRICS_USER,
+            "disk_alert_percent": args.disk_alert_percent,
         }
         files = rendered_files(host_manifest, stack_values)
 

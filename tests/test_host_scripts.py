@@ -984,8 +984,8 @@ def test_activate_first_start_enables_live_restore_then_waits_for_401(standins: 
     assert systemctl_verbs(standins) == [
         "daemon-reload",
         "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer",
-        "restart registry-gc.timer",
+        "enable --quiet registry-gc.timer registry-disk.timer",
+        "restart registry-gc.timer registry-disk.timer",
         "reload docker.service",
         "start registry.service",
     ]
@@ -1006,8 +1006,8 @@ def test_activate_starts_a_stopped_dockerd_which_reads_live_restore_itself(
     assert systemctl_verbs(standins) == [
         "daemon-reload",
         "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer",
-        "restart registry-gc.timer",
+        "enable --quiet registry-gc.timer registry-disk.timer",
+        "restart registry-gc.timer registry-disk.timer",
         "start docker.service",
         "start registry.service",
     ]
@@ -1020,8 +1020,8 @@ def test_activate_reloads_a_running_registry_and_leaves_dockerd_alone(standins: 
     assert systemctl_verbs(standins) == [
         "daemon-reload",
         "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer",
-        "restart registry-gc.timer",
+        "enable --quiet registry-gc.timer registry-disk.timer",
+        "restart registry-gc.timer registry-disk.timer",
         "reload registry.service",
     ]
     assert len(standins.calls("curl")) == 1

@@ -34,6 +34,8 @@ MOVED_REGISTRY = RegistryHostLayout(
     nginx_service="moved-front",
     registry_port=7000,
     debug_port=7001,
+    metrics_port=7443,
+    metrics_dir="/mnt/moved-metrics",
     registry_storage="/moved-storage",
     nginx_dir="/moved-nginx",
 )
@@ -47,6 +49,8 @@ DEFAULT_FACTS = [
     "/etc/nginx",
     ":5000",
     "5000/",
+    ":9443",
+    " 9443 ",
     "/etc/private-registry",
 ]
 

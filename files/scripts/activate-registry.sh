@@ -24,9 +24,9 @@ live_restore() { docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null || t
 
 systemctl daemon-reload
 systemctl enable --quiet docker.service registry.service
-# Garbage collection on its schedule; restarting the timer applies a changed gcSchedule now.
-systemctl enable --quiet registry-gc.timer
-systemctl restart registry-gc.timer
+# Garbage collection on its schedule and the disk check; a restart applies a changed schedule now.
+systemctl enable --quiet registry-gc.timer registry-disk.timer
+systemctl restart registry-gc.timer registry-disk.timer
 systemctl is-active --quiet docker.service || systemctl start docker.service
 # dockerd reads daemon.json at start; a running one applies live-restore on reload (SIGHUP),
 # without stopping any container (docs.docker.com/engine/daemon/live-restore). Then a dockerd
