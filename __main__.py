@@ -5,6 +5,7 @@ import pulumi
 from components.access import METRICS_USER
 from components.credentials import Credentials, CredentialsArgs
 from components.manifest import REGISTRY_LAYOUT
+from components.monitoring import Monitoring, MonitoringArgs
 from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs
 from components.registry_client import RegistryClient, RegistryClientArgs
@@ -33,6 +34,7 @@ network = Network(
     NetworkArgs(
         name_prefix=name_prefix,
         registry_port=settings.port,
+        metrics_port=REGISTRY_LAYOUT.metrics_port,
         admin_cidrs=settings.admin_cidrs,
         allowed_cidrs=settings.allowed_cidrs,
     ),
@@ -109,6 +111,23 @@ clients = [
     for index in range(settings.client_count)
 ]
 
+monitoring = Monitoring(
+    "monitoring",
+    MonitoringArgs(
+        name_prefix=name_prefix,
+        stack=pulumi.get_stack(),
+        region=settings.region,
+        endpoint=pulumi.Output.concat(
+            "https://", settings.dns_name or server.public_ip, f":{settings.port}"
+        ),
+        registry_droplet_id=server.droplet_id,
+        allowed_cidrs=settings.allowed_cidrs,
+        alert_emails=settings.alert_emails,
+        disk_alert_percent=settings.disk_alert_percent,
+        project_resources=[*server.owned_urns, *(client.droplet_urn for client in clients)],
+    ),
+)
+
 pulumi.export("registryAddress", settings.address)
 pulumi.export("registryPublicIp", server.public_ip)
 pulumi.export("registryPrivateIp", server.private_ip)
@@ -119,6 +138,7 @@ pulumi.export("userAccess", {account.name: account.describe() for account in set
 pulumi.export("passwords", pulumi.Output.secret(credentials.passwords))
 pulumi.export("caCertificatePem", ca.cert_pem)
 pulumi.export("metricsUser", METRICS_USER)
+pulumi.export("metricsScraperTag", network.metrics_tag)
 pulumi.export("metricsPassword", pulumi.Output.secret(credentials.metrics_password))
 pulumi.export(
     "metricsUrls",

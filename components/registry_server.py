@@ -26,6 +26,7 @@ class DataVolume:
     name: pulumi.Output[str]
     region: pulumi.Output[str]
     size: pulumi.Output[int]
+    urn: pulumi.Output[str] | None = None  # DigitalOcean's URN, of the stack's own volume only
 
 
 def _same_region(volume_region: str, region: str, volume: str, adopted: bool) -> str:
@@ -85,6 +86,9 @@ class RegistryServer(pulumi.ComponentResource):
 
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
+    droplet_id: pulumi.Output[str]
+    # DigitalOcean URNs of what the stack owns here: the droplet, and the volume unless adopted.
+    owned_urns: list[pulumi.Output[str]]
     volume_id: pulumi.Output[str]
     ready: command.remote.Command
     files_fingerprint: pulumi.Output[str]
@@ -203,6 +207,8 @@ class RegistryServer(pulumi.ComponentResource):
         )
 
         self.public_ip = droplet.ipv4_address
+        self.droplet_id = droplet.id
+        self.owned_urns = [droplet.droplet_urn, *([volume.urn] if volume.urn else [])]
         self.private_ip = droplet.ipv4_address_private
         self.volume_id = volume.id
         self.region = region
@@ -242,4 +248,4 @@ class RegistryServer(pulumi.ComponentResource):
                 ignore_changes=["region"],
             ),
         )
-        return DataVolume(volume.id, volume.name, volume.region, volume.size)
+        return DataVolume(volume.id, volume.name, volume.region, volume.size, volume.volume_urn)

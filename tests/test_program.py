@@ -234,6 +234,10 @@ def expected_resources(users: list[str], client_count: int) -> set[tuple[str, st
         (TAG, "network-client-tag", "network"),
         (FIREWALL, "network-server-firewall", "network"),
         (FIREWALL, "network-client-firewall", "network"),
+        (TAG, "network-metrics-tag", "network"),
+        ("private-registry:index:Monitoring", "monitoring", STACK),
+        ("digitalocean:index/uptimeCheck:UptimeCheck", "monitoring-uptime", "monitoring"),
+        ("digitalocean:index/project:Project", "monitoring-project", "monitoring"),
         (DROPLET, "registry-droplet", "registry"),
         (VOLUME, "registry-data", "registry"),
         (ATTACHMENT, "registry-data-attachment", "registry"),
@@ -581,6 +585,7 @@ def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_only(
     run: ProgramRun = request.getfixturevalue(run_fixture)
     ssh = {"protocol": "tcp", "portRange": "22", "sourceAddresses": admin_cidrs}
     client_tag = resource(run, TAG, "network-client-tag").inputs["name"]
+    metrics_tag = resource(run, TAG, "network-metrics-tag").inputs["name"]
     assert inbound_rules(run, "network-server-firewall") == [
         ssh,
         {
@@ -589,7 +594,14 @@ def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_only(
             "sourceTags": [client_tag],
             **({"sourceAddresses": registry_sources} if registry_sources else {}),
         },
+        # nginx's metrics listener: only droplets tagged for scraping, no address at all.
+        {
+            "protocol": "tcp",
+            "portRange": str(REGISTRY_LAYOUT.metrics_port),
+            "sourceTags": [metrics_tag],
+        },
     ]
+    assert run.outputs["metricsScraperTag"] == metrics_tag
     assert inbound_rules(run, "network-client-firewall") == [ssh]
     assert outbound_is_open(run, "network-server-firewall")
     assert outbound_is_open(run, "network-client-firewall")
