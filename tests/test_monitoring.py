@@ -258,3 +258,9 @@ def test_disk_check_warns_in_the_journal_above_the_threshold_and_serves_usage_as
     unmounted = run_disk_check(sim, fill_kib=0, mounted=False)
     assert "ERROR: no volume is mounted at /srv/registry" in unmounted
     assert disk_metrics(sim, metrics_password) == {"registry_data_volume_mounted": 0}
+
+
+def test_the_placed_disk_check_passes_shellcheck(sim: RegistryHostSim) -> None:
+    script = sim.files.host_path(REGISTRY_HOST.file("disk_script").path)
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
