@@ -2,7 +2,10 @@
 
 import pulumi
 
+from components.access import METRICS_USER
 from components.credentials import Credentials, CredentialsArgs
+from components.manifest import REGISTRY_LAYOUT
+from components.monitoring import Monitoring, MonitoringArgs
 from components.network import Network, NetworkArgs
 from components.object_storage import ObjectStorage, ObjectStorageArgs
 from components.pki import (
@@ -22,7 +25,10 @@ settings = load_settings()
 name_prefix = settings.name_prefix
 
 credentials = Credentials(
-    "credentials", CredentialsArgs(users=settings.users, rotation=settings.password_rotation)
+    "credentials",
+    CredentialsArgs(
+        users=settings.users, rotation=settings.password_rotation, metrics_user=METRICS_USER
+    ),
 )
 ca = CertificateAuthority(
     "ca",
@@ -35,6 +41,7 @@ network = Network(
     NetworkArgs(
         name_prefix=name_prefix,
         registry_port=settings.port,
+        metrics_port=REGISTRY_LAYOUT.metrics_port,
         admin_cidrs=settings.admin_cidrs,
         allowed_cidrs=settings.allowed_cidrs,
         load_balancer_region=settings.region if settings.spaces else None,
@@ -118,6 +125,7 @@ servers = [
             gc_schedule=settings.gc_schedule,
             gc_delete_untagged=settings.gc_delete_untagged,
             http_secret=credentials.http_secret,
+            disk_alert_percent=settings.disk_alert_percent,
             spaces=spaces,
             certificate=shared_certificate,
         ),
@@ -155,6 +163,26 @@ clients = [
     for index in range(settings.client_count)
 ]
 
+monitoring = Monitoring(
+    "monitoring",
+    MonitoringArgs(
+        name_prefix=name_prefix,
+        stack=pulumi.get_stack(),
+        region=settings.region,
+        endpoint=pulumi.Output.concat(
+            "https://", settings.dns_name or registry_ip, f":{settings.port}"
+        ),
+        registry_droplet_ids=[node.droplet_id for node in servers],
+        allowed_cidrs=settings.allowed_cidrs,
+        alert_emails=settings.alert_emails,
+        disk_alert_percent=settings.disk_alert_percent,
+        project_resources=[
+            *(urn for node in servers for urn in node.owned_urns),
+            *(client.droplet_urn for client in clients),
+        ],
+    ),
+)
+
 pulumi.export("registryAddress", settings.address)
 pulumi.export("registryPublicIp", server.public_ip)
 pulumi.export("registryPrivateIp", server.private_ip)
@@ -164,6 +192,23 @@ pulumi.export("users", list(settings.users))
 pulumi.export("userAccess", {account.name: account.describe() for account in settings.accounts})
 pulumi.export("passwords", pulumi.Output.secret(credentials.passwords))
 pulumi.export("caCertificatePem", ca.cert_pem)
+pulumi.export("metricsUser", METRICS_USER)
+pulumi.export("metricsScraperTag", network.metrics_tag)
+pulumi.export("metricsPassword", pulumi.Output.secret(credentials.metrics_password))
+pulumi.export(
+    "metricsUrls",
+    server.private_ip.apply(
+        lambda ip: {
+            name: f"https://{ip}:{REGISTRY_LAYOUT.metrics_port}/metrics/{name}"
+            for name in ("registry", "nginx", "disk")
+        }
+    ),
+)
+# Every node's metrics listener, for a scraper's static targets (the paths are in metricsUrls).
+pulumi.export(
+    "metricsTargets",
+    [node.private_ip.apply(lambda ip: f"{ip}:{REGISTRY_LAYOUT.metrics_port}") for node in servers],
+)
 pulumi.export("sshPrivateKey", pulumi.Output.secret(network.ssh_private_key))
 if settings.spaces:
     pulumi.export("loadBalancerIp", network.load_balancer_ip)

@@ -132,6 +132,22 @@ def table(results: Mapping[str, Any]) -> str:
                     f"{series['p50_ms']:.2f} / {series['p99_ms']:.2f}" if series else "-"
                 )
             rows.append(latency)
+        if ops and "cpu_s_per_gib" in next(iter(ops.values())):
+            cpu_row = ["  CPU-s/GiB client/nginx/registry"]
+            for column in columns:
+                series = ops.get(column)
+                if not series:
+                    cpu_row.append("-")
+                    continue
+                per_gib = series["cpu_s_per_gib"]
+                cell = f"{per_gib['client']:.2f}/{per_gib['nginx']:.2f}/{per_gib['registry']:.2f}"
+                front_cpu = (
+                    results["ratios"].get(column, {}).get(key, {}).get("front_cpu_s_per_gib")
+                )
+                if front_cpu is not None:
+                    cell += f"  front {front_cpu:.2f}"
+                cpu_row.append(cell)
+            rows.append(cpu_row)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()

@@ -163,6 +163,8 @@ class Measurements:
                     "median": round(statistics.median(values), 2),
                     "cpu_per_rep": [rep["cpu"] for rep in reps],
                 }
+                if "seconds" in reps[0]:
+                    series["cpu_s_per_gib"] = cpu_per_gib(reps)
                 if "p50_ms" in reps[0]:
                     series["p50_ms"] = round(statistics.median(r["p50_ms"] for r in reps), 3)
                     series["p99_ms"] = round(statistics.median(r["p99_ms"] for r in reps), 3)
@@ -170,6 +172,24 @@ class Measurements:
                     series["requests"] = [r["requests"] for r in reps]
                 operations[operation][label] = series
         return operations
+
+
+CPU_PROCESSES = ("client", "nginx", "registry", "kernel_threads")
+
+
+def cpu_per_gib(reps: list[dict[str, Any]]) -> dict[str, float]:
+    """Median CPU-seconds per GiB moved, per process, over the repetitions of a large load
+    (MiB/s x seconds = MiB moved)."""
+    gib = [rep["value"] * rep["seconds"] / 1024 for rep in reps]
+    return {
+        process: round(
+            statistics.median(
+                rep["cpu"][f"{process}_cpu_s"] / moved for rep, moved in zip(reps, gib, strict=True)
+            ),
+            3,
+        )
+        for process in CPU_PROCESSES
+    }
 
 
 def ratios(operations: dict[str, Any], fronts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,6 +211,13 @@ def ratios(operations: dict[str, Any], fronts: list[dict[str, Any]]) -> dict[str
                 "target": target,
                 "met": None if target is None else ratio >= target,
             }
+            if "cpu_s_per_gib" in mine:
+                # What the front costs in CPU per GiB: nginx, plus what the registry spends
+                # beyond its direct baseline.
+                front_cpu = mine["cpu_s_per_gib"]["nginx"] + (
+                    mine["cpu_s_per_gib"]["registry"] - base["cpu_s_per_gib"]["registry"]
+                )
+                result[front["name"]][operation]["front_cpu_s_per_gib"] = round(front_cpu, 3)
     return result
 
 

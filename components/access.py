@@ -24,6 +24,9 @@ ROLE_ACTIONS = {"pull": ("read",), "push": ("read", "write"), "admin": ("read", 
 EVERY_REPOSITORY = "**"
 # The repository the client hosts' proof pushes to (files/scripts/verify-registry.sh).
 PROOF_REPOSITORY = "private-registry/proof"
+# The metrics user: in the htpasswd file like every user, so nginx's metrics listener can check
+# its password, but granted nothing on the registry API (not even /v2/: 403). Not a `users` name.
+METRICS_USER = "metrics"
 
 USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # A scope component: repository-name characters and `*`; or `**` as the last component.
@@ -107,6 +110,8 @@ def parse_account(entry: str) -> Account:
     name, has_role, rest = entry.partition(":")
     if not USER_NAME.fullmatch(name):
         raise ValueError(f"bad user name {name!r} in {entry!r}")
+    if name == METRICS_USER:
+        raise ValueError(f"{METRICS_USER!r} is the metrics user's name (reserved), in {entry!r}")
     if not has_role:
         return Account(name)
     role, has_scopes, scopes_text = rest.partition(":")
@@ -187,6 +192,8 @@ def _grant_map(accounts: tuple[Account, ...]) -> list[str]:
         '    map "$remote_user $registry_request" $registry_request_granted {',
         "        default 0;",
         '        "~^[^ ]+ base$" 1;',
+        # An exact match wins over every regex: the metrics user may not even ping /v2/.
+        f"        {_quoted(f'{METRICS_USER} base')} 0;",
     ]
     for account in accounts:
         actions = "|".join(ROLE_ACTIONS[account.role])

@@ -26,16 +26,19 @@ def _htpasswd_entry(user: str, password_and_salt: list[str]) -> tuple[str, str, 
 class CredentialsArgs:
     users: Sequence[str]
     rotation: int  # raising it replaces every password (a keeper)
+    metrics_user: str  # in the htpasswd file too, with its own password (`metrics_password`)
 
 
 class Credentials(pulumi.ComponentResource):
     """One `random.RandomPassword` per user and the nginx htpasswd file built from them.
 
-    Attributes: `passwords` (user -> secret Output), `htpasswd` (secret Output) and
-    `http_secret` (secret Output, the registry's `http.secret`, stable across restarts).
+    Attributes: `passwords` (user -> secret Output), `metrics_password` (the metrics user's),
+    `htpasswd` (secret Output, every user and the metrics user) and `http_secret` (secret Output,
+    the registry's `http.secret`, stable across restarts).
     """
 
     passwords: dict[str, pulumi.Output[str]]
+    metrics_password: pulumi.Output[str]
     htpasswd: pulumi.Output[str]
     http_secret: pulumi.Output[str]
 
@@ -47,7 +50,7 @@ class Credentials(pulumi.ComponentResource):
 
         entries: list[pulumi.Output[tuple[str, str, bytes]]] = []
         self.passwords = {}
-        for user in args.users:
+        for user in [*args.users, args.metrics_user]:
             keepers = {"user": user, "rotation": str(args.rotation)}
             password = random.RandomPassword(
                 f"{name}-{user}-password",
@@ -70,6 +73,7 @@ class Credentials(pulumi.ComponentResource):
                 )
             )
 
+        self.metrics_password = self.passwords.pop(args.metrics_user)
         self.htpasswd = pulumi.Output.secret(
             pulumi.Output.all(*entries).apply(htpasswd.htpasswd_file)
         )

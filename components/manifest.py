@@ -180,6 +180,13 @@ class RegistryHostLayout:
     debug_port: int = 5001
     # nginx's unauthenticated health endpoint on the TLS port (what load balancers check).
     health_path: str = "/healthz"
+    # nginx's metrics listener, published on the droplet's private address only, and the path of
+    # the registry's Prometheus metrics on its debug server.
+    metrics_port: int = 9443
+    registry_metrics_path: str = "/metrics"
+    # The disk check's Prometheus text file (nginx serves the directory) and its interval.
+    metrics_dir: str = "/var/lib/registry-metrics"
+    disk_check_interval: str = "5min"
     # Inside the containers.
     registry_storage: str = "/var/lib/registry"
     nginx_dir: str = "/etc/nginx"
@@ -187,6 +194,9 @@ class RegistryHostLayout:
     docker_daemon_config: str = "/etc/docker/daemon.json"
     # Storage `spaces`: where the registry keeps its tree in the bucket.
     spaces_root_directory: str = "/registry"
+    # Each container's json-file log: at most this many files of this size (dockerd rotates).
+    container_log_max_size: str = "20m"
+    container_log_max_files: int = 5
 
     @property
     def data_dir(self) -> str:
@@ -245,6 +255,8 @@ def registry_host(
     tls_dir = Mount(f"{layout.config_dir}/tls", f"{layout.nginx_dir}/tls")
     auth_dir = Mount(f"{layout.config_dir}/auth", f"{layout.nginx_dir}/auth")
     data_dir = Mount(layout.data_dir, layout.registry_storage)
+    metrics_dir = Mount(layout.metrics_dir, f"{layout.nginx_dir}/metrics")
+    disk_metrics_file = metrics_dir.host_path("disk.prom")
 
     registry_config = HostFile(
         "registry_config",
@@ -255,6 +267,7 @@ def registry_host(
             "registry_port": layout.registry_port,
             "debug_port": layout.debug_port,
             "storage_driver": StackValue("storage_driver") if spaces else _storage_driver(layout),
+            "metrics_path": layout.registry_metrics_path,
         },
     )
     registry_env = HostFile(
@@ -316,6 +329,10 @@ def registry_host(
             "server_key": tls_dir.in_container(server_key.path),
             "htpasswd": auth_dir.in_container(htpasswd.path),
             "access_maps": StackValue("access_maps"),
+            "metrics_port": layout.metrics_port,
+            "registry_metrics_path": layout.registry_metrics_path,
+            "metrics_user": StackValue("metrics_user"),
+            "disk_metrics_file": metrics_dir.in_container(disk_metrics_file),
         },
     )
     compose = HostFile(
@@ -343,6 +360,11 @@ def registry_host(
             "nginx_conf_volume": nginx_conf_dir.volume,
             "tls_volume": tls_dir.volume,
             "auth_volume": auth_dir.volume,
+            "metrics_volume": metrics_dir.volume,
+            "private_ip": StackValue("private_ip"),
+            "metrics_port": layout.metrics_port,
+            "log_max_size": layout.container_log_max_size,
+            "log_max_files": layout.container_log_max_files,
         },
     )
     systemd_unit = HostFile(
@@ -395,11 +417,40 @@ def registry_host(
         template="registry-gc.timer",
         values={"schedule": StackValue("gc_schedule")},
     )
+    disk_script = HostFile(
+        "disk_script",
+        f"{layout.config_dir}/registry-disk.sh",
+        0o755,
+        template="registry-disk.sh",
+        values={
+            "data_mount": layout.data_mount,
+            "metrics_file": disk_metrics_file,
+            "threshold_percent": StackValue("disk_alert_percent"),
+        },
+    )
+    disk_unit = registry_unit.with_name(f"{registry_unit.stem}-disk.service")
+    disk_service = HostFile(
+        "disk_service",
+        str(disk_unit),
+        0o644,
+        template="registry-disk.service",
+        values={"disk_script": disk_script.path},
+    )
+    disk_timer = HostFile(
+        "disk_timer",
+        str(disk_unit.with_suffix(".timer")),
+        0o644,
+        template="registry-disk.timer",
+        values={"interval": layout.disk_check_interval},
+    )
     # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
     docker_daemon = HostFile(
         "docker_daemon", layout.docker_daemon_config, 0o644, template="docker-daemon.json"
     )
-    garbage_collection = () if spaces else (gc_script, gc_service, gc_timer)
+    # Collection and the disk check are for the data volume: spaces nodes have neither.
+    volume_only = (
+        () if spaces else (gc_script, gc_service, gc_timer, disk_script, disk_service, disk_timer)
+    )
     files = (
         compose,
         registry_config,
@@ -410,14 +461,24 @@ def registry_host(
         server_key,
         ca_cert,
         systemd_unit,
-        *garbage_collection,
+        *volume_only,
         docker_daemon,
     )
     install = HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES)
     activate = HostScript(
         "activate",
         "activate-registry.sh",
-        (StackValue("registry_name"), StackValue("port"), compose.path, ca_cert.path),
+        (
+            StackValue("registry_name"),
+            StackValue("port"),
+            compose.path,
+            ca_cert.path,
+            *(
+                PurePosixPath(unit.path).name
+                for unit in volume_only
+                if unit.path.endswith(".timer")
+            ),
+        ),
     )
     if spaces:
         return HostManifest(files, (install, activate))

@@ -25,6 +25,7 @@ EVERYWHERE = ["0.0.0.0/0", "::/0"]
 class NetworkArgs:
     name_prefix: str
     registry_port: int
+    metrics_port: int  # nginx's metrics listener, for droplets tagged `metrics_tag`
     admin_cidrs: Sequence[str]
     allowed_cidrs: Sequence[str]
     # Storage `spaces`: a load balancer in this region in front of every registry droplet.
@@ -62,7 +63,9 @@ class Network(pulumi.ComponentResource):
     Firewalls select droplets by tag, so they exist before the droplets boot. The registry
     port is open only to the client hosts' tag and `allowed_cidrs` (firewalls apply to VPC
     traffic too, so other droplets in the region's default VPC stay out); SSH only to
-    `admin_cidrs`; nothing else is open. The registry's own port 5000 is never published.
+    `admin_cidrs`; the metrics port only to droplets tagged `metrics_tag` (a Prometheus
+    scraper in the VPC; the registry host publishes it on its private address only); nothing
+    else is open. The registry's own port 5000 is never published.
     """
 
     ssh_private_key: pulumi.Output[str]
@@ -71,6 +74,7 @@ class Network(pulumi.ComponentResource):
     server_tag: pulumi.Output[str]
     client_tag: pulumi.Output[str]
     load_balancer_ip: pulumi.Output[str] | None
+    metrics_tag: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -90,6 +94,9 @@ class Network(pulumi.ComponentResource):
         )
         client_tag = digitalocean.Tag(
             f"{name}-client-tag", name=f"{args.name_prefix}-client", opts=child
+        )
+        metrics_tag = digitalocean.Tag(
+            f"{name}-metrics-tag", name=f"{args.name_prefix}-metrics", opts=child
         )
         ssh_from_admins = digitalocean.FirewallInboundRuleArgs(
             protocol="tcp", port_range="22", source_addresses=list(args.admin_cidrs)
@@ -127,7 +134,15 @@ class Network(pulumi.ComponentResource):
             f"{name}-server-firewall",
             name=f"{args.name_prefix}-server",
             tags=[server_tag.name],
-            inbound_rules=[ssh_from_admins, registry_port_sources],
+            inbound_rules=[
+                ssh_from_admins,
+                registry_port_sources,
+                digitalocean.FirewallInboundRuleArgs(
+                    protocol="tcp",
+                    port_range=str(args.metrics_port),
+                    source_tags=[metrics_tag.name],
+                ),
+            ],
             outbound_rules=_outbound_anywhere(),
             opts=child,
         )
@@ -145,6 +160,7 @@ class Network(pulumi.ComponentResource):
         self.ssh_key_fingerprint = do_key.fingerprint
         self.server_tag = server_tag.name
         self.client_tag = client_tag.name
+        self.metrics_tag = metrics_tag.name
         self.register_outputs({"sshPublicKey": self.ssh_public_key})
 
     def _load_balancer(

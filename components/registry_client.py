@@ -75,5 +75,6 @@ class RegistryClient(pulumi.ComponentResource):
         )
 
         self.public_ip = host.droplet.ipv4_address
+        self.droplet_urn = host.droplet.droplet_urn
         self.private_ip = host.droplet.ipv4_address_private
         self.register_outputs({"publicIp": self.public_ip, "privateIp": self.private_ip})

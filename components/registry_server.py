@@ -11,7 +11,7 @@ import pulumi_command as command
 import pulumi_digitalocean as digitalocean
 
 from components import manifest
-from components.access import Account, access_maps
+from components.access import METRICS_USER, Account, access_maps
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
 from components.remote import DropletArgs, RemoteHost, rendered_files
 from components.rendering.templates import sha256_hex
@@ -26,6 +26,7 @@ class DataVolume:
     name: pulumi.Output[str]
     region: pulumi.Output[str]
     size: pulumi.Output[int]
+    urn: pulumi.Output[str] | None = None  # DigitalOcean's URN, of the stack's own volume only
 
 
 def _same_region(volume_region: str, region: str, volume: str, adopted: bool) -> str:
@@ -82,6 +83,7 @@ class RegistryServerArgs:
     gc_schedule: str  # systemd OnCalendar of registry-gc.timer
     gc_delete_untagged: bool
     http_secret: pulumi.Input[str]
+    disk_alert_percent: int  # the disk check's warning threshold
     # Storage `spaces`: the bucket instead of a volume, and the certificate every node shares
     # (the load balancer's address in its SANs). The volume settings are then unused.
     spaces: SpacesStorage | None = None
@@ -101,6 +103,9 @@ class RegistryServer(pulumi.ComponentResource):
 
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
+    droplet_id: pulumi.Output[str]
+    # DigitalOcean URNs of what the stack owns here: the droplet, and the volume unless adopted.
+    owned_urns: list[pulumi.Output[str]]
     volume_id: pulumi.Output[str]  # storage volume only
     ready: command.remote.Command
     files_fingerprint: pulumi.Output[str]
@@ -174,10 +179,11 @@ class RegistryServer(pulumi.ComponentResource):
         )
 
         stack_values: dict[str, pulumi.Input[object]] = {
-            **_common_stack_values(args, server_names, certificate),
+            **_common_stack_values(args, server_names, certificate, droplet),
             "volume_name": volume.name,
             "gc_schedule": args.gc_schedule,
             "gc_flags": "--delete-untagged" if args.gc_delete_untagged else "",
+            "disk_alert_percent": args.disk_alert_percent,
         }
         files = rendered_files(host_manifest, stack_values)
 
@@ -208,6 +214,8 @@ class RegistryServer(pulumi.ComponentResource):
         )
 
         self.public_ip = droplet.ipv4_address
+        self.droplet_id = droplet.id
+        self.owned_urns = [droplet.droplet_urn, *([volume.urn] if volume.urn else [])]
         self.private_ip = droplet.ipv4_address_private
         self.volume_id = volume.id
         self.region = region
@@ -231,7 +239,7 @@ class RegistryServer(pulumi.ComponentResource):
         )
         registry_config = host_manifest.file("registry_config")
         stack_values: dict[str, pulumi.Input[object]] = {
-            **_common_stack_values(args, server_names, args.certificate),
+            **_common_stack_values(args, server_names, args.certificate, droplet),
             "storage_driver": storage_driver,
             "registry_config_sha256": storage_driver.apply(
                 lambda driver: sha256_hex(registry_config.render({"storage_driver": driver}))
@@ -256,6 +264,8 @@ class RegistryServer(pulumi.ComponentResource):
         )
         self.public_ip = droplet.ipv4_address
         self.private_ip = droplet.ipv4_address_private
+        self.droplet_id = droplet.id
+        self.owned_urns = [droplet.droplet_urn]
         self.region = pulumi.Output.from_input(args.host.region)
         self.register_outputs({"publicIp": self.public_ip, "privateIp": self.private_ip})
 
@@ -291,14 +301,20 @@ class RegistryServer(pulumi.ComponentResource):
                 ignore_changes=["region"],
             ),
         )
-        return DataVolume(volume.id, volume.name, volume.region, volume.size)
+        return DataVolume(volume.id, volume.name, volume.region, volume.size, volume.volume_urn)
 
 
 def _common_stack_values(
-    args: RegistryServerArgs, server_names: list[str], certificate: ServerCertificate
+    args: RegistryServerArgs,
+    server_names: list[str],
+    certificate: ServerCertificate,
+    droplet: digitalocean.Droplet,
 ) -> dict[str, pulumi.Input[object]]:
     """The stack values every registry host takes, whatever its storage."""
     return {
+        # nginx's metrics listener: published on this address only, for this user only.
+        "private_ip": droplet.ipv4_address_private,
+        "metrics_user": METRICS_USER,
         "registry_name": args.registry_name,
         "server_names": " ".join(server_names),
         "port": args.port,

@@ -38,8 +38,14 @@ REGIONS = (
     "syd1",
     "tor1",
 )
-# The registry's own plain-HTTP port and its debug port live inside the host; 22 is SSH.
-RESERVED_PORTS = (22, REGISTRY_LAYOUT.registry_port, REGISTRY_LAYOUT.debug_port)
+# The registry's own plain-HTTP port and its debug port live inside the host; 22 is SSH; nginx's
+# metrics listener has its own port.
+RESERVED_PORTS = (
+    22,
+    REGISTRY_LAYOUT.registry_port,
+    REGISTRY_LAYOUT.debug_port,
+    REGISTRY_LAYOUT.metrics_port,
+)
 MAX_CLIENTS = 10
 MAX_REGISTRIES = 10
 STORAGE_MODES = ("volume", "spaces")
@@ -69,6 +75,12 @@ _IMAGE_REF = re.compile(
 )
 _VOLUME_NAME = re.compile(rf"^[a-z][a-z0-9-]{{0,{MAX_VOLUME_NAME - 1}}}$")
 VOLUME_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# An address DigitalOcean can mail an alert to: one @, a dotted domain, no spaces or quotes.
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&*+/=?^_`{|}~-]+@"
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$"
+)
+MAX_ALERT_EMAILS = 10
 _SSH_PUBLIC_KEY = re.compile(
     r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"
     r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: [^\n]*)?$"
@@ -142,6 +154,9 @@ class Settings:
     def spaces_bucket(self) -> str:
         """The bucket's name: `spacesBucket`, or `<name prefix>-images`."""
         return self.spaces_bucket_setting or f"{self.name_prefix}-images"
+
+    disk_alert_percent: int
+    alert_emails: tuple[str, ...]
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -455,6 +470,22 @@ def _storage_problems(values: Mapping[str, Any], raw_config: Mapping[str, str | 
     return problems
 
 
+ALERT_EMAILS_FORM = (
+    f"a list of at most {MAX_ALERT_EMAILS} distinct e-mail addresses such as "
+    '["ops@example.com"] (empty: no alerts, only the uptime check)'
+)
+
+
+def _alert_emails(raw: str) -> tuple[str, ...]:
+    emails = _string_list(raw, ALERT_EMAILS_FORM)
+    if len(emails) > MAX_ALERT_EMAILS or len(set(emails)) != len(emails):
+        raise _Invalid(ALERT_EMAILS_FORM)
+    for email in emails:
+        if not _EMAIL.fullmatch(email):
+            raise _Invalid(f"{ALERT_EMAILS_FORM} ({email!r} is not one)")
+    return tuple(emails)
+
+
 # key -> (field, parser). The order is the order of Pulumi.yaml and of error messages.
 _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "region": ("region", _region),
@@ -517,6 +548,11 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "spacesRegion": ("spaces_region_setting", _spaces_region),
     "spacesBucket": ("spaces_bucket_setting", _spaces_bucket),
     "spacesRedirect": ("spaces_redirect", _bool),
+    "diskAlertPercent": (
+        "disk_alert_percent",
+        lambda raw: _int(raw, 50, 99, "an integer percentage from 50 to 99"),
+    ),
+    "alertEmails": ("alert_emails", _alert_emails),
 }
 
 CONFIG_KEYS = tuple(_FIELDS)

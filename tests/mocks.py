@@ -265,6 +265,10 @@ class ProviderMocks(Mocks):
             "digitalocean:index/tag:Tag": self._tag,
             "digitalocean:index/firewall:Firewall": self._with_uuid("firewall"),
             "digitalocean:index/dnsRecord:DnsRecord": self._dns_record,
+            "digitalocean:index/uptimeCheck:UptimeCheck": self._with_uuid("uptimecheck"),
+            "digitalocean:index/uptimeAlert:UptimeAlert": self._with_uuid("uptimealert"),
+            "digitalocean:index/monitorAlert:MonitorAlert": self._monitor_alert,
+            "digitalocean:index/project:Project": self._with_uuid("project"),
             "command:remote:Command": self._remote_command,
             "digitalocean:index/loadBalancer:LoadBalancer": self._load_balancer,
             "digitalocean:index/spacesKey:SpacesKey": self._spaces_key,
@@ -429,6 +433,7 @@ class ProviderMocks(Mocks):
             "ipv4Address": f"203.0.113.{10 + self._next_droplet}",
             "ipv4AddressPrivate": f"10.110.0.{10 + self._next_droplet}",
             "urn": f"do:droplet:{droplet_id}",
+            "dropletUrn": f"do:droplet:{droplet_id}",
             "status": "active",
         }
 
@@ -452,6 +457,7 @@ class ProviderMocks(Mocks):
         outputs = {
             **inputs,
             "urn": f"do:volume:{volume_id}",
+            "volumeUrn": f"do:volume:{volume_id}",
             "filesystemType": inputs.get("initialFilesystemType", ""),
             "filesystemLabel": inputs.get("initialFilesystemLabel", ""),
             "dropletIds": [],
@@ -474,6 +480,11 @@ class ProviderMocks(Mocks):
 
     def _tag(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return inputs["name"], {**inputs, "dropletsCount": 0}
+
+    @staticmethod
+    def _monitor_alert(name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        alert_id = str(uuid.uuid4())
+        return alert_id, {**inputs, "uuid": alert_id}
 
     def _dns_record(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return str(30000000 + len(self._state)), {

@@ -958,10 +958,19 @@ COMPOSE_FILE = "/srv/test/compose.yaml"
 CA_FILE = "/srv/test/ca.crt"
 
 
+TIMERS = ("registry-gc.timer", "registry-disk.timer")
+
+
 def activate(standins: Standins, *, attempts: int = 60) -> subprocess.CompletedProcess[str]:
     env = {**standins.env(), "ACTIVATE_WAIT_ATTEMPTS": str(attempts), "ACTIVATE_WAIT_SECONDS": "0"}
     return run_script(
-        "activate-registry.sh", "registry.internal", "5043", COMPOSE_FILE, CA_FILE, env=env
+        "activate-registry.sh",
+        "registry.internal",
+        "5043",
+        COMPOSE_FILE,
+        CA_FILE,
+        *TIMERS,
+        env=env,
     )
 
 
@@ -987,8 +996,8 @@ def test_activate_first_start_enables_live_restore_then_waits_for_401(standins: 
     assert systemctl_verbs(standins) == [
         "daemon-reload",
         "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer",
-        "restart registry-gc.timer",
+        "enable --quiet registry-gc.timer registry-disk.timer",
+        "restart registry-gc.timer registry-disk.timer",
         "reload docker.service",
         "start registry.service",
     ]
@@ -1009,8 +1018,8 @@ def test_activate_starts_a_stopped_dockerd_which_reads_live_restore_itself(
     assert systemctl_verbs(standins) == [
         "daemon-reload",
         "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer",
-        "restart registry-gc.timer",
+        "enable --quiet registry-gc.timer registry-disk.timer",
+        "restart registry-gc.timer registry-disk.timer",
         "start docker.service",
         "start registry.service",
     ]
@@ -1023,8 +1032,8 @@ def test_activate_reloads_a_running_registry_and_leaves_dockerd_alone(standins: 
     assert systemctl_verbs(standins) == [
         "daemon-reload",
         "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer",
-        "restart registry-gc.timer",
+        "enable --quiet registry-gc.timer registry-disk.timer",
+        "restart registry-gc.timer registry-disk.timer",
         "reload registry.service",
     ]
     assert len(standins.calls("curl")) == 1

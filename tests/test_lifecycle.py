@@ -308,11 +308,16 @@ def test_adopting_a_volume_in_another_region_is_refused_with_both_regions(
 
 def test_client_count_one_to_three_to_zero_touches_only_clients(deployed: Deployed) -> None:
     three, grow = up(deployed, {"clientCount": 3})
-    assert {step.action for step in grow.steps} == {"create"}
-    assert {step.name.split("-")[1] for step in grow.steps} == {"1", "2"}
+    # The stack's DigitalOcean project takes the new droplets in, and lets the old ones go.
+    assert [step.action for step in grow.steps if step.type == schema.PROJECT] == ["update"]
+    client_steps = [step for step in grow.steps if step.type != schema.PROJECT]
+    assert {step.action for step in client_steps} == {"create"}
+    assert {step.name.split("-")[1] for step in client_steps} == {"1", "2"}
     _, shrink = up(three, {"clientCount": 0})
-    assert {step.action for step in shrink.steps} == {"delete"}
-    assert {step.name.split("-")[1] for step in shrink.steps} == {"0", "1", "2"}
+    assert [step.action for step in shrink.steps if step.type == schema.PROJECT] == ["update"]
+    client_steps = [step for step in shrink.steps if step.type != schema.PROJECT]
+    assert {step.action for step in client_steps} == {"delete"}
+    assert {step.name.split("-")[1] for step in client_steps} == {"0", "1", "2"}
     for index in range(3):
         droplet = shrink.index(f"client-{index}-droplet", "delete")
         for step in shrink.steps:

@@ -4,6 +4,7 @@ a port or a service name is stated (moving a directory changes nothing else)."""
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
 
 import pytest
 import yaml
@@ -36,6 +37,8 @@ MOVED_REGISTRY = RegistryHostLayout(
     nginx_service="moved-front",
     registry_port=7000,
     debug_port=7001,
+    metrics_port=7443,
+    metrics_dir="/mnt/moved-metrics",
     registry_storage="/moved-storage",
     nginx_dir="/moved-nginx",
 )
@@ -49,6 +52,8 @@ DEFAULT_FACTS = [
     "/etc/nginx",
     ":5000",
     "5000/",
+    ":9443",
+    " 9443 ",
     "/etc/private-registry",
 ]
 
@@ -143,6 +148,9 @@ def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> N
         "<port>",
         moved.file("compose").path,
         moved.file("ca_cert").path,
+        # the timers the host gets, named after the moved unit
+        PurePosixPath(moved.file("gc_timer").path).name,
+        PurePosixPath(moved.file("disk_timer").path).name,
     ]
 
 

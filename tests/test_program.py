@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store
 
+from components.access import METRICS_USER
 from components.manifest import CLIENT_HOST, REGISTRY_HOST, REGISTRY_LAYOUT, command_name
 from components.versions import NGINX_WORKER_GID
 from tests.harness import ROOT, ProgramRun, Registration
@@ -233,6 +234,10 @@ def expected_resources(users: list[str], client_count: int) -> set[tuple[str, st
         (TAG, "network-client-tag", "network"),
         (FIREWALL, "network-server-firewall", "network"),
         (FIREWALL, "network-client-firewall", "network"),
+        (TAG, "network-metrics-tag", "network"),
+        ("private-registry:index:Monitoring", "monitoring", STACK),
+        ("digitalocean:index/uptimeCheck:UptimeCheck", "monitoring-uptime", "monitoring"),
+        ("digitalocean:index/project:Project", "monitoring-project", "monitoring"),
         (DROPLET, "registry-droplet", "registry"),
         (VOLUME, "registry-data", "registry"),
         (ATTACHMENT, "registry-data-attachment", "registry"),
@@ -247,7 +252,7 @@ def expected_resources(users: list[str], client_count: int) -> set[tuple[str, st
         (COMMAND, "registry-extra-ssh-keys", "registry"),
         *((COMMAND, name, "registry") for name in REGISTRY_FILE_COMMANDS),
     }
-    for user in users:
+    for user in [*users, METRICS_USER]:
         expected |= {
             (PASSWORD, f"credentials-{user}-password", "credentials"),
             (RANDOM_BYTES, f"credentials-{user}-salt", "credentials"),
@@ -500,10 +505,16 @@ def test_certificates_use_the_configured_key_algorithm(
 # -- credentials -----------------------------------------------------------------------------
 
 
+def every_password(run: ProgramRun) -> dict[str, str]:
+    """The users' passwords and the metrics user's, as the htpasswd file holds them."""
+    return {**run.outputs["passwords"], METRICS_USER: run.outputs["metricsPassword"]}
+
+
 def test_each_htpasswd_line_verifies_against_its_password(program_run: ProgramRun) -> None:
-    passwords = program_run.outputs["passwords"]
+    passwords = every_password(program_run)
     lines = htpasswd_lines(program_run)
-    assert list(lines) == program_run.outputs["users"] == ["ci", "alice"]
+    assert program_run.outputs["users"] == ["ci", "alice"]
+    assert list(lines) == ["ci", "alice", METRICS_USER]
     for user, hashed in lines.items():
         assert ssha_matches(passwords[user], hashed), user
         assert not ssha_matches(passwords[user] + "x", hashed), user
@@ -574,6 +585,7 @@ def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_only(
     run: ProgramRun = request.getfixturevalue(run_fixture)
     ssh = {"protocol": "tcp", "portRange": "22", "sourceAddresses": admin_cidrs}
     client_tag = resource(run, TAG, "network-client-tag").inputs["name"]
+    metrics_tag = resource(run, TAG, "network-metrics-tag").inputs["name"]
     assert inbound_rules(run, "network-server-firewall") == [
         ssh,
         {
@@ -582,7 +594,14 @@ def test_firewalls_open_ssh_to_admins_and_the_registry_port_to_clients_only(
             "sourceTags": [client_tag],
             **({"sourceAddresses": registry_sources} if registry_sources else {}),
         },
+        # nginx's metrics listener: only droplets tagged for scraping, no address at all.
+        {
+            "protocol": "tcp",
+            "portRange": str(REGISTRY_LAYOUT.metrics_port),
+            "sourceTags": [metrics_tag],
+        },
     ]
+    assert run.outputs["metricsScraperTag"] == metrics_tag
     assert inbound_rules(run, "network-client-firewall") == [ssh]
     assert outbound_is_open(run, "network-server-firewall")
     assert outbound_is_open(run, "network-client-firewall")
@@ -691,7 +710,7 @@ def test_scripts_travel_on_stdin_as_the_files_in_the_repository(program_run: Pro
 
 
 def test_only_passwords_and_the_ssh_private_key_are_secret_outputs(program_run: ProgramRun) -> None:
-    assert program_run.secret_outputs == {"passwords", "sshPrivateKey"}
+    assert program_run.secret_outputs == {"passwords", "metricsPassword", "sshPrivateKey"}
 
 
 def test_non_secret_outputs_carry_no_secret(program_run: ProgramRun) -> None:
@@ -802,9 +821,9 @@ def test_password_rotation_rewrites_htpasswd_and_reactivates_without_other_file_
     assert activate_before["create"] == activate_after["create"]
     assert activate_before["triggers"] != activate_after["triggers"]
     old_lines, new_lines = htpasswd_lines(program_run), htpasswd_lines(rotated_run)
-    assert all(old_lines[user] != new_lines[user] for user in ("ci", "alice"))
+    assert all(old_lines[user] != new_lines[user] for user in ("ci", "alice", METRICS_USER))
     for user, hashed in new_lines.items():
-        assert ssha_matches(rotated_run.outputs["passwords"][user], hashed)
+        assert ssha_matches(every_password(rotated_run)[user], hashed)
 
 
 def test_adding_a_user_adds_an_htpasswd_line_and_keeps_the_others(
@@ -818,7 +837,7 @@ def test_adding_a_user_adds_an_htpasswd_line_and_keeps_the_others(
         "client-0-verify-registry",
     }
     old_lines, new_lines = htpasswd_lines(program_run), htpasswd_lines(added_user_run)
-    assert list(new_lines) == ["ci", "alice", "bob"]
+    assert list(new_lines) == ["ci", "alice", "bob", METRICS_USER]
     assert {user: new_lines[user] for user in old_lines} == old_lines
     assert ssha_matches(added_user_run.outputs["passwords"]["bob"], new_lines["bob"])
 

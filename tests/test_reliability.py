@@ -629,7 +629,8 @@ def test_only_the_tls_port_is_reachable_from_the_client(sim: RegistryHostSim) ->
         assert result.returncode == 0, result.stderr.decode()
         return [int(port) for port in result.stdout.split()]
 
-    assert scan(sim.registry_ip) == [sim.published_port]
+    # The TLS port, and nginx's metrics listener (published on the private address only).
+    assert scan(sim.registry_ip) == sorted([sim.published_port, REGISTRY_LAYOUT.metrics_port])
     assert scan(sim.container_ip) == []
     # Control: the same scan finds the registry where it does listen, on the compose network
     # as seen from the host: its API and its debug server.
@@ -637,10 +638,11 @@ def test_only_the_tls_port_is_reachable_from_the_client(sim: RegistryHostSim) ->
     assert {registry_port, REGISTRY_LAYOUT.debug_port} <= set(scan(sim.container_ip, in_host=True))
     direct = curl(sim, "--connect-timeout", "3", f"http://{sim.container_ip}:{registry_port}/v2/")
     assert direct.returncode in (7, 28), direct.returncode  # cannot connect / timed out
-    # What the sim publishes comes from the compose file: only nginx's port, unchanged.
+    # What the sim publishes comes from the compose file: only nginx's ports, unchanged.
     services = sim.files.compose["services"]
+    metrics = REGISTRY_LAYOUT.metrics_port
     assert {name: spec.get("ports") for name, spec in services.items() if spec.get("ports")} == {
-        "nginx": [f"{sim.port}:{sim.port}"]
+        "nginx": [f"{sim.port}:{sim.port}", f"{sim.registry_ip}:{metrics}:{metrics}"]
     }
     assert not any("network_mode" in spec or "expose" in spec for spec in services.values())
 

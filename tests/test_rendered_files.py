@@ -261,15 +261,22 @@ def test_every_file_nginx_reads_is_placed_and_mounted(
     assert len(referenced) == 3
     for path in referenced.values():
         assert path in view, f"nginx.conf reads {path}, which no bind mount provides"
-    assert view[referenced["auth_basic_user_file"]].count(":{SSHA}") == 2
+    # Both users and the metrics user.
+    assert view[referenced["auth_basic_user_file"]].count(":{SSHA}") == 3
 
 
 def test_nginx_listens_with_tls_on_the_port_compose_publishes(
-    registry_host_files: dict[str, str], compose: dict[str, Any]
+    registry_host_files: dict[str, str], compose: dict[str, Any], program_run: ProgramRun
 ) -> None:
+    private_ip = program_run.outputs["registryPrivateIp"]
     conf = container_view(compose, NGINX, registry_host_files)[nginx_conf_path(compose)]
-    assert compose["services"][NGINX]["ports"] == ["5043:5043"]
+    metrics_port = REGISTRY_LAYOUT.metrics_port
+    assert compose["services"][NGINX]["ports"] == [
+        "5043:5043",
+        f"{private_ip}:{metrics_port}:{metrics_port}",  # the metrics listener: VPC only
+    ]
     assert "        listen 5043 ssl reuseport;\n" in conf
+    assert f"        listen {metrics_port} ssl;\n" in conf
     assert "server_name registry.internal;" in conf
 
 
@@ -293,17 +300,19 @@ def compose_config(
 
 
 def test_compose_file_is_valid_compose_with_only_nginx_published(
-    registry_host_files: dict[str, str], tmp_path: Path
+    registry_host_files: dict[str, str], tmp_path: Path, program_run: ProgramRun
 ) -> None:
+    private_ip = program_run.outputs["registryPrivateIp"]
     result = compose_config(registry_host_files, tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     model = json.loads(result.stdout)
     services = model["services"]
     assert set(services) == {REGISTRY, NGINX}
     assert "ports" not in services[REGISTRY]  # its own port stays on the compose network
-    assert [(port["target"], port["published"]) for port in services[NGINX]["ports"]] == [
-        (5043, "5043")
-    ]
+    ports = services[NGINX]["ports"]
+    published = [(port.get("host_ip"), port["target"], port["published"]) for port in ports]
+    metrics_port = REGISTRY_LAYOUT.metrics_port
+    assert published == [(None, 5043, "5043"), (private_ip, metrics_port, str(metrics_port))]
     assert {name: service["restart"] for name, service in services.items()} == {
         REGISTRY: "unless-stopped",
         NGINX: "unless-stopped",
@@ -313,6 +322,28 @@ def test_compose_file_is_valid_compose_with_only_nginx_published(
     env_file = registry_host_files[REGISTRY_HOST.file("registry_env").path]
     secret = env_file.strip().split("=", 1)[1]
     assert services[REGISTRY]["environment"]["REGISTRY_HTTP_SECRET"] == secret
+
+
+def test_both_containers_rotate_their_json_file_logs(
+    registry_host_files: dict[str, str], tmp_path: Path
+) -> None:
+    """Docker's json-file driver keeps logs without bound unless told: both containers get a
+    size cap and a file count (as `docker compose config` reads the file), so the host keeps at
+    most max-size x max-file per container."""
+    result = compose_config(registry_host_files, tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    services = json.loads(result.stdout)["services"]
+    expected = {
+        "driver": "json-file",
+        "options": {
+            "max-size": REGISTRY_LAYOUT.container_log_max_size,
+            "max-file": str(REGISTRY_LAYOUT.container_log_max_files),
+        },
+    }
+    assert {name: service.get("logging") for name, service in services.items()} == {
+        REGISTRY: expected,
+        NGINX: expected,
+    }
 
 
 def test_compose_validation_rejects_a_file_outside_the_specification(

@@ -119,9 +119,17 @@ def test_every_node_is_the_same_host_with_the_same_http_secret(spaces_run: Progr
     droplets = [only(spaces_run, DROPLET, f"{node}-droplet").inputs for node in NODES]
     assert [d["name"] for d in droplets] == [f"registry-dev-{node}" for node in NODES]
     assert len({(d["region"], d["size"], d["image"], tuple(d["tags"])) for d in droplets}) == 1
+    private_ips = [
+        only(spaces_run, DROPLET, f"{node}-droplet").outputs["ipv4AddressPrivate"] for node in NODES
+    ]
     for host_file in REGISTRY_HOST_SPACES.files:
         role = host_file.role
-        texts = {file_text(spaces_run, node, role) for node in NODES}
+        # The same file on every node, but for the node's own private address (where compose
+        # publishes the metrics listener).
+        texts = {
+            file_text(spaces_run, node, role).replace(ip, "<private ip>")
+            for node, ip in zip(NODES, private_ips, strict=True)
+        }
         assert len(texts) == 1, f"{role} differs between nodes"
     secret = env_values(file_text(spaces_run, "registry-0", "registry_env"))["REGISTRY_HTTP_SECRET"]
     assert len(secret) == 48
@@ -190,7 +198,9 @@ def test_registry_port_is_open_to_the_load_balancer_only(spaces_run: ProgramRun)
     balancer = only(spaces_run, LOAD_BALANCER)
     rules = only(spaces_run, FIREWALL, "network-server-firewall").inputs["inboundRules"]
     by_port = {rule["portRange"]: rule for rule in rules}
-    assert set(by_port) == {"22", "5043"}
+    # SSH, the registry port, and the metrics listener (for the metrics scraper's tag only).
+    assert set(by_port) == {"22", "5043", str(REGISTRY_LAYOUT.metrics_port)}
+    assert "sourceAddresses" not in by_port[str(REGISTRY_LAYOUT.metrics_port)]
     assert by_port["5043"] == {
         "protocol": "tcp",
         "portRange": "5043",

@@ -58,7 +58,7 @@ REGION_FORM = "a DigitalOcean region slug, one of "
 SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
 IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
 NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
-PORT_FORM = "an integer from 1 to 65535 other than 22, 5000, 5001 (e.g. 5043 or 443)"
+PORT_FORM = "an integer from 1 to 65535 other than 22, 5000, 5001, 9443 (e.g. 5043 or 443)"
 USERS_FORM = (
     "a non-empty list of distinct users, each NAME, NAME:ROLE or "
     "NAME:ROLE:SCOPE,SCOPE...; NAME: lowercase letters"
@@ -99,6 +99,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("port", 5000, PORT_FORM),  # the registry's own plain-HTTP port
     ("port", 5001, PORT_FORM),  # the registry's debug port
     ("port", 22, PORT_FORM),
+    ("port", 9443, PORT_FORM),  # nginx's metrics listener
     ("port", 70000, PORT_FORM),
     ("port", -443, PORT_FORM),
     ("port", "https", PORT_FORM),
@@ -202,6 +203,15 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("spacesBucket", "a" * 64, BUCKET_FORM),
     ("spacesBucket", "my.bucket", BUCKET_FORM),
     ("spacesRedirect", "yes", "true or false"),
+    ("users", ["ci", "metrics"], "the metrics user's name (reserved)"),
+    ("diskAlertPercent", 100, "an integer percentage from 50 to 99"),
+    ("diskAlertPercent", 10, "an integer percentage from 50 to 99"),
+    ("alertEmails", ["ops"], "'ops' is not one"),
+    ("alertEmails", ["ops@localhost"], "'ops@localhost' is not one"),
+    ("alertEmails", ["ops@example.com\nBcc: x@evil.example"], "is not one"),
+    ("alertEmails", ["a@example.com", "a@example.com"], "at most 10 distinct"),
+    ("alertEmails", [f"u{n}@example.com" for n in range(11)], "at most 10 distinct"),
+    ("alertEmails", "ops@example.com", "a list"),
 ]
 
 
@@ -313,6 +323,8 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
         spaces_region_setting=None,
         spaces_bucket_setting=None,
         spaces_redirect=False,
+        disk_alert_percent=80,
+        alert_emails=(),
     )
 
 
@@ -404,6 +416,13 @@ def test_dev_stack_file_parses() -> None:
         ("spacesRegion", "ams3", "spaces_region_setting", "ams3"),
         ("spacesBucket", "acme-registry", "spaces_bucket_setting", "acme-registry"),
         ("spacesRedirect", True, "spaces_redirect", True),
+        ("diskAlertPercent", 95, "disk_alert_percent", 95),
+        (
+            "alertEmails",
+            ["ops@example.com", "first.last+registry@mail.example.co.uk"],
+            "alert_emails",
+            ("ops@example.com", "first.last+registry@mail.example.co.uk"),
+        ),
     ],
 )
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:

@@ -27,6 +27,10 @@ LOCALLY_SIGNED_CERT = "tls:index/locallySignedCert:LocallySignedCert"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 RANDOM_BYTES = "random:index/randomBytes:RandomBytes"
 COMMAND = "command:remote:Command"
+UPTIME_CHECK = "digitalocean:index/uptimeCheck:UptimeCheck"
+UPTIME_ALERT = "digitalocean:index/uptimeAlert:UptimeAlert"
+MONITOR_ALERT = "digitalocean:index/monitorAlert:MonitorAlert"
+PROJECT = "digitalocean:index/project:Project"
 
 _SUBJECT_AND_SANS = frozenset({"subject", "dnsNames", "ipAddresses", "uris"})
 
@@ -68,6 +72,13 @@ REPLACE_ON: dict[str, frozenset[str]] = {
     TAG: frozenset({"name"}),
     # .../digitalocean/sshkey/resource_ssh_key.go
     SSH_KEY: frozenset({"publicKey"}),
+    # .../digitalocean/uptime/resource_uptime_check.go, resource_uptime_alert.go,
+    # .../digitalocean/monitoring/resource_monitor_alert.go, .../project/resource_project.go:
+    # no force-new argument (a project's `resources` move in and out in place).
+    UPTIME_CHECK: frozenset(),
+    UPTIME_ALERT: frozenset(),
+    MONITOR_ALERT: frozenset(),
+    PROJECT: frozenset(),
     # .../digitalocean/domain/resource_record.go
     DNS_RECORD: frozenset({"type", "domain"}),
     # hashicorp/terraform-provider-tls internal/provider/resource_private_key.go

@@ -9,6 +9,7 @@ them.
 Debian's `nginx` and `docker-registry` instead of the images:
 
     client netns (client's private IP) ──veth──► host netns (registry's private IP)
+    public netns (an Internet address) ──veth──►    (and the registry's public IP)
                                                     nginx, listening as published
                                                         │ veth ("compose network")
                                                         ▼
@@ -16,12 +17,15 @@ Debian's `nginx` and `docker-registry` instead of the images:
 
 Each compose volume becomes a bind mount at the same container path; `environment` and
 `env_file` become the process environment; the registry's service name resolves through a
-private /etc/hosts. The only adaptation is `REGISTRY_ARGV` (see there). Nothing outside the
-test directory and the namespaces is touched.
+private /etc/hosts. A port compose publishes on one host address only (`IP:PORT:PORT`) is
+refused on the host's other addresses, as Docker's binding to that address would. The only
+adaptation is `REGISTRY_ARGV` (see there). Nothing outside the test directory and the namespaces
+is touched.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import signal
@@ -205,6 +209,12 @@ class RegistryHostSim:
             self.registry_ip = node.private_ip
             self.compose_net_prefix = node.compose_net_prefix
         self.client_ip = client_ip or (run.outputs["clientPrivateIps"] or ["10.110.0.200"])[0]
+        self.public_ip = run.outputs["registryPublicIp"]
+        # Somewhere on the Internet: another address of the registry's public /24.
+        public_net = ipaddress.ip_network(f"{self.public_ip}/24", strict=False)
+        self.internet_ip = str(
+            next(ip for ip in reversed(list(public_net.hosts())) if str(ip) != self.public_ip)
+        )
         self.address = run.outputs["registryAddress"]
         self.registry_name, port = self.address.rsplit(":", 1)
         self.port = int(port)
@@ -212,7 +222,9 @@ class RegistryHostSim:
         self.ca_pem: str = run.outputs["caCertificatePem"]
         self.expose_registry_port = expose_registry_port
         tag = f"{os.getpid() % 100000}{int(time.time() * 1000) % 1000:03d}"[-7:]
-        self.ns_client, self.ns_host, self.ns_container = (f"rs{tag}{role}" for role in "xhc")
+        self.ns_client, self.ns_host, self.ns_container, self.ns_public = (
+            f"rs{tag}{role}" for role in "xhcp"
+        )
         if node is not None:
             self.ns_host, self.ns_container = f"{node.netns_prefix}h", f"{node.netns_prefix}c"
         self.container_ip = f"{self.compose_net_prefix}.2"
@@ -248,7 +260,10 @@ class RegistryHostSim:
 
     def _host_source(self, source: str) -> Path:
         if Sandbox.covers(source):
-            return self.files.host_path(source)
+            # Docker creates a missing bind-mount source directory; so does the sim.
+            path = self.files.host_path(source)
+            path.mkdir(parents=True, exist_ok=True)
+            return path
         path = self.data_path(source)
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -273,14 +288,14 @@ class RegistryHostSim:
         """The network namespaces this host makes (a cluster node has no client of its own)."""
         if self.node is not None:
             return (self.ns_host, self.ns_container)
-        return (self.ns_client, self.ns_host, self.ns_container)
+        return (self.ns_client, self.ns_host, self.ns_container, self.ns_public)
 
     def _netns(self) -> None:
         if self.node is not None:
             self._node_netns(self.node)
             return
-        x, h, c = self.ns_client, self.ns_host, self.ns_container
-        for ns in (x, h, c):
+        x, h, c, p = self.ns_client, self.ns_host, self.ns_container, self.ns_public
+        for ns in (x, h, c, p):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh(
@@ -313,17 +328,51 @@ class RegistryHostSim:
             "netns",
             c,
         )
+        sh(
+            "ip",
+            "link",
+            "add",
+            f"{p}0",
+            "netns",
+            p,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{h}2",
+            "netns",
+            h,
+        )
+        sh("ip", "-n", p, "addr", "add", f"{self.internet_ip}/24", "dev", f"{p}0")
+        sh("ip", "-n", h, "addr", "add", f"{self.public_ip}/24", "dev", f"{h}2")
         sh("ip", "-n", x, "addr", "add", f"{self.client_ip}/{NETMASK}", "dev", f"{x}0")
         sh("ip", "-n", h, "addr", "add", f"{self.registry_ip}/{NETMASK}", "dev", f"{h}0")
-        sh("ip", "-n", h, "addr", "add", f"{COMPOSE_NET_PREFIX}.1/24", "dev", f"{h}1")
+        sh("ip", "-n", h, "addr", "add", f"{self.compose_net_prefix}.1/24", "dev", f"{h}1")
         sh("ip", "-n", c, "addr", "add", f"{self.container_ip}/24", "dev", f"{c}1")
-        for ns, dev in ((x, f"{x}0"), (h, f"{h}0"), (h, f"{h}1"), (c, f"{c}1")):
+        for ns, dev in (
+            (x, f"{x}0"),
+            (h, f"{h}0"),
+            (h, f"{h}1"),
+            (c, f"{c}1"),
+            (p, f"{p}0"),
+            (h, f"{h}2"),
+        ):
             sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", c, "route", "add", "default", "via", f"{COMPOSE_NET_PREFIX}.1")
+        self._publish_on_one_address_only()
+        sh("ip", "-n", c, "route", "add", "default", "via", f"{self.compose_net_prefix}.1")
         if self.expose_registry_port:
             # Benchmark only: a route from the client straight to the registry's own port.
             sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            sh("ip", "-n", x, "route", "add", f"{COMPOSE_NET_PREFIX}.0/24", "via", self.registry_ip)
+            sh(
+                "ip",
+                "-n",
+                x,
+                "route",
+                "add",
+                f"{self.compose_net_prefix}.0/24",
+                "via",
+                self.registry_ip,
+            )
 
     def _node_netns(self, node: ClusterNode) -> None:
         """Host and container namespaces; the host's private IP on the cluster's bridge, and
@@ -357,6 +406,38 @@ class RegistryHostSim:
             "via",
             self.registry_ip,
         )
+
+    def _publish_on_one_address_only(self) -> None:
+        """nginx runs in the host's namespace, where it listens on every address; a port compose
+        publishes on one address only (`IP:PORT:PORT`) is refused on the others, as it would be
+        on a host where Docker binds it to that address alone."""
+        ports = self.files.compose["services"][REGISTRY_LAYOUT.nginx_service]["ports"]
+        for entry in ports:
+            parts = str(entry).split(":")
+            if len(parts) != 3:
+                continue
+            address, host_port, container_port = parts
+            assert host_port == container_port, "the sim publishes ports unchanged"
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                self.ns_host,
+                "iptables",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                host_port,
+                "!",
+                "-d",
+                address,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            )
 
     def _container_script(self, service: Service, etc_upper: Path) -> str:
         """Shell run inside a netns: private /etc overlay, the service's binds, then exec."""
@@ -635,6 +716,11 @@ class RegistryHostSim:
             if ns in sh("ip", "netns", "list", check=False).stdout.decode():
                 self._kill_netns_pids(ns)
                 sh("ip", "netns", "del", ns, check=False)
+
+    def public_argv(self, argv: Sequence[str]) -> list[str]:
+        """argv run on the Internet side: in the public netns, which reaches only the registry's
+        public IP."""
+        return ["ip", "netns", "exec", self.ns_public, *argv]
 
     def leftovers(self) -> list[str]:
         """What `stop` failed to clean up: namespaces, service processes, anything still
