@@ -561,6 +561,7 @@ class RegistryHostSim:
         namespaces (the compose service's `exec`)."""
         nginx = REGISTRY_LAYOUT.nginx_service
         conf = self.services[nginx].argv[self.services[nginx].argv.index("-c") + 1]
+        before = set(self._nginx_workers())
         result = sh(
             "nsenter",
             "-t",
@@ -576,6 +577,33 @@ class RegistryHostSim:
         )
         if result.returncode != 0:
             raise AssertionError(f"nginx reload failed: {result.stderr.decode()}")
+        self._wait_old_nginx_workers_stop_accepting(before)
+
+    def _nginx_workers(self) -> dict[int, str]:
+        """pid -> process title of nginx's workers in the host's namespace."""
+        workers = {}
+        for pid in sh("ip", "netns", "pids", self.ns_host, check=False).stdout.split():
+            try:
+                title = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+            except OSError:
+                continue
+            title_text = title.replace(b"\0", b" ").decode(errors="replace").strip()
+            if title_text.startswith("nginx: worker process"):
+                workers[int(pid)] = title_text
+        return workers
+
+    def _wait_old_nginx_workers_stop_accepting(self, before: set[int]) -> None:
+        """`nginx -s reload` returns before the master has replaced its workers; with
+        `reuseport` each worker has its own listening socket, so until the old workers close
+        theirs (they then say "is shutting down") a new connection may still get the old
+        config. Wait for that, and for a new worker."""
+
+        def replaced() -> bool:
+            workers = self._nginx_workers()
+            old_serving = [pid for pid in before if workers.get(pid) == "nginx: worker process"]
+            return not old_serving and any(pid not in before for pid in workers)
+
+        self._wait("nginx's workers replaced after a reload", replaced, timeout=30)
 
     def place_file(self, run: ProgramRun, role: str) -> None:
         """Re-run one of a (new) run's file-placing commands against the live host files."""
