@@ -5,12 +5,15 @@ node uses as its blob descriptor cache, reachable from those nodes alone.
   reference says Redis "must" evict allkeys-lru; DigitalOcean's default is `noeviction`, which
   fails writes once memory is full. The cluster's `eviction_policy` is set through the API's
   eviction policy call for redis and valkey engines only (`SetEvictionPolicy` in
-  terraform-provider-digitalocean digitalocean/database/resource_database_cluster.go; the values
-  are godo's `EvictionPolicyAllKeysLRU = "allkeys_lru"` ...).
+  terraform-provider-digitalocean digitalocean/database/resource_database_cluster.go; the value
+  is godo's, databases.go: `EvictionPolicyAllKeysLRU = "allkeys_lru"`).
 - The cluster joins the region's default VPC, as the droplets do; the nodes reach its private
   host. Its firewall (`DatabaseFirewall`, rule type `droplet`: "The possible values are:
   droplet, k8s, ip_addr, tag, or app", pulumi-digitalocean `DatabaseFirewallRuleArgs`) admits
   the registry droplets by id and nothing else.
+- TLS only; its certificate is Let's Encrypt's ("uses Let's Encrypt certification, which does
+  not require that you download a CA certificate", How to Connect to Valkey Database Clusters,
+  docs.digitalocean.com), so the registry trusts it with the image's public CA bundle.
 - Its `password` is a secret output of the provider; it reaches the hosts only in registry.env.
 """
 
