@@ -1,5 +1,7 @@
 """A private Docker registry on DigitalOcean: read settings, build components, export outputs."""
 
+from collections.abc import Callable
+
 import pulumi
 
 from components.access import METRICS_USER
@@ -20,9 +22,15 @@ from components.remote import DropletArgs
 from components.rendering import instructions
 from components.rendering.templates import sha256_hex
 from components.settings import load_settings
+from components.shared_cache import SharedCache, SharedCacheArgs
 
 settings = load_settings()
 name_prefix = settings.name_prefix
+# Storage spaces: the balancer admits the client droplets, whose addresses exist only once they
+# do (they depend on nothing of the balancer's): resolved below, after the clients.
+client_public_ips: pulumi.Output[list[str]]
+resolve_client_public_ips: Callable[[pulumi.Output[list[str]]], None]
+client_public_ips, resolve_client_public_ips = pulumi.deferred_output()
 
 credentials = Credentials(
     "credentials",
@@ -50,17 +58,26 @@ network = Network(
             if settings.spaces and settings.domain and settings.dns_name
             else None
         ),
+        load_balancer_clients=client_public_ips,
     ),
 )
 server_names = [settings.registry_name, *([settings.dns_name] if settings.dns_name else [])]
 spaces = None
 shared_certificate = None
+shared_cache = None
 if settings.spaces:
     storage = ObjectStorage(
         "object-storage",
         ObjectStorageArgs(
             name_prefix=name_prefix, bucket=settings.spaces_bucket, region=settings.spaces_region
         ),
+    )
+    shared_cache = (
+        SharedCache(
+            "shared-cache", SharedCacheArgs(name_prefix=name_prefix, region=settings.region)
+        )
+        if settings.spaces_cache == "valkey"
+        else None
     )
     spaces = SpacesStorage(
         region=settings.spaces_region,
@@ -69,6 +86,8 @@ if settings.spaces:
         access_key=storage.access_key,
         secret_key=storage.secret_key,
         redirect=settings.spaces_redirect,
+        cache_address=shared_cache.address if shared_cache else None,
+        cache_password=shared_cache.password if shared_cache else None,
     )
     # One certificate on every node: clients reach them by the names and the balancer's IP.
     shared_certificate = ServerCertificate(
@@ -133,6 +152,10 @@ servers = [
     for droplet_name in settings.registry_droplet_names()
 ]
 server = servers[0]
+# The shared cache admits the registry droplets alone; clients prove the registry through it.
+cache_firewall = (
+    [shared_cache.admit_only([node.droplet_id for node in servers])] if shared_cache else []
+)
 # Clients reach the one droplet, or the balancer in front of every node.
 registry_ip = network.load_balancer_ip or server.public_ip
 
@@ -154,7 +177,7 @@ clients = [
             ca_cert_pem=ca.cert_pem,
             user=proof_user,
             password=credentials.passwords[proof_user],
-            registry_ready=[node.ready for node in servers],
+            registry_ready=[*(node.ready for node in servers), *cache_firewall],
             registry_fingerprint=pulumi.Output.all(
                 *(node.files_fingerprint for node in servers)
             ).apply(lambda prints: prints[0] if len(prints) == 1 else sha256_hex(*prints)),
@@ -182,6 +205,7 @@ monitoring = Monitoring(
         ],
     ),
 )
+resolve_client_public_ips(pulumi.Output.all(*(client.public_ip for client in clients)))
 
 pulumi.export("registryAddress", settings.address)
 pulumi.export("registryPublicIp", server.public_ip)

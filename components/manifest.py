@@ -211,6 +211,8 @@ class ClientHostLayout:
 
 
 Storage = Literal["volume", "spaces"]
+# The blob descriptor cache of storage `spaces`: per node in memory, or one shared Valkey.
+Cache = Literal["memory", "valkey"]
 # The S3 driver's multipart part size: 32 MiB (its default is 10 MiB, its minimum 5 MiB).
 SPACES_CHUNK_BYTES = 32 << 20
 
@@ -238,17 +240,32 @@ def spaces_storage_driver(
     ).rstrip("\n")
 
 
+def redis_section(address: str) -> str:
+    """The registry config's `redis:` section for the shared cache at `address` (host:port),
+    the value of the `redis_section` stack value with cache `valkey`."""
+    return render_template(
+        "registry-redis.yml", address=address, root_cas=versions.REGISTRY_CA_BUNDLE
+    )
+
+
 def registry_host(
-    layout: RegistryHostLayout = RegistryHostLayout(), storage: Storage = "volume"
+    layout: RegistryHostLayout = RegistryHostLayout(),
+    storage: Storage = "volume",
+    cache: Cache = "memory",
 ) -> HostManifest:
     """The registry host: compose, registry and nginx files, the unit, and its scripts.
 
     Storage `volume`: the data on the block storage volume, which the host mounts (and
     releases before a detach), and scheduled garbage collection. Storage `spaces`: the data in
     a Spaces bucket that every node shares, its key in registry.env; no volume, and no
-    scheduled garbage collection (it needs every node read-only at once).
+    scheduled garbage collection (it needs every node read-only at once). Cache `valkey`
+    (storage `spaces` only): the blob descriptor cache in the shared Valkey at the stack's
+    `redis_section`, its password in registry.env.
     """
     spaces = storage == "spaces"
+    valkey = cache == "valkey"
+    if valkey and not spaces:
+        raise ValueError("a shared cache needs storage spaces")
     config_file = PurePosixPath(versions.REGISTRY_CONFIG_FILE)
     registry_config_dir = Mount(f"{layout.config_dir}/distribution", str(config_file.parent))
     nginx_conf_dir = Mount(f"{layout.config_dir}/nginx", f"{layout.nginx_dir}/registry")
@@ -268,13 +285,21 @@ def registry_host(
             "debug_port": layout.debug_port,
             "storage_driver": StackValue("storage_driver") if spaces else _storage_driver(layout),
             "metrics_path": layout.registry_metrics_path,
+            "blobdescriptor": "redis" if valkey else "inmemory",
+            "redis_section": StackValue("redis_section") if valkey else "",
         },
     )
     registry_env = HostFile(
         "registry_env",
         f"{layout.config_dir}/registry.env",
         0o600,
-        template="registry-spaces.env" if spaces else "registry.env",
+        template=(
+            "registry-spaces-valkey.env"
+            if valkey
+            else "registry-spaces.env"
+            if spaces
+            else "registry.env"
+        ),
         values={
             "http_secret": StackValue("http_secret"),
             **(
@@ -285,6 +310,7 @@ def registry_host(
                 if spaces
                 else {}
             ),
+            **({"redis_password": StackValue("redis_password")} if valkey else {}),
         },
         secret=True,
     )
@@ -535,6 +561,7 @@ def client_host(layout: ClientHostLayout = ClientHostLayout()) -> HostManifest:
 REGISTRY_LAYOUT = RegistryHostLayout()
 REGISTRY_HOST = registry_host(REGISTRY_LAYOUT)
 REGISTRY_HOST_SPACES = registry_host(REGISTRY_LAYOUT, storage="spaces")
+REGISTRY_HOST_SPACES_VALKEY = registry_host(REGISTRY_LAYOUT, storage="spaces", cache="valkey")
 CLIENT_HOST = client_host()
 # Every host, when extra SSH public keys are configured (sshd reads authorized_keys2 too).
 EXTRA_SSH_KEYS_FILE = HostFile(

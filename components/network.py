@@ -9,6 +9,7 @@ reference, vpcs.create / vpcs.delete, docs.digitalocean.com).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,25 @@ class NetworkArgs:
     health_path: str = REGISTRY_LAYOUT.health_path
     # (domain, record name): an A record for the load balancer, when a domain is set.
     load_balancer_record: tuple[str, str] | None = None
+    # The client droplets' public IPv4 addresses: with `allowed_cidrs`, all the balancer admits.
+    load_balancer_clients: pulumi.Input[Sequence[str]] = ()
+
+
+def load_balancer_firewall(
+    client_ips: Sequence[str], allowed_cidrs: Sequence[str]
+) -> digitalocean.LoadBalancerFirewallArgs:
+    """Who may reach the balancer: the client droplets and `allowed_cidrs`, as its firewall's
+    `allow` (Python `allows`) entries ("strings in the form: 'ip:1.2.3.4' or 'cidr:1.2.0.0/16'",
+    terraform-provider-digitalocean digitalocean/loadbalancer/resource_loadbalancer.go). The
+    balancer has no `network_stack`, so the API's default, IPV4: IPv6 blocks cannot reach it and
+    are left out. With nobody to admit, everything is denied (as the droplet firewall of storage
+    `volume` then opens the registry port to nobody)."""
+    allow = [f"ip:{ip}" for ip in client_ips] + [
+        f"cidr:{cidr}" for cidr in allowed_cidrs if ipaddress.ip_network(cidr).version == 4
+    ]
+    if not allow:
+        return digitalocean.LoadBalancerFirewallArgs(denies=["cidr:0.0.0.0/0"])
+    return digitalocean.LoadBalancerFirewallArgs(allows=allow)
 
 
 # The load balancer's health checks, at the provider's minimums (3 s interval, 3 s timeout,
@@ -66,6 +86,8 @@ class Network(pulumi.ComponentResource):
     `admin_cidrs`; the metrics port only to droplets tagged `metrics_tag` (a Prometheus
     scraper in the VPC; the registry host publishes it on its private address only); nothing
     else is open. The registry's own port 5000 is never published.
+    With a load balancer, the droplets admit the registry port from the balancer alone, and the
+    balancer's own firewall admits the client droplets and `allowed_cidrs`.
     """
 
     ssh_private_key: pulumi.Output[str]
@@ -193,6 +215,10 @@ class Network(pulumi.ComponentResource):
                 response_timeout_seconds=HEALTH_CHECK_TIMEOUT_SECONDS,
                 healthy_threshold=HEALTH_CHECK_THRESHOLD,
                 unhealthy_threshold=HEALTH_CHECK_THRESHOLD,
+            ),
+            # It filters what arrives at the balancer; the health checks leave from it.
+            firewall=pulumi.Output.from_input(args.load_balancer_clients).apply(
+                lambda ips: load_balancer_firewall(ips, args.allowed_cidrs)
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

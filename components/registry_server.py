@@ -59,6 +59,9 @@ class SpacesStorage:
     access_key: pulumi.Output[str]
     secret_key: pulumi.Output[str]  # secret
     redirect: bool  # downloads redirected to presigned Spaces URLs
+    # Cache `valkey`: the shared cache's private host:port and password (secret); None: memory.
+    cache_address: pulumi.Output[str] | None = None
+    cache_password: pulumi.Output[str] | None = None
 
 
 @dataclass
@@ -230,7 +233,10 @@ class RegistryServer(pulumi.ComponentResource):
             raise ValueError("a node of storage spaces takes the shared certificate")
         host = RemoteHost.create(name, args.host, parent=self)
         droplet = host.droplet
-        host_manifest = manifest.REGISTRY_HOST_SPACES
+        valkey = spaces.cache_address is not None
+        host_manifest = (
+            manifest.REGISTRY_HOST_SPACES_VALKEY if valkey else manifest.REGISTRY_HOST_SPACES
+        )
         server_names = [args.registry_name, *([args.dns_name] if args.dns_name else [])]
         storage_driver = spaces.bucket.apply(
             lambda bucket: manifest.spaces_storage_driver(
@@ -238,11 +244,17 @@ class RegistryServer(pulumi.ComponentResource):
             )
         )
         registry_config = host_manifest.file("registry_config")
+        config_values: dict[str, pulumi.Output[str]] = {"storage_driver": storage_driver}
+        cache_values: dict[str, pulumi.Input[object]] = {}
+        if spaces.cache_address is not None and spaces.cache_password is not None:
+            config_values["redis_section"] = spaces.cache_address.apply(manifest.redis_section)
+            cache_values["redis_password"] = spaces.cache_password
         stack_values: dict[str, pulumi.Input[object]] = {
             **_common_stack_values(args, server_names, args.certificate, droplet),
-            "storage_driver": storage_driver,
-            "registry_config_sha256": storage_driver.apply(
-                lambda driver: sha256_hex(registry_config.render({"storage_driver": driver}))
+            **config_values,
+            **cache_values,
+            "registry_config_sha256": pulumi.Output.all(**config_values).apply(
+                lambda values: sha256_hex(registry_config.render(values))
             ),
             "spaces_access_key": spaces.access_key,
             "spaces_secret_key": spaces.secret_key,

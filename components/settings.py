@@ -49,6 +49,8 @@ RESERVED_PORTS = (
 MAX_CLIENTS = 10
 MAX_REGISTRIES = 10
 STORAGE_MODES = ("volume", "spaces")
+# Storage `spaces`: the registry's blob descriptor cache, per node in memory or one shared Valkey.
+SPACES_CACHES = ("memory", "valkey")
 # The regions with Spaces (object storage) in DigitalOcean's Spaces availability list.
 SPACES_REGIONS = ("ams3", "atl1", "blr1", "fra1", "nyc3", "sfo2", "sfo3", "sgp1", "syd1")
 # Spaces bucket names: 3 to 63 lowercase letters, digits and dashes, a letter or digit at each
@@ -140,6 +142,7 @@ class Settings:
     spaces_region_setting: str | None  # None: the droplets' region
     spaces_bucket_setting: str | None  # None: derived from the stack name
     spaces_redirect: bool  # blob downloads redirected to presigned Spaces URLs
+    spaces_cache: str  # "memory" (per node) or "valkey" (a shared Managed Valkey cluster)
 
     @property
     def spaces(self) -> bool:
@@ -434,6 +437,15 @@ def _spaces_bucket(raw: str) -> str | None:
     return raw
 
 
+def _spaces_cache(raw: str) -> str:
+    if raw not in SPACES_CACHES:
+        raise _Invalid(
+            "memory (each node caches in memory) or valkey (one DigitalOcean Managed Valkey "
+            "cluster shared by every node; storage spaces only)"
+        )
+    return raw
+
+
 def _storage_problems(values: Mapping[str, Any], raw_config: Mapping[str, str | None]) -> list[str]:
     """Combinations of keys that cannot work together (each key is valid on its own)."""
     problems = []
@@ -452,6 +464,15 @@ def _storage_problems(values: Mapping[str, Any], raw_config: Mapping[str, str | 
                 "existingVolume",
                 raw_config.get("existingVolume"),
                 "empty with storage spaces (images live in the bucket, not on a volume)",
+            )
+        )
+    if values["storage"] == "volume" and values["spaces_cache"] != "memory":
+        problems.append(
+            _problem(
+                "spacesCache",
+                raw_config.get("spacesCache"),
+                "memory with storage volume (one node has nothing to share a cache with): set "
+                "storage to spaces for a shared valkey cache",
             )
         )
     if (
@@ -553,6 +574,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
         lambda raw: _int(raw, 50, 99, "an integer percentage from 50 to 99"),
     ),
     "alertEmails": ("alert_emails", _alert_emails),
+    "spacesCache": ("spaces_cache", _spaces_cache),
 }
 
 CONFIG_KEYS = tuple(_FIELDS)

@@ -21,6 +21,8 @@ REGISTRY_IMAGE = (
 )
 # Where the image reads its config (the v3 path).
 REGISTRY_CONFIG_FILE = "/etc/distribution/config.yml"
+# The image's public CA bundle (its Dockerfile: `apk add --no-cache ca-certificates`).
+REGISTRY_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # nginx:alpine verifies every htpasswd scheme the program may write ({SSHA}, $apr1$, bcrypt);
 # Debian-based nginx images fail on bcrypt.

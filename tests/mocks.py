@@ -46,6 +46,13 @@ SECRET_OUTPUTS = {
     "random:index/randomBytes:RandomBytes": {"base64", "hex"},
     "command:remote:Command": {"connection"},
     "digitalocean:index/spacesKey:SpacesKey": {"secretKey"},
+    "digitalocean:index/databaseCluster:DatabaseCluster": {
+        "password",
+        "privateUri",
+        "uiPassword",
+        "uiUri",
+        "uri",
+    },
 }
 
 
@@ -273,6 +280,8 @@ class ProviderMocks(Mocks):
             "digitalocean:index/loadBalancer:LoadBalancer": self._load_balancer,
             "digitalocean:index/spacesKey:SpacesKey": self._spaces_key,
             "digitalocean:index/spacesBucket:SpacesBucket": self._spaces_bucket,
+            "digitalocean:index/databaseCluster:DatabaseCluster": self._database_cluster,
+            "digitalocean:index/databaseFirewall:DatabaseFirewall": self._with_uuid("dbfirewall"),
             "pulumi:providers:digitalocean": lambda name, inputs: (f"{name}-provider", inputs),
         }.get(typ)
         if handler is None:
@@ -513,6 +522,24 @@ class ProviderMocks(Mocks):
             "bucketDomainName": f"{bucket}.{region}.digitaloceanspaces.com",
             "endpoint": f"{region}.digitaloceanspaces.com",
             "urn": f"do:space:{bucket}",
+        }
+
+    def _database_cluster(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        cluster_id = str(uuid.uuid4())
+        host = f"{inputs['name']}-do-user-1.db.ondigitalocean.com"
+        private_host = f"private-{host}"
+        password = "AVNS_" + secrets.token_urlsafe(18)
+        user, port = "default", 25061
+        return cluster_id, {
+            **inputs,
+            "host": host,
+            "privateHost": private_host,
+            "port": port,
+            "user": user,
+            "password": password,
+            "uri": f"rediss://{user}:{password}@{host}:{port}",
+            "privateUri": f"rediss://{user}:{password}@{private_host}:{port}",
+            "urn": f"do:dbaas:{cluster_id}",
         }
 
     def _remote_command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -1,6 +1,10 @@
 """Layer 3, storage `spaces`: three registry nodes (the program's own files, Debian's nginx and
 docker-registry with the rendered s3 config) on one S3 store (moto) behind an L4 balancer
-(haproxy, health-checking /healthz), used by real clients. See tests/realstack/cluster.py."""
+(haproxy, health-checking /healthz), used by real clients. See tests/realstack/cluster.py.
+
+The nodes share a cache (`spacesCache: valkey`, Debian's redis-server as the stand-in): the
+per-node `memory` cache renders the same files but for the cache lines (tests/test_shared_cache.py)
+and runs for real in the single-node tests."""
 
 from __future__ import annotations
 
@@ -27,7 +31,13 @@ NODES = 3
 @pytest.fixture(scope="module")
 def program() -> ProgramRun:
     return run_program(
-        overrides={"storage": "spaces", "registryCount": NODES, "region": "fra1", "users": ["ci"]}
+        overrides={
+            "storage": "spaces",
+            "registryCount": NODES,
+            "region": "fra1",
+            "users": ["ci"],
+            "spacesCache": "valkey",
+        }
     )
 
 
@@ -95,6 +105,24 @@ def test_skopeo_and_podman_push_and_pull_through_the_balancer_intact(
         if any(uri.startswith("/v2/team/app/") for _, uri in cluster.node_requests(index))
     ]
     assert served == list(range(NODES))
+
+
+def test_every_node_keeps_blob_descriptors_in_the_one_shared_cache(
+    cluster: SpacesClusterSim, skopeo: Skopeo, workdir: Path
+) -> None:
+    image = build_image(workdir / "cached", "v1", [256 * 1024, 128 * 1024], seed="cluster-cache")
+    assert skopeo.push(image, "team/cached", "ci") == image.manifest_digest
+    for attempt in range(NODES):
+        pulled = skopeo.pull("team/cached", "v1", "ci", workdir / f"cached-pulled-{attempt}")
+        assert pulled == (image.manifest_digest, image.layer_digests)
+    # Registry 2.8's keys: blobs::<digest> (a descriptor), repository::<name>::blobs (a set).
+    for digest in image.layer_digests:
+        assert cluster.cache_command("EXISTS", f"blobs::{digest}") == "1", digest
+    assert cluster.cache_command("SISMEMBER", "repository::team/cached::blobs", digest) == "1"
+    for node in cluster.nodes:
+        log = (node.logs / f"{REGISTRY_LAYOUT.registry_service}.log").read_text(errors="replace")
+        assert "using redis blob descriptor cache" in log
+        assert "error connecting to redis" not in log
 
 
 # -- one upload over several nodes -------------------------------------------------------------

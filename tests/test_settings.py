@@ -73,6 +73,7 @@ EXISTING_VOLUME_FORM = "the name or id of a DigitalOcean volume in the stack's r
 STORAGE_FORM = "volume (one droplet, images on a block storage volume) or spaces"
 SPACES_REGION_FORM = "empty (the droplets' region), or a region with Spaces: ams3, atl1"
 BUCKET_FORM = "empty (registry-<stack>-images), or a bucket name of 3 to 63 lowercase"
+SPACES_CACHE_FORM = "memory (each node caches in memory) or valkey"
 GC_SCHEDULE_FORM = "a systemd OnCalendar schedule: hourly, daily, weekly"
 
 # (key, bad value as a Python value or raw CLI string, a part of the accepted form)
@@ -212,6 +213,10 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("alertEmails", ["a@example.com", "a@example.com"], "at most 10 distinct"),
     ("alertEmails", [f"u{n}@example.com" for n in range(11)], "at most 10 distinct"),
     ("alertEmails", "ops@example.com", "a list"),
+    ("spacesCache", "redis", SPACES_CACHE_FORM),
+    ("spacesCache", "", SPACES_CACHE_FORM),
+    # One node has nothing to share a cache with.
+    ("spacesCache", "valkey", "memory with storage volume"),
 ]
 
 
@@ -325,6 +330,7 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
         spaces_redirect=False,
         disk_alert_percent=80,
         alert_emails=(),
+        spaces_cache="memory",
     )
 
 
@@ -423,6 +429,7 @@ def test_dev_stack_file_parses() -> None:
             "alert_emails",
             ("ops@example.com", "first.last+registry@mail.example.co.uk"),
         ),
+        ("spacesCache", "memory", "spaces_cache", "memory"),
     ],
 )
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
@@ -475,8 +482,9 @@ def test_one_registry_droplet_keeps_its_name_in_either_mode() -> None:
             "a region with Spaces (ams3, atl1, blr1, fra1, nyc3, sfo2, sfo3, sgp1, syd1): "
             "region nyc1 has none",
         ),
+        ({"spacesCache": "valkey"}, "spacesCache", "set storage to spaces for a shared valkey"),
     ],
-    ids=["count-without-spaces", "volume-with-spaces", "region-without-spaces"],
+    ids=["count-without-spaces", "volume-with-spaces", "region-without-spaces", "valkey"],
 )
 def test_storage_combinations_that_cannot_work_fail_naming_the_key(
     overrides: Mapping[str, Any], key: str, form: str
@@ -499,8 +507,18 @@ def test_storage_combinations_that_cannot_work_fail_naming_the_key(
         ({"domain": "not a domain"}, "domain"),
         ({"clientCount": -1}, "clientCount"),
         ({"registryCount": 3}, "registryCount"),
+        ({"spacesCache": "valkey"}, "spacesCache"),
     ],
-    ids=["port", "users-role", "users-scope", "adminCidrs", "domain", "clientCount", "count"],
+    ids=[
+        "port",
+        "users-role",
+        "users-scope",
+        "adminCidrs",
+        "domain",
+        "clientCount",
+        "count",
+        "valkey-without-spaces",
+    ],
 )
 def test_program_with_bad_config_raises_settings_error_before_any_resource(
     run_failing: Callable[[Mapping[str, Any]], FailedRun], overrides: Mapping[str, Any], key: str

@@ -16,6 +16,12 @@ stand-ins are:
 The adaptations: the registry trusts the test certificate (`SSL_CERT_FILE`), and starts
 without this machine's `AWS_CA_BUNDLE` (the sim gives services a clean environment). The
 health checks run every second instead of DigitalOcean's 3 s minimum, to keep the tests short.
+
+With `spacesCache: valkey`, Debian's redis-server (password, allkeys-lru) stands in for the
+Managed Valkey cluster at its private host name. Debian's registry 2.8 reads the address from
+`redis.addr` (3.x: the rendered `redis.addrs`), given as `REGISTRY_REDIS_ADDR`, and has no
+Redis TLS: the stand-in speaks plain TCP, so the TLS part is not exercised here. The password
+comes from the rendered registry.env, as on a droplet.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from components.manifest import REGISTRY_HOST_SPACES, REGISTRY_LAYOUT
+from components.manifest import REGISTRY_HOST_SPACES, REGISTRY_HOST_SPACES_VALKEY, REGISTRY_LAYOUT
 from tests.harness import ProgramRun
 from tests.realstack.hostsim import ClusterNode, RegistryHostSim, apply_client_trust, sh
 from tests.realstack.sandbox import Sandbox
@@ -40,6 +46,8 @@ from tests.realstack.sandbox import Sandbox
 BRIDGE = "br0"
 FABRIC_IP = "10.110.15.254"  # the balancer's and the object store's side of the bridge
 OBJECT_STORE_IP = "10.110.15.250"
+CACHE_IP = "10.110.15.249"  # the shared cache's private host, with `spacesCache: valkey`
+DATABASE_CLUSTER = "digitalocean:index/databaseCluster:DatabaseCluster"
 NETMASK = 20
 HEALTH_CHECK_INTERVAL_MS = 1000
 _REQUEST = re.compile(r'http\.request\.method=(\S+) .*http\.request\.uri=("[^"]*"|\S+)')
@@ -68,21 +76,36 @@ class SpacesClusterSim:
         self.logs = workdir / "logs"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.started_pids: list[int] = []
+        caches = [cluster.outputs for cluster in run.of_type(DATABASE_CLUSTER)]
+        # (private host, port, password) of the shared cache; None: each node's own memory.
+        self.cache: tuple[str, int, str] | None = (
+            (caches[0]["privateHost"], int(caches[0]["port"]), caches[0]["password"])
+            if caches
+            else None
+        )
+        self.registry_environment = {"SSL_CERT_FILE": str(self.store_cert)}
+        extra_hosts = f"{OBJECT_STORE_IP} {self.spaces_host}\n"
+        if self.cache is not None:
+            cache_host, cache_port, _ = self.cache
+            self.registry_environment["REGISTRY_REDIS_ADDR"] = f"{cache_host}:{cache_port}"
+            extra_hosts += f"{CACHE_IP} {cache_host}\n"
         self.nodes = [
             RegistryHostSim(
                 run,
                 workdir / f"node-{index}",
                 node=ClusterNode(
                     host_name=node["name"].removeprefix(f"{name_prefix}-"),
-                    host_manifest=REGISTRY_HOST_SPACES,
+                    host_manifest=(
+                        REGISTRY_HOST_SPACES if self.cache is None else REGISTRY_HOST_SPACES_VALKEY
+                    ),
                     netns_prefix=f"rs{tag}{index}",
                     private_ip=node["privateIp"],
                     compose_net_prefix=f"172.31.{250 + index}",
                     fabric_netns=self.ns_fabric,
                     bridge=BRIDGE,
                     host_routes=(),
-                    extra_hosts=f"{OBJECT_STORE_IP} {self.spaces_host}\n",
-                    registry_environment={"SSL_CERT_FILE": str(self.store_cert)},
+                    extra_hosts=extra_hosts,
+                    registry_environment=dict(self.registry_environment),
                 ),
             )
             for index, node in enumerate(run.outputs["registryNodes"])
@@ -95,7 +118,9 @@ class SpacesClusterSim:
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", f, "link", "add", BRIDGE, "type", "bridge")
-        addresses = (f"{FABRIC_IP}/{NETMASK}", f"{OBJECT_STORE_IP}/32", f"{self.balancer_ip}/32")
+        addresses = [f"{FABRIC_IP}/{NETMASK}", f"{OBJECT_STORE_IP}/32", f"{self.balancer_ip}/32"]
+        if self.cache is not None:
+            addresses.append(f"{CACHE_IP}/32")
         for address in addresses:
             sh("ip", "-n", f, "addr", "add", address, "dev", BRIDGE)
         sh("ip", "-n", f, "link", "set", BRIDGE, "up")
@@ -157,6 +182,35 @@ class SpacesClusterSim:
             if time.monotonic() > deadline:
                 raise AssertionError(f"moto not ready: {self.log('moto')[-2000:]}")
             time.sleep(0.2)
+
+    def _shared_cache(self) -> None:
+        """redis-server as the Managed Valkey cluster: its password, allkeys-lru, no disk."""
+        assert self.cache is not None
+        _, port, password = self.cache
+        config = self.workdir / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(
+            f"bind {CACHE_IP}\nport {port}\nrequirepass {password}\nmaxmemory 64mb\n"
+            f'maxmemory-policy allkeys-lru\nsave ""\nappendonly no\ndir {self.workdir}\n'
+        )
+        self._spawn("redis", ["redis-server", str(config)])
+        deadline = time.monotonic() + 30
+        while self.cache_command("PING", check=False) != "PONG":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis not ready: {self.log('redis')[-2000:]}")
+            time.sleep(0.1)
+
+    def cache_command(self, *args: str, check: bool = True) -> str:
+        """A redis-cli command on the shared cache (the password in the environment)."""
+        assert self.cache is not None
+        _, port, password = self.cache
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.ns_fabric, "redis-cli", "--no-auth-warning", "-h",
+             CACHE_IP, "-p", str(port), *args],
+            env={"PATH": os.environ["PATH"], "REDISCLI_AUTH": password},
+            capture_output=True, check=check, timeout=30,
+        )  # fmt: skip
+        return result.stdout.decode().strip()
 
     def _balancer(self) -> None:
         """haproxy as the DigitalOcean load balancer is configured (components/network.py)."""
@@ -263,9 +317,7 @@ backend nodes
         assert node.node is not None
         node.stop_service(REGISTRY_LAYOUT.registry_service)
         node.node.registry_environment.clear()
-        node.node.registry_environment.update(
-            {"SSL_CERT_FILE": str(self.store_cert), **environment}
-        )
+        node.node.registry_environment.update({**self.registry_environment, **environment})
         node.start_service(REGISTRY_LAYOUT.registry_service)
         node.wait_registry()
 
@@ -320,6 +372,8 @@ backend nodes
             assert result.returncode == 0, result.stderr.decode()
         self._fabric()
         self._object_store()
+        if self.cache is not None:
+            self._shared_cache()
         for node in self.nodes:
             node.start()
         self._balancer()
