@@ -69,7 +69,10 @@ if settings.spaces:
     storage = ObjectStorage(
         "object-storage",
         ObjectStorageArgs(
-            name_prefix=name_prefix, bucket=settings.spaces_bucket, region=settings.spaces_region
+            name_prefix=name_prefix,
+            bucket=settings.spaces_bucket,
+            region=settings.spaces_region,
+            retain_on_destroy=settings.retain_volume_on_destroy,
         ),
     )
     shared_cache = (

@@ -30,6 +30,8 @@ class ObjectStorageArgs:
     name_prefix: str
     bucket: str
     region: str
+    # retainVolumeOnDestroy: keep the bucket, with the images, when the stack lets it go.
+    retain_on_destroy: bool = False
 
 
 class ObjectStorage(pulumi.ComponentResource):
@@ -67,6 +69,11 @@ class ObjectStorage(pulumi.ComponentResource):
             name=args.bucket,
             region=args.region,
             acl="private",
+            # The provider deletes a bucket that still holds objects only with force_destroy
+            # ("Unless true, the bucket will only be destroyed if empty",
+            # digitalocean/spaces/resource_spaces_bucket.go): without it `pulumi destroy` stops
+            # at BucketNotEmpty once a single image was pushed. Retained, it is never deleted.
+            force_destroy=not args.retain_on_destroy,
             versioning=digitalocean.SpacesBucketVersioningArgs(enabled=False),
             lifecycle_rules=[
                 digitalocean.SpacesBucketLifecycleRuleArgs(
@@ -74,7 +81,9 @@ class ObjectStorage(pulumi.ComponentResource):
                     abort_incomplete_multipart_upload_days=ABORT_INCOMPLETE_UPLOADS_DAYS,
                 )
             ],
-            opts=pulumi.ResourceOptions(parent=self, provider=spaces_provider),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=spaces_provider, retain_on_delete=args.retain_on_destroy
+            ),
         )
         nodes_key = digitalocean.SpacesKey(
             f"{name}-registry-key",

@@ -73,6 +73,18 @@ def test_bucket_is_private_unversioned_and_aborts_incomplete_uploads(
     }
 
 
+@pytest.mark.parametrize("retain", [False, True])
+def test_destroy_empties_and_deletes_the_bucket_unless_retained(retain: bool) -> None:
+    # The provider deletes a bucket that still holds objects only with `force_destroy`
+    # (BucketNotEmpty otherwise: terraform-provider-digitalocean
+    # digitalocean/spaces/resource_spaces_bucket.go, resourceDigitalOceanBucketDelete), so
+    # without it `pulumi destroy` of a stack with images stops at the bucket.
+    run = run_program(overrides={**SPACES, "retainVolumeOnDestroy": retain})
+    bucket = only(run, BUCKET)
+    assert bucket.inputs["forceDestroy"] is (not retain)
+    assert bucket.retain_on_delete is retain
+
+
 def test_bucket_is_managed_through_a_provider_with_the_stacks_own_spaces_key(
     spaces_run: ProgramRun,
 ) -> None:
