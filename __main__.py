@@ -92,13 +92,21 @@ if settings.spaces:
         cache_address=shared_cache.address if shared_cache else None,
         cache_password=shared_cache.password if shared_cache else None,
     )
-    # One certificate on every node: clients reach them by the names and the balancer's IP.
+    # One certificate on every node: clients reach them by the names and the balancer's IP, a
+    # metrics scraper each node by its private IP (which exists once the node does: resolved
+    # below, after the nodes).
+    node_private_ips: list[tuple[pulumi.Output[str], Callable[[pulumi.Output[str]], None]]] = [
+        pulumi.deferred_output() for _ in range(settings.registry_count)
+    ]
     shared_certificate = ServerCertificate(
         "registry-tls",
         ServerCertificateArgs(
             ca=ca,
             dns_names=server_names,
-            ip_addresses=[network.load_balancer_ip] if network.load_balancer_ip else [],
+            ip_addresses=[
+                *([network.load_balancer_ip] if network.load_balancer_ip else []),
+                *(private_ip for private_ip, _ in node_private_ips),
+            ],
             key_algorithm=settings.tls_key_algorithm,
             validity_hours=settings.cert_validity_hours,
             early_renewal_hours=settings.cert_early_renewal_hours,
@@ -155,6 +163,9 @@ servers = [
     for droplet_name in settings.registry_droplet_names()
 ]
 server = servers[0]
+if settings.spaces:
+    for (_, resolve_private_ip), node in zip(node_private_ips, servers, strict=True):
+        resolve_private_ip(node.private_ip)
 # The shared cache admits the registry droplets alone; clients prove the registry through it.
 cache_firewall = (
     [shared_cache.admit_only([node.droplet_id for node in servers])] if shared_cache else []

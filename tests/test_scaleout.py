@@ -230,12 +230,28 @@ def test_certificate_names_the_balancer_and_clients_reach_it(spaces_run: Program
         "registry.internal",
         "registry.example.com",
     }
-    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(ip)]
+    assert sans.get_values_for_type(x509.IPAddress)[0] == ipaddress.ip_address(ip)
     record = only(spaces_run, DNS_RECORD).inputs
     assert (record["name"], record["value"], record["type"]) == ("registry", ip, "A")
     verify = spaces_run.named("client-0-verify-registry")
     activations = {spaces_run.named(f"{node}-activate").urn for node in NODES}
     assert activations <= set(verify.dependencies)
+
+
+def test_certificate_names_every_nodes_private_ip_for_the_metrics_scraper(
+    spaces_run: ProgramRun,
+) -> None:
+    # A scraper reaches each node's metrics listener at `<private IP>:9443` (metricsTargets)
+    # and verifies it against the CA (README, Scraping): the shared certificate must name
+    # every node's private address, as the single droplet's certificate names its own.
+    cert = x509.load_pem_x509_certificate(file_text(spaces_run, NODES[0], "server_cert").encode())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    targets = spaces_run.outputs["metricsTargets"]
+    assert len(targets) == len(NODES)
+    assert set(sans.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address(spaces_run.outputs["loadBalancerIp"]),
+        *(ipaddress.ip_address(target.rsplit(":", 1)[0]) for target in targets),
+    }
 
 
 def test_without_a_domain_clients_map_the_name_to_the_balancer() -> None:
