@@ -238,7 +238,8 @@ pulumi.export(
     server.private_ip.apply(
         lambda ip: {
             name: f"https://{ip}:{REGISTRY_LAYOUT.metrics_port}/metrics/{name}"
-            for name in ("registry", "nginx", "disk")
+            # The disk check watches the data volume: spaces nodes have none.
+            for name in ("registry", "nginx", *(() if settings.spaces else ("disk",)))
         }
     ),
 )

@@ -254,6 +254,18 @@ def test_certificate_names_every_nodes_private_ip_for_the_metrics_scraper(
     }
 
 
+def test_metrics_urls_list_only_what_the_nodes_serve(
+    spaces_run: ProgramRun, program_run: ProgramRun
+) -> None:
+    # Spaces nodes have no data volume, so no disk check writes /metrics/disk (a 404 there).
+    ip = spaces_run.outputs["registryPrivateIp"]
+    assert spaces_run.outputs["metricsUrls"] == {
+        name: f"https://{ip}:9443/metrics/{name}" for name in ("registry", "nginx")
+    }
+    assert set(program_run.outputs["metricsUrls"]) == {"registry", "nginx", "disk"}
+    assert not any(f.path.endswith("disk.sh") for f in REGISTRY_HOST_SPACES.files)
+
+
 def test_without_a_domain_clients_map_the_name_to_the_balancer() -> None:
     run = run_program(overrides={**SPACES, "domain": "", "registryCount": 2})
     ip = run.outputs["loadBalancerIp"]
