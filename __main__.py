@@ -70,7 +70,8 @@ if settings.spaces:
         "object-storage",
         ObjectStorageArgs(
             name_prefix=name_prefix,
-            bucket=settings.spaces_bucket,
+            bucket=settings.spaces_bucket_setting,
+            bucket_prefix=settings.spaces_bucket_prefix,
             region=settings.spaces_region,
             retain_on_destroy=settings.retain_volume_on_destroy,
         ),

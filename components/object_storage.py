@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_digitalocean as digitalocean
+import pulumi_random as random
+
+from components.settings import BUCKET_SUFFIX_BYTES
 
 # Parts of multipart uploads a client never finished (a push cut off) are deleted after a day.
 ABORT_INCOMPLETE_UPLOADS_DAYS = 1
@@ -28,7 +31,8 @@ def spaces_endpoint(region: str) -> str:
 @dataclass
 class ObjectStorageArgs:
     name_prefix: str
-    bucket: str
+    bucket: str | None  # None: `bucket_prefix` plus random hex, kept by the stack
+    bucket_prefix: str
     region: str
     # retainVolumeOnDestroy: keep the bucket, with the images, when the stack lets it go.
     retain_on_destroy: bool = False
@@ -64,9 +68,19 @@ class ObjectStorage(pulumi.ComponentResource):
             spaces_secret_key=stack_key.secret_key,
             opts=child,
         )
+        bucket_name: pulumi.Input[str]
+        if args.bucket is not None:
+            bucket_name = args.bucket
+        else:
+            # Bucket names are shared with every other Spaces customer: a fixed derived name
+            # could be anyone's. The suffix is made once and kept, so the name never changes.
+            suffix = random.RandomId(
+                f"{name}-bucket-suffix", byte_length=BUCKET_SUFFIX_BYTES, opts=child
+            )
+            bucket_name = pulumi.Output.concat(args.bucket_prefix, "-", suffix.hex)
         bucket = digitalocean.SpacesBucket(
             f"{name}-bucket",
-            name=args.bucket,
+            name=bucket_name,
             region=args.region,
             acl="private",
             # The provider deletes a bucket that still holds objects only with force_destroy

@@ -65,6 +65,10 @@ KEY_ALGORITHMS = ("ECDSA", "RSA")
 # Droplet names set the host name and follow host name rules: one DNS label, 63 characters.
 MAX_VOLUME_NAME = 64
 MAX_DROPLET_NAME = 63
+MAX_BUCKET_NAME = 63
+# Spaces bucket names are shared with every other DigitalOcean customer, so a derived name
+# (`<prefix>-images-<hex>`) ends in random bytes (a RandomId the stack keeps).
+BUCKET_SUFFIX_BYTES = 4
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 # At least two labels, and the last one (the TLD) not all digits, so an IP address is refused.
@@ -154,9 +158,9 @@ class Settings:
         return self.spaces_region_setting or self.region
 
     @property
-    def spaces_bucket(self) -> str:
-        """The bucket's name: `spacesBucket`, or `<name prefix>-images`."""
-        return self.spaces_bucket_setting or f"{self.name_prefix}-images"
+    def spaces_bucket_prefix(self) -> str:
+        """The derived bucket name before its random suffix, when `spacesBucket` is empty."""
+        return f"{self.name_prefix}-images"
 
     disk_alert_percent: int
     alert_emails: tuple[str, ...]
@@ -364,7 +368,9 @@ def name_prefix(stack: str) -> str:
 def _derived_name_problems(settings: Settings, stack: str) -> list[str]:
     """The longest name made from the stack name that DigitalOcean would refuse, if any."""
     names = [(name, "droplet", MAX_DROPLET_NAME) for name in settings.droplet_names()]
-    # The derived bucket name (`<prefix>-images`) is shorter than the registry droplet's.
+    if settings.spaces and settings.spaces_bucket_setting is None:
+        suffix = "0" * (2 * BUCKET_SUFFIX_BYTES)
+        names.append((f"{settings.spaces_bucket_prefix}-{suffix}", "bucket", MAX_BUCKET_NAME))
     if not settings.spaces and settings.existing_volume is None:
         names.append((settings.volume_name, "volume", MAX_VOLUME_NAME))
     excess, name, kind, limit = max(
@@ -431,7 +437,8 @@ def _spaces_bucket(raw: str) -> str | None:
         return None
     if not _BUCKET_NAME.fullmatch(raw):
         raise _Invalid(
-            "empty (registry-<stack>-images), or a bucket name of 3 to 63 lowercase letters, "
+            "empty (registry-<stack>-images-<random hex>), or a bucket name of 3 to 63 lowercase "
+            "letters, "
             'digits and "-", starting and ending with a letter or digit, such as acme-registry'
         )
     return raw

@@ -265,6 +265,7 @@ class ProviderMocks(Mocks):
             "tls:index/locallySignedCert:LocallySignedCert": self._locally_signed_cert,
             "random:index/randomPassword:RandomPassword": self._random_password,
             "random:index/randomBytes:RandomBytes": self._random_bytes,
+            "random:index/randomId:RandomId": self._random_id,
             "digitalocean:index/droplet:Droplet": self._droplet,
             "digitalocean:index/volume:Volume": self._volume,
             "digitalocean:index/volumeAttachment:VolumeAttachment": self._volume_attachment,
@@ -433,6 +434,18 @@ class ProviderMocks(Mocks):
     def _random_bytes(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         data = secrets.token_bytes(int(inputs["length"]))
         return "none", {**inputs, "base64": base64.b64encode(data).decode(), "hex": data.hex()}
+
+    def _random_id(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """As terraform-provider-random's random_id: its id is the base64url form."""
+        data = secrets.token_bytes(int(inputs["byteLength"]))
+        b64_url = base64.urlsafe_b64encode(data).decode().rstrip("=")
+        return b64_url, {
+            **inputs,
+            "hex": data.hex(),
+            "b64Url": b64_url,
+            "b64Std": base64.b64encode(data).decode(),
+            "dec": str(int.from_bytes(data, "big")),
+        }
 
     def _droplet(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         self._next_droplet += 1

@@ -16,6 +16,7 @@ from cryptography import x509
 
 from components.manifest import REGISTRY_HOST_SPACES, REGISTRY_LAYOUT, SPACES_CHUNK_BYTES
 from components.rendering.templates import sha256_hex
+from components.settings import BUCKET_SUFFIX_BYTES
 from tests.harness import ProgramRun, Registration, run_program
 from tests.remote_commands import PlacedFile, placed_file
 
@@ -55,19 +56,33 @@ def env_values(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines())
 
 
+def bucket_name(run: ProgramRun) -> str:
+    """The derived bucket name: the stack's prefix, then the hex of the RandomId the stack keeps
+    (bucket names are shared with every other Spaces customer)."""
+    suffix = only(run, "random:index/randomId:RandomId", "object-storage-bucket-suffix")
+    assert suffix.inputs["byteLength"] == BUCKET_SUFFIX_BYTES
+    return f"registry-dev-images-{suffix.outputs['hex']}"
+
+
+def test_bucket_name_is_given_or_the_stacks_prefix_with_kept_random_hex() -> None:
+    given = run_program(overrides={**SPACES, "spacesBucket": "acme-registry"})
+    assert only(given, BUCKET).inputs["name"] == "acme-registry"
+    assert given.of_type("random:index/randomId:RandomId") == []
+
+
 def test_bucket_is_private_unversioned_and_aborts_incomplete_uploads(
     spaces_run: ProgramRun,
 ) -> None:
     bucket = only(spaces_run, BUCKET).inputs
     assert (bucket["name"], bucket["region"], bucket["acl"]) == (
-        "registry-dev-images",
+        bucket_name(spaces_run),
         "fra1",
         "private",
     )
     assert bucket["versioning"] == {"enabled": False}
     assert bucket["lifecycleRules"] == [{"enabled": True, "abortIncompleteMultipartUploadDays": 1}]
     assert spaces_run.outputs["spacesBucket"] == {
-        "name": "registry-dev-images",
+        "name": bucket_name(spaces_run),
         "region": "fra1",
         "endpoint": "https://fra1.digitaloceanspaces.com",
     }
@@ -104,7 +119,7 @@ def test_nodes_key_is_scoped_to_the_bucket_and_reaches_the_hosts_only_as_a_secre
 ) -> None:
     nodes_key = only(spaces_run, SPACES_KEY, "object-storage-registry-key")
     assert nodes_key.inputs["grants"] == [
-        {"bucket": "registry-dev-images", "permission": "readwrite"}
+        {"bucket": bucket_name(spaces_run), "permission": "readwrite"}
     ]
     access, secret = nodes_key.outputs["accessKey"], nodes_key.outputs["secretKey"]
     carrying = set()
@@ -169,7 +184,7 @@ def test_registry_config_uses_the_s3_driver_for_the_bucket(redirect: bool, disab
         "region": "fra1",
         "regionendpoint": "https://fra1.digitaloceanspaces.com",
         "forcepathstyle": True,
-        "bucket": "registry-dev-images",
+        "bucket": bucket_name(run),
         "rootdirectory": REGISTRY_LAYOUT.spaces_root_directory,
         "secure": True,
         "v4auth": True,

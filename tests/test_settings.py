@@ -72,7 +72,7 @@ SSH_KEYS_FORM = "a list of OpenSSH public keys"
 EXISTING_VOLUME_FORM = "the name or id of a DigitalOcean volume in the stack's region"
 STORAGE_FORM = "volume (one droplet, images on a block storage volume) or spaces"
 SPACES_REGION_FORM = "empty (the droplets' region), or a region with Spaces: ams3, atl1"
-BUCKET_FORM = "empty (registry-<stack>-images), or a bucket name of 3 to 63 lowercase"
+BUCKET_FORM = "empty (registry-<stack>-images-<random hex>), or a bucket name of 3 to 63 lowercase"
 SPACES_CACHE_FORM = "memory (each node caches in memory) or valkey"
 GC_SCHEDULE_FORM = "a systemd OnCalendar schedule: hourly, daily, weekly"
 
@@ -451,7 +451,11 @@ def test_spaces_mode_defaults_to_the_droplets_region_and_a_bucket_named_after_th
     settings = parse_settings(config(**SPACES, registryCount=3), stack="prod")
     assert (settings.spaces, settings.registry_count) == (True, 3)
     assert settings.spaces_region == "fra1"
-    assert settings.spaces_bucket == "registry-prod-images"
+    # The program appends random hex: bucket names are shared with every Spaces customer.
+    assert (settings.spaces_bucket_setting, settings.spaces_bucket_prefix) == (
+        None,
+        "registry-prod-images",
+    )
     assert settings.registry_droplet_names() == [
         "registry-prod-registry-0",
         "registry-prod-registry-1",

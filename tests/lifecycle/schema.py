@@ -26,6 +26,7 @@ CERT_REQUEST = "tls:index/certRequest:CertRequest"
 LOCALLY_SIGNED_CERT = "tls:index/locallySignedCert:LocallySignedCert"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 RANDOM_BYTES = "random:index/randomBytes:RandomBytes"
+RANDOM_ID = "random:index/randomId:RandomId"
 COMMAND = "command:remote:Command"
 UPTIME_CHECK = "digitalocean:index/uptimeCheck:UptimeCheck"
 UPTIME_ALERT = "digitalocean:index/uptimeAlert:UptimeAlert"
@@ -130,6 +131,8 @@ REPLACE_ON: dict[str, frozenset[str]] = {
     ),
     # .../resource_bytes.go
     RANDOM_BYTES: frozenset({"keepers", "length"}),
+    # internal/provider/resource_id.go: every argument has RequiresReplace.
+    RANDOM_ID: frozenset({"keepers", "byteLength", "prefix"}),
     # pulumi/pulumi-command provider/pkg/provider/common/inputs.go: `Triggers ...
     # provider:"replaceOnChanges"`; any other change is an Update (remote/commandController.go).
     COMMAND: frozenset({"triggers"}),
