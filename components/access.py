@@ -67,10 +67,6 @@ class Account:
     def unscoped(self) -> bool:
         return EVERY_REPOSITORY in self.scopes
 
-    @property
-    def can_push(self) -> bool:
-        return "write" in ROLE_ACTIONS[self.role]
-
     def may(self, action: str, repository: str) -> bool:
         """The same decision nginx makes (used for the proof user; nginx is the enforcer)."""
         return action in ROLE_ACTIONS[self.role] and any(

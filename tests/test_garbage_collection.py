@@ -133,9 +133,6 @@ class GcHost:
     env: dict[str, str]
     address: str
 
-    def script_text(self) -> str:
-        return (self.etc / GC_SCRIPT.removeprefix("/etc/")).read_text()
-
     def run_gc(self, **extra_env: str) -> subprocess.CompletedProcess[str]:
         """registry-gc.sh as systemd would start it, with /etc and /srv/registry/data mapped."""
         steps = [

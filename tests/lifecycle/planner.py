@@ -81,9 +81,6 @@ class Plan:
     def of(self, name: str) -> list[Step]:
         return [step for step in self.steps if step.name == name]
 
-    def action_of(self, name: str) -> list[Action]:
-        return [step.action for step in self.of(name)]
-
     def index(self, name: str, action: Action | None = None) -> int:
         """Position of the (only) step of `name` (with `action`, if given)."""
         found = [
