@@ -40,7 +40,13 @@ from urllib.parse import urlparse
 
 from components.manifest import REGISTRY_HOST_SPACES, REGISTRY_HOST_SPACES_VALKEY, REGISTRY_LAYOUT
 from tests.harness import ProgramRun
-from tests.realstack.hostsim import ClusterNode, RegistryHostSim, apply_client_trust, sh
+from tests.realstack.hostsim import (
+    ClusterNode,
+    RegistryHostSim,
+    apply_client_trust,
+    run_client,
+    sh,
+)
 from tests.realstack.sandbox import Sandbox
 
 BRIDGE = "br0"
@@ -358,13 +364,7 @@ backend nodes
         timeout: float = 300,
         check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
-        result = sh(*self.client_argv(argv, trusted), input=input, check=False, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"client command failed ({result.returncode}): "
-                f"{' '.join(argv)}\n{result.stderr.decode()[-3000:]}"
-            )
-        return result
+        return run_client(self.client_argv(argv, trusted), argv, input, timeout, check)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> SpacesClusterSim:

@@ -70,6 +70,20 @@ def sh(
     )
 
 
+def run_client(
+    full_argv: Sequence[str], argv: Sequence[str], input: bytes | None, timeout: float, check: bool
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a client command line (`full_argv`, wrapping `argv`); with `check`, fail naming
+    `argv` and the end of its stderr."""
+    result = sh(*full_argv, input=input, check=False, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"client command failed ({result.returncode}): "
+            f"{' '.join(argv)}\n{result.stderr.decode()[-3000:]}"
+        )
+    return result
+
+
 def with_image_nginx_user() -> dict[str, str]:
     """This machine's /etc/passwd and /etc/group with the image's `nginx` user and group
     added (unless this machine has them)."""
@@ -704,13 +718,7 @@ class RegistryHostSim:
         timeout: float = 300,
         check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
-        result = sh(*self.client_argv(argv, trusted), input=input, check=False, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"client command failed ({result.returncode}): "
-                f"{' '.join(argv)}\n{result.stderr.decode()[-3000:]}"
-            )
-        return result
+        return run_client(self.client_argv(argv, trusted), argv, input, timeout, check)
 
     def host_exec(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess[bytes]:
         """Run a command in the registry host's network namespace."""
