@@ -959,6 +959,13 @@ CA_FILE = "/srv/test/ca.crt"
 
 
 TIMERS = ("registry-gc.timer", "registry-disk.timer")
+# What every activation asks systemd first, whatever state the host is in.
+ACTIVATION_PREAMBLE = (
+    "daemon-reload",
+    "enable --quiet docker.service registry.service",
+    f"enable --quiet {' '.join(TIMERS)}",
+    f"restart {' '.join(TIMERS)}",
+)
 
 
 def activate(standins: Standins, *, attempts: int = 60) -> subprocess.CompletedProcess[str]:
@@ -994,10 +1001,7 @@ def test_activate_first_start_enables_live_restore_then_waits_for_401(standins: 
     result = activate(standins)
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
-        "daemon-reload",
-        "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer registry-disk.timer",
-        "restart registry-gc.timer registry-disk.timer",
+        *ACTIVATION_PREAMBLE,
         "reload docker.service",
         "start registry.service",
     ]
@@ -1016,10 +1020,7 @@ def test_activate_starts_a_stopped_dockerd_which_reads_live_restore_itself(
     result = activate(standins)
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
-        "daemon-reload",
-        "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer registry-disk.timer",
-        "restart registry-gc.timer registry-disk.timer",
+        *ACTIVATION_PREAMBLE,
         "start docker.service",
         "start registry.service",
     ]
@@ -1030,10 +1031,7 @@ def test_activate_reloads_a_running_registry_and_leaves_dockerd_alone(standins: 
     result = activate(standins)
     assert result.returncode == 0, result.stderr
     assert systemctl_verbs(standins) == [
-        "daemon-reload",
-        "enable --quiet docker.service registry.service",
-        "enable --quiet registry-gc.timer registry-disk.timer",
-        "restart registry-gc.timer registry-disk.timer",
+        *ACTIVATION_PREAMBLE,
         "reload registry.service",
     ]
     assert len(standins.calls("curl")) == 1

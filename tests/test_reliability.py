@@ -685,7 +685,6 @@ def location(response: str) -> str:
 
 def upload_first_chunk(sim: RegistryHostSim, repository: str, chunk: Path) -> str:
     """Start a chunked upload and send one chunk; return the URL for the next one."""
-    password = sim.passwords["ci"]
     started = curl(
         sim,
         "-i",
@@ -693,27 +692,11 @@ def upload_first_chunk(sim: RegistryHostSim, repository: str, chunk: Path) -> st
         "POST",
         f"https://{sim.address}/v2/{repository}/blobs/uploads/",
         user="ci",
-        password=password,
+        password=sim.passwords["ci"],
     ).stdout.decode()
     assert status_line(started).startswith("HTTP/1.1 202"), started
     size = chunk.stat().st_size
-    patched = curl(
-        sim,
-        "-i",
-        "-X",
-        "PATCH",
-        "--data-binary",
-        f"@{chunk}",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-H",
-        "Expect:",
-        "-H",
-        f"Content-Range: 0-{size - 1}",
-        location(started),
-        user="ci",
-        password=password,
-    ).stdout.decode()
+    patched = upload_next_chunk(sim, location(started), chunk, 0)
     assert status_line(patched).startswith("HTTP/1.1 202"), patched
     assert header_lines(patched, "Range") == [f"Range: 0-{size - 1}"]
     return location(patched)
@@ -952,22 +935,7 @@ def apply_files(sim: RegistryHostSim, run: ProgramRun, *roles: str) -> None:
 
 
 def served_certificate(sim: RegistryHostSim) -> str:
-    output = sim.client(
-        "openssl",
-        "s_client",
-        "-connect",
-        f"{sim.registry_ip}:{sim.port}",
-        "-servername",
-        sim.registry_name,
-        "-CAfile",
-        str(sim.ca_file),
-        "-verify_hostname",
-        sim.registry_name,
-        "-verify_return_error",
-        input=b"",
-        trusted=False,
-        timeout=30,
-    ).stdout.decode()
+    output = sim.verify_tls(sim.registry_name, timeout=30).stdout.decode()
     match = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", output, re.DOTALL)
     assert match, output
     return match.group(0)

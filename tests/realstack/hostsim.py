@@ -720,6 +720,29 @@ class RegistryHostSim:
     ) -> subprocess.CompletedProcess[bytes]:
         return run_client(self.client_argv(argv, trusted), argv, input, timeout, check)
 
+    def verify_tls(
+        self, name: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[bytes]:
+        """`openssl s_client` from the client to the TLS port, asking for `name` (SNI) and
+        verifying the chain against the stack's CA and the certificate against `name`."""
+        return self.client(
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{self.registry_ip}:{self.port}",
+            "-servername",
+            name,
+            "-CAfile",
+            str(self.ca_file),
+            "-verify_hostname",
+            name,
+            "-verify_return_error",
+            input=b"",
+            check=check,
+            trusted=False,
+            timeout=timeout,
+        )
+
     def host_exec(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess[bytes]:
         """Run a command in the registry host's network namespace."""
         return sh("ip", "netns", "exec", self.ns_host, *argv, check=check)
