@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from components.access import Account, access_maps
+from components.manifest import REGISTRY_LAYOUT
 from tests.harness import ProgramRun
 
 
@@ -97,6 +98,35 @@ def replace_once(text: str, old: str, new: str) -> str:
     if text.count(old) != 1:
         raise AssertionError(f"expected `{old}` once, found it {text.count(old)} times")
     return text.replace(old, new)
+
+
+# -- the registry's listener ----------------------------------------------------------------
+# The program's registry listens on a Unix socket only nginx shares; for the direct baseline (and
+# the `tcp-upstream` front) it listens on this TCP port, the one it had before the socket.
+DIRECT_PORT = 5000
+_SOCKET_LISTENER = f"  net: unix\n  addr: {REGISTRY_LAYOUT.registry_socket}\n"
+_TCP_LISTENER = f"  addr: :{DIRECT_PORT}\n"
+
+
+def with_tcp_listener(registry_config: str) -> str:
+    """The registry config with its API on DIRECT_PORT instead of the socket (as it is)."""
+    if _TCP_LISTENER in registry_config:
+        return registry_config
+    return replace_once(registry_config, _SOCKET_LISTENER, _TCP_LISTENER)
+
+
+def _tcp_upstream(files: FrontFiles, context: Context) -> FrontFiles:
+    """nginx reaches the registry's API over TCP on the compose network (by its service name),
+    as the program did before the Unix socket."""
+    return replace(
+        files,
+        registry_config=with_tcp_listener(files.registry_config),
+        nginx_conf=replace_once(
+            files.nginx_conf,
+            f"server unix:{REGISTRY_LAYOUT.registry_socket};",
+            f"server {REGISTRY_LAYOUT.registry_service}:{DIRECT_PORT};",
+        ),
+    )
 
 
 # -- htpasswd and key material ---------------------------------------------------------------
@@ -229,6 +259,13 @@ STEPS: dict[str, tuple[str, Step]] = {
             "without keepalive, default proxy buffers) and an $apr1$ htpasswd"
         ),
         _tutorial,
+    ),
+    "tcp-upstream": (
+        (
+            "the registry's API on TCP over the compose network instead of its Unix socket "
+            "(the program before issue 12)"
+        ),
+        _tcp_upstream,
     ),
     "bcrypt10": (
         "htpasswd with bcrypt cost 10 ($2a$, RandomPassword.bcrypt_hash's default)",

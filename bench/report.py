@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 LARGE_TARGET = 0.90
-SMALL_TARGET = 0.75
+SMALL_TARGET = 0.85
+# The front's CPU per pushed GiB against the front before issue 12 (`BEFORE_FRONT`), at most.
+FRONT_CPU_TARGET = 0.60
+BEFORE_FRONT = "tcp-upstream"
 EVAL_TARGET = 2.0
 
 # (key, row label, unit, target ratio or None for information only)
@@ -155,6 +158,20 @@ def table(results: Mapping[str, Any]) -> str:
     ]
     rule = "-" * max(len(line) for line in lines)
     lines.insert(1, rule)
+    compared = [
+        (name, by_operation["push"]["front_cpu_vs_before"])
+        for name, by_operation in results["ratios"].items()
+        if "front_cpu_vs_before" in by_operation.get("push", {})
+    ]
+    if compared:
+        lines.append(rule)
+        lines.append(
+            f"front CPU per pushed GiB, against {BEFORE_FRONT}'s (target <= {FRONT_CPU_TARGET}): "
+            + ", ".join(
+                f"{name} {ratio:.2f}{' ok' if ratio <= FRONT_CPU_TARGET else ' MISS'}"
+                for name, ratio in compared
+            )
+        )
     if "noise" in results:
         noise = results["noise"]
         lines.append(rule)

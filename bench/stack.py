@@ -1,9 +1,9 @@
 """The real stack for the benchmark: the real-stack tests' simulated registry host, plus a route
-from the client straight to the registry's own port (the "direct" baseline), fronts swapped in
-place, and CPU accounting per measurement.
+from the client straight to the registry (the "direct" baseline, on a TCP port of the
+benchmark's), fronts swapped in place, and CPU accounting per measurement.
 
-    client netns ──► host netns: nginx (TLS + auth) ──► container netns: registry's own port
-         └──────────── (benchmark only) plain HTTP ───────────────────────────┘
+    client netns ──► host netns: nginx (TLS + auth) ──(API socket)──► container netns: registry
+         └──────────── (benchmark only) plain HTTP to DIRECT_PORT ──────────────┘
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.fronts import Front, FrontFiles
-from components.manifest import REGISTRY_HOST, REGISTRY_LAYOUT
+from bench.fronts import DIRECT_PORT, FrontFiles
+from components.manifest import REGISTRY_HOST
 from tests.harness import ProgramRun
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 from tests.realstack.sandbox import Sandbox
@@ -164,7 +164,7 @@ class BenchStack:
         self.secrets = workdir / "secrets"
         self.secrets.mkdir(mode=0o700, exist_ok=True)
         self.front = Endpoint("front", f"https://{self.sim.address}", self.sim.address, True)
-        registry = f"{self.sim.container_ip}:{REGISTRY_LAYOUT.registry_port}"
+        registry = f"{self.sim.container_ip}:{DIRECT_PORT}"
         self.direct = Endpoint("direct", f"http://{registry}", registry, False)
         self.installed: FrontFiles | None = None
 
@@ -190,15 +190,15 @@ class BenchStack:
             }
         )
 
-    def install(self, front: Front) -> None:
-        """Write the front's files over the host's (owners and modes kept), then restart what
+    def install(self, files: FrontFiles) -> None:
+        """Write a front's files over the host's (owners and modes kept), then restart what
         changed: the registry only if its config changed, nginx always (a fresh master)."""
         assert self.installed is not None
         for field, path in FILE_PATHS.items():
-            text = getattr(front.files, field)
+            text = getattr(files, field)
             if text != getattr(self.installed, field):
                 self.sim.files.host_path(path).write_text(text)
-        if front.files.registry_config != self.installed.registry_config:
+        if files.registry_config != self.installed.registry_config:
             self.sim.stop_service("nginx")
             self.sim.stop_service("registry")
             self.sim.start_service("registry")
@@ -207,7 +207,7 @@ class BenchStack:
             self.sim.stop_service("nginx")
         self.sim.start_service("nginx")
         self.sim.wait_nginx()
-        self.installed = front.files
+        self.installed = files
 
     # -- credentials ----------------------------------------------------------------------
     def _login(self) -> None:

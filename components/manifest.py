@@ -171,12 +171,16 @@ class RegistryHostLayout:
     config_dir: str = "/etc/registry"
     data_mount: str = "/srv/registry"  # the block storage volume
     unit_path: str = "/etc/systemd/system/registry.service"
-    # Compose service names; nginx reaches the registry on the compose network by its name.
+    # Compose service names; nginx reaches the registry's debug server by its name.
     registry_service: str = "registry"
     nginx_service: str = "nginx"
-    # distribution's plain-HTTP port, on the compose network only, and its debug (metrics) port:
-    # neither is ever published, and the TLS port may be neither.
-    registry_port: int = 5000
+    # distribution's API listens on a Unix socket in a directory only the registry and nginx
+    # mount (a tmpfs compose volume): no TCP port, so nothing else on the host or the compose
+    # network reaches the unauthenticated API, and nginx's proxying skips the TCP stack.
+    registry_socket_volume: str = "registry-api"
+    registry_socket_dir: str = "/run/registry-api"
+    # Its debug (health, metrics) port, on the compose network only: never published, and the
+    # TLS port may not be it.
     debug_port: int = 5001
     # nginx's unauthenticated health endpoint on the TLS port (what load balancers check).
     health_path: str = "/healthz"
@@ -201,6 +205,11 @@ class RegistryHostLayout:
     @property
     def data_dir(self) -> str:
         return f"{self.data_mount}/data"
+
+    @property
+    def registry_socket(self) -> str:
+        """The registry API's Unix socket, at the same path in both containers."""
+        return f"{self.registry_socket_dir}/registry.sock"
 
 
 @dataclass(frozen=True)
@@ -281,7 +290,7 @@ def registry_host(
         0o644,
         template="registry-config.yml",
         values={
-            "registry_port": layout.registry_port,
+            "registry_socket": layout.registry_socket,
             "debug_port": layout.debug_port,
             "storage_driver": StackValue("storage_driver") if spaces else _storage_driver(layout),
             "metrics_path": layout.registry_metrics_path,
@@ -348,7 +357,7 @@ def registry_host(
         values={
             "listen_port": StackValue("port"),
             "server_names": StackValue("server_names"),
-            "registry_upstream": f"{layout.registry_service}:{layout.registry_port}",
+            "registry_upstream": f"unix:{layout.registry_socket}",
             "registry_debug_upstream": f"{layout.registry_service}:{layout.debug_port}",
             "health_path": layout.health_path,
             "server_cert": tls_dir.in_container(server_cert.path),
@@ -378,7 +387,11 @@ def registry_host(
             ),
             "registry_config_volume": registry_config_dir.volume,
             "data_volume": data_dir.volume,
-            "registry_port": layout.registry_port,
+            "registry_config_file": versions.REGISTRY_CONFIG_FILE,
+            "socket_volume": layout.registry_socket_volume,
+            "socket_dir": layout.registry_socket_dir,
+            "nginx_gid": versions.NGINX_WORKER_GID,
+            "debug_port": layout.debug_port,
             "nginx_service": layout.nginx_service,
             "nginx_image": StackValue("nginx_image"),
             "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),

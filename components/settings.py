@@ -38,11 +38,10 @@ REGIONS = (
     "syd1",
     "tor1",
 )
-# The registry's own plain-HTTP port and its debug port live inside the host; 22 is SSH; nginx's
-# metrics listener has its own port.
+# The registry's debug port lives inside the host; 22 is SSH; nginx's metrics listener has its
+# own port.
 RESERVED_PORTS = (
     22,
-    REGISTRY_LAYOUT.registry_port,
     REGISTRY_LAYOUT.debug_port,
     REGISTRY_LAYOUT.metrics_port,
 )

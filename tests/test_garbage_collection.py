@@ -57,7 +57,9 @@ case "$1" in
     stop
     readonly_json="${2:-}"
     echo "start readonly=${readonly_json:-off}" >>"$GC_TEST_DIR/registry-starts.log"
-    env -u AWS_CA_BUNDLE REGISTRY_HTTP_ADDR="$GC_TEST_ADDR" REGISTRY_HTTP_SECRET=gc-test \
+    # On a TCP port of its own: the API socket's directory is the containers' (compose volume).
+    env -u AWS_CA_BUNDLE REGISTRY_HTTP_NET=tcp REGISTRY_HTTP_ADDR="$GC_TEST_ADDR" \
+      REGISTRY_HTTP_SECRET=gc-test \
       REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$GC_TEST_DATA" \
       ${readonly_json:+REGISTRY_STORAGE_MAINTENANCE_READONLY="$readonly_json"} \
       docker-registry serve "$GC_TEST_CONFIG" >>"$GC_TEST_DIR/registry.log" 2>&1 </dev/null &

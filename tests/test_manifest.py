@@ -35,7 +35,8 @@ MOVED_REGISTRY = RegistryHostLayout(
     unit_path="/usr/lib/systemd/system/moved.service",
     registry_service="moved-backend",
     nginx_service="moved-front",
-    registry_port=7000,
+    registry_socket_volume="moved-socket",
+    registry_socket_dir="/moved-run/api",
     debug_port=7001,
     metrics_port=7443,
     metrics_dir="/mnt/moved-metrics",
@@ -50,8 +51,9 @@ DEFAULT_FACTS = [
     "registry.service",
     "/var/lib/registry",
     "/etc/nginx",
-    ":5000",
-    "5000/",
+    "registry-api",
+    "/run/registry-api",
+    ":5001",
     ":9443",
     " 9443 ",
     "/etc/private-registry",
@@ -126,7 +128,12 @@ def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> N
             if line.split()[:1] == [directive]
         ]
         assert read and {nginx_view[path] for path in read} == {moved.file(role).path}, directive
-    assert f"server {backend}:{MOVED_REGISTRY.registry_port};" in conf
+    assert f"server unix:{MOVED_REGISTRY.registry_socket};" in conf
+    assert f"server {backend}:{MOVED_REGISTRY.debug_port};" in conf
+    socket_mount = f"{MOVED_REGISTRY.registry_socket_volume}:{MOVED_REGISTRY.registry_socket_dir}"
+    for service in (backend, front):
+        assert socket_mount in compose["services"][service]["volumes"], service
+    assert set(compose["volumes"]) == {MOVED_REGISTRY.registry_socket_volume}
     registry_view = container_view(compose, backend, paths)
     assert registry_view[REGISTRY_CONFIG_FILE] == moved.file("registry_config").path
     assert compose["services"][backend]["env_file"] == [moved.file("registry_env").path]
@@ -135,7 +142,9 @@ def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> N
         in compose["services"][backend]["volumes"]
     )
     registry_config = yaml.safe_load(moved.file("registry_config").render(stack))
-    assert registry_config["http"]["addr"] == f":{MOVED_REGISTRY.registry_port}"
+    assert registry_config["http"]["net"] == "unix"
+    assert registry_config["http"]["addr"] == MOVED_REGISTRY.registry_socket
+    assert registry_config["http"]["debug"]["addr"] == f":{MOVED_REGISTRY.debug_port}"
     assert (
         registry_config["storage"]["filesystem"]["rootdirectory"] == MOVED_REGISTRY.registry_storage
     )

@@ -619,13 +619,12 @@ def test_firewalls_select_the_droplets_by_their_tags(program_run: ProgramRun) ->
 
 
 @pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
-def test_no_firewall_rule_opens_the_registrys_own_ports(
+def test_no_firewall_rule_opens_the_registrys_debug_port(
     request: pytest.FixtureRequest, run_fixture: str
 ) -> None:
     run: ProgramRun = request.getfixturevalue(run_fixture)
     for firewall in run.of_type(FIREWALL):
         for rule in firewall.inputs["inboundRules"]:
-            assert not covers(rule["portRange"], REGISTRY_LAYOUT.registry_port), rule
             assert not covers(rule["portRange"], REGISTRY_LAYOUT.debug_port), rule
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from components.manifest import REGISTRY_LAYOUT
+from components.versions import NGINX_WORKER_GID
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Podman, Skopeo, header_lines
-from tests.realstack.hostsim import RegistryHostSim, apply_client_trust
+from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
 from tests.realstack.oci import build_image, layout_digests
 from tests.realstack.sandbox import Sandbox
 
@@ -382,20 +383,14 @@ def test_plain_http_to_the_tls_port_gets_no_registry_data(sim: RegistryHostSim) 
     assert not header_lines(response, "Docker-Distribution-Api-Version")
 
 
-@pytest.mark.parametrize(
-    ("port", "path"),
-    [(REGISTRY_LAYOUT.registry_port, "/v2/"), (REGISTRY_LAYOUT.debug_port, "/debug/vars")],
-)
-def test_registry_ports_are_unreachable_from_outside_the_host(
-    sim: RegistryHostSim, port: int, path: str
-) -> None:
+def test_registry_debug_port_is_unreachable_from_outside_the_host(sim: RegistryHostSim) -> None:
+    port = REGISTRY_LAYOUT.debug_port
     for address in (sim.registry_ip, sim.container_ip):
         result = curl(
-            sim, "--connect-timeout", "3", f"http://{address}:{port}{path}", trusted=False
+            sim, "--connect-timeout", "3", f"http://{address}:{port}/debug/vars", trusted=False
         )
         assert result.returncode in (7, 28), (address, port, result.returncode)
-    # Control: the registry does serve there, to the host on the compose network (the API on
-    # 5000, the debug server the rendered config enables on 5001).
+    # Control: the registry does serve there, to the host on the compose network.
     inside = sim.host_exec(
         "curl",
         "-s",
@@ -403,9 +398,44 @@ def test_registry_ports_are_unreachable_from_outside_the_host(
         "/dev/null",
         "-w",
         "%{http_code}",
-        f"http://{sim.container_ip}:{port}{path}",
+        f"http://{sim.container_ip}:{port}/debug/vars",
     )
     assert inside.stdout == b"200"
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [(f"{NGINX_WORKER_GID}:{NGINX_WORKER_GID}", "200"), ("65534:65534", "000")],
+)
+def test_the_registry_api_socket_serves_nginxs_workers_and_nobody_else(
+    sim: RegistryHostSim, user: str, expected: str
+) -> None:
+    """In nginx's container (its mounts), as nginx's worker user and as anyone else: the socket
+    is read-write for root and nginx's group only (umask 0007, setgid volume directory)."""
+    uid, gid = user.split(":")
+    result = sh(
+        "nsenter",
+        "-t",
+        str(sim.service_pid(REGISTRY_LAYOUT.nginx_service)),
+        "-m",
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--unix-socket",
+        REGISTRY_LAYOUT.registry_socket,
+        "http://registry/v2/",
+        check=False,
+    )
+    assert result.stdout.decode() == expected, result.stderr.decode()
+    if expected == "000":
+        assert result.returncode == 7, result.returncode  # could not connect
 
 
 # -- big and concurrent ----------------------------------------------------------------------

@@ -36,11 +36,14 @@ from components.manifest import (
 )
 from tests.harness import ROOT, ProgramRun, Registration
 from tests.realstack.hostsim import (
-    REGISTRY_ARGV,
+    IMAGE_REGISTRY_COMMAND,
     REGISTRY_HOST_NAME,
     bind_mounts,
     container_view,
+    named_volumes,
     nginx_conf_path,
+    service_argv,
+    tmpfs_options,
     with_image_nginx_user,
 )
 from tests.realstack.sandbox import Sandbox, mapped_accounts
@@ -382,10 +385,15 @@ def test_registry_reads_its_config_at_the_v3_path(
 def test_debian_registry_serves_with_the_rendered_config_and_http_secret(
     registry_host_files: dict[str, str], compose: dict[str, Any], tmp_path: Path
 ) -> None:
-    registry = debian_tool("docker-registry", "docker-registry")
+    """Compose's entrypoint and command, as the container runs them (the image's `registry` is
+    Debian's `docker-registry`): the API answers on its socket, which umask 0007 leaves to root
+    and the socket directory's group, and the healthcheck's probe passes."""
+    debian_tool("docker-registry", "docker-registry")
     curl = debian_tool("curl", "curl")
     debian_tool("ip", "iproute2")
     view = container_view(compose, REGISTRY, registry_host_files)
+    image_bin = "/var/lib/registry-image/bin"  # the image's `registry`, on PATH
+    view[f"{image_bin}/registry"] = IMAGE_REGISTRY_COMMAND
     env_file = registry_host_files[compose["services"][REGISTRY]["env_file"][0]]
     environment = {
         **dict(line.split("=", 1) for line in env_file.splitlines()),
@@ -393,16 +401,23 @@ def test_debian_registry_serves_with_the_rendered_config_and_http_secret(
     }
     exports = " ".join(shlex.quote(f"{name}={value}") for name, value in environment.items())
     health_probe = compose["services"][REGISTRY]["healthcheck"]["test"][-1]
-    port = REGISTRY_LAYOUT.registry_port
-    serve = " ".join(map(shlex.quote, REGISTRY_ARGV[1:]))
+    socket = REGISTRY_LAYOUT.registry_socket
+    ((volume, socket_dir, _),) = named_volumes(compose, REGISTRY)
+    assert socket.startswith(socket_dir + "/")
+    serve = " ".join(map(shlex.quote, service_argv(compose, REGISTRY)))
+    mode = int(tmpfs_options(compose, volume)["mode"], 8)
     headers, health, log = tmp_path / "headers", tmp_path / "health", tmp_path / "registry.log"
+    socket_mode = tmp_path / "socket-mode"
     script = f"""
-env {exports} {registry} {serve} >{log} 2>&1 &
+chmod 0755 {image_bin}/registry
+mkdir -m {mode:o} {socket_dir}  # the volume's tmpfs, on the sandbox's private /run
+env PATH={image_bin}:"$PATH" {exports} {serve} >{log} 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
-  {curl} -sf -o /dev/null -D {headers} http://127.0.0.1:{port}/v2/ && break
+  {curl} -sf -o /dev/null -D {headers} --unix-socket {socket} http://registry/v2/ && break
   sleep 0.1
 done
+stat -c %A {socket} >{socket_mode}
 {curl} -s -o /dev/null -w '%{{http_code}}' {shlex.quote(health_probe)} >{health} || true
 kill "$pid"
 wait "$pid" || true
@@ -412,10 +427,34 @@ wait "$pid" || true
     )
     assert result.returncode == 0, result.stderr.decode()
     log_text = log.read_text()
-    assert headers.exists(), f"the registry never answered on :{port}\n{log_text}"
-    answer = headers.read_text().lower()
-    assert answer.startswith("http/1.1 200"), answer
+    answer = headers.read_text().lower() if headers.exists() else ""
+    assert answer.startswith("http/1.1 200"), f"no answer on {socket}: {answer}\n{log_text}"
     assert "docker-distribution-api-version: registry/2.0" in answer
     assert "x-content-type-options: nosniff" in answer  # from config.yml's http.headers
     assert "No HTTP secret provided" not in log_text
+    # Read-write for the owner (root) and the group (nginx's, by the directory's setgid bit):
+    # nginx's workers can connect, nobody else can.
+    assert socket_mode.read_text().strip() == "srwxrwx---"
     assert health.read_text() == "200", f"compose's healthcheck probe {health_probe} failed"
+
+
+def test_registry_entrypoint_passes_garbage_collects_arguments_through(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """registry-gc.sh runs `compose run registry garbage-collect ...`: compose replaces the
+    command and keeps the entrypoint, which must hand those arguments to `registry` as they
+    are (and serve only when the command says so)."""
+    recorder = tmp_path / "bin" / "registry"
+    recorder.parent.mkdir()
+    recorder.write_text('#!/bin/sh\nprintf "%s\\n" "$(umask)" "$@" >"$RECORD"\n')
+    recorder.chmod(0o755)
+    gc_command = ["garbage-collect", "--dry-run", "--delete-untagged", "/etc/x y.yml"]
+    for command in (compose["services"][REGISTRY]["command"], gc_command):
+        record = tmp_path / "record"
+        subprocess.run(
+            service_argv(compose, REGISTRY, command),
+            env={"PATH": f"{recorder.parent}:/usr/bin:/bin", "RECORD": str(record)},
+            check=True,
+            timeout=30,
+        )
+        assert record.read_text().splitlines() == ["0007", *command]

@@ -58,7 +58,7 @@ REGION_FORM = "a DigitalOcean region slug, one of "
 SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
 IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
 NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
-PORT_FORM = "an integer from 1 to 65535 other than 22, 5000, 5001, 9443 (e.g. 5043 or 443)"
+PORT_FORM = "an integer from 1 to 65535 other than 22, 5001, 9443 (e.g. 5043 or 443)"
 USERS_FORM = (
     "a non-empty list of distinct users, each NAME, NAME:ROLE or "
     "NAME:ROLE:SCOPE,SCOPE...; NAME: lowercase letters"
@@ -97,7 +97,6 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("registryName", "reg istry.internal", NAME_FORM),
     ("registryName", "registry_1.internal", NAME_FORM),
     ("port", 0, PORT_FORM),
-    ("port", 5000, PORT_FORM),  # the registry's own plain-HTTP port
     ("port", 5001, PORT_FORM),  # the registry's debug port
     ("port", 22, PORT_FORM),
     ("port", 9443, PORT_FORM),  # nginx's metrics listener
@@ -268,7 +267,7 @@ def test_early_renewal_must_be_shorter_than_a_shortened_validity() -> None:
 
 
 def test_every_bad_key_is_reported_in_one_error() -> None:
-    error = settings_error(config(port=5000, users=["Bad User"], adminCidrs=["10.0.0.1/8"]))
+    error = settings_error(config(port=5001, users=["Bad User"], adminCidrs=["10.0.0.1/8"]))
     assert [line.split(" = ")[0].strip() for line in problem_lines(error)] == [
         f"{PROJECT}:port",
         f"{PROJECT}:users",
@@ -504,7 +503,7 @@ def test_storage_combinations_that_cannot_work_fail_naming_the_key(
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        ({"port": 5000}, "port"),
+        ({"port": 5001}, "port"),
         ({"users": ["ci:owner"]}, "users"),
         ({"users": ["ci:push:team//x"]}, "users"),
         ({"adminCidrs": ["203.0.113.0/33"]}, "adminCidrs"),

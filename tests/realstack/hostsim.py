@@ -11,16 +11,18 @@ Debian's `nginx` and `docker-registry` instead of the images:
     client netns (client's private IP) ──veth──► host netns (registry's private IP)
     public netns (an Internet address) ──veth──►    (and the registry's public IP)
                                                     nginx, listening as published
-                                                        │ veth ("compose network")
-                                                        ▼
-                                                 container netns: the registry's own port
+                                     │ the API's Unix socket  │ veth ("compose network")
+                                     ▼                        ▼
+                              container netns: the registry (API socket, debug port)
 
-Each compose volume becomes a bind mount at the same container path; `environment` and
-`env_file` become the process environment; the registry's service name resolves through a
+Each compose bind mount becomes a bind mount at the same container path, and each named volume
+a directory of the test with its tmpfs options' mode and owners, mounted in every service that
+names it; `environment` and `env_file` become the process environment; the services' entrypoint
+and command run as compose would run them; the registry's service name resolves through a
 private /etc/hosts. A port compose publishes on one host address only (`IP:PORT:PORT`) is
 refused on the host's other addresses, as Docker's binding to that address would. The only
-adaptation is `REGISTRY_ARGV` (see there). Nothing outside the test directory and the namespaces
-is touched.
+adaptation is `IMAGE_REGISTRY_COMMAND` (see there). Nothing outside the test directory and the
+namespaces is touched.
 """
 
 from __future__ import annotations
@@ -45,19 +47,20 @@ from components.manifest import (
     HostManifest,
     command_name,
 )
-from components.versions import NGINX_WORKER_GID, REGISTRY_CONFIG_FILE
+from components.versions import NGINX_WORKER_GID
 from tests.harness import ProgramRun, Registration
 from tests.realstack.sandbox import Sandbox, overlay_mount
 
-# The ONE adaptation of the rendered files: the registry image's entrypoint runs
-# `registry serve /etc/distribution/config.yml` (v3's default config path, where compose mounts
-# the rendered config). Debian packages distribution v2.8 as `docker-registry`, whose default
-# path is the v2 one, so the same mounted file is passed explicitly. Nothing else differs.
-REGISTRY_ARGV = ("docker-registry", "serve", REGISTRY_CONFIG_FILE)
+# The ONE adaptation: the registry image's `registry` binary (on its PATH) is Debian's build of
+# distribution v2.8, `docker-registry`; a `registry` on the registry service's PATH runs it with
+# the same arguments. Compose's entrypoint and command (with the config path, always explicit)
+# run unchanged.
+IMAGE_REGISTRY_COMMAND = '#!/bin/sh\nexec docker-registry "$@"\n'
 
 # The nginx:alpine image's `nginx` user and group (same id), which nginx.conf's `user` names.
 NGINX_ID = NGINX_WORKER_GID
 COMPOSE_NET_PREFIX = "172.31.250"
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETMASK = 20
 T = TypeVar("T")
 
@@ -138,8 +141,43 @@ def bind_mounts(compose: Mapping[str, Any], service: str) -> list[tuple[str, str
     mounts = []
     for volume in compose["services"][service].get("volumes", []):
         source, target, *mode = volume.split(":")
-        mounts.append((source, target, mode == ["ro"]))
+        if source.startswith("/"):
+            mounts.append((source, target, mode == ["ro"]))
     return mounts
+
+
+def named_volumes(compose: Mapping[str, Any], service: str) -> list[tuple[str, str, bool]]:
+    """(volume name, container path, read-only) of each named volume a compose service mounts."""
+    mounts = []
+    for volume in compose["services"][service].get("volumes", []):
+        source, target, *mode = volume.split(":")
+        if not source.startswith("/"):
+            if source not in compose.get("volumes", {}):
+                raise AssertionError(f"{service} mounts the undeclared volume {source}")
+            mounts.append((source, target, mode == ["ro"]))
+    return mounts
+
+
+def tmpfs_options(compose: Mapping[str, Any], volume: str) -> dict[str, str]:
+    """The mount options of a named tmpfs volume (`driver_opts.o`), e.g. {"mode": "2750"}."""
+    options = compose["volumes"][volume]["driver_opts"]
+    if (options["type"], options["device"]) != ("tmpfs", "tmpfs"):
+        raise AssertionError(f"volume {volume} is not a tmpfs: {options}")
+    return dict(option.split("=", 1) for option in options["o"].split(","))
+
+
+def service_argv(
+    compose: Mapping[str, Any], service: str, command: Sequence[str] | None = None
+) -> list[str]:
+    """What compose runs for a service: its entrypoint, then its command (or `command`, as
+    `compose run SERVICE COMMAND...` gives it), after compose's interpolation (`$$` is `$`; the
+    rendered file has no variables)."""
+    spec = compose["services"][service]
+    argv = [*spec.get("entrypoint", []), *(spec.get("command", []) if command is None else [])]
+    for word in argv:
+        if "$" in word.replace("$$", ""):
+            raise AssertionError(f"compose would interpolate a variable in {word!r}")
+    return [word.replace("$$", "$") for word in argv] + list(command or [])
 
 
 def container_view(
@@ -264,13 +302,30 @@ class RegistryHostSim:
             environment.update(
                 {key: str(value) for key, value in (spec.get("environment") or {}).items()}
             )
-            argv = (
-                list(REGISTRY_ARGV)
-                if name == REGISTRY_LAYOUT.registry_service
-                else list(spec["command"])
-            )
+            binds += [
+                (self.volume_path(volume), target, read_only)
+                for volume, target, read_only in named_volumes(self.files.compose, name)
+            ]
+            if name == REGISTRY_LAYOUT.registry_service:
+                image_bin = self.workdir / "registry-image-bin"
+                image_bin.mkdir(exist_ok=True)
+                (image_bin / "registry").write_text(IMAGE_REGISTRY_COMMAND)
+                (image_bin / "registry").chmod(0o755)
+                environment["PATH"] = f"{image_bin}:{SERVICE_PATH}"
+            argv = service_argv(self.files.compose, name)
             services[name] = Service(name=name, binds=binds, environment=environment, argv=argv)
         return services
+
+    def volume_path(self, volume: str) -> Path:
+        """The directory of the test that is the named (tmpfs) volume `volume`, with the mode and
+        owners of its mount options."""
+        path = self.workdir / "volumes" / volume
+        if not path.exists():
+            options = tmpfs_options(self.files.compose, volume)
+            path.mkdir(parents=True)
+            os.chown(path, int(options.get("uid", 0)), int(options.get("gid", 0)))
+            path.chmod(int(options.get("mode", "1777"), 8))
+        return path
 
     def _host_source(self, source: str) -> Path:
         if Sandbox.covers(source):
@@ -510,7 +565,7 @@ class RegistryHostSim:
         self.logs.mkdir(exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
         env = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": SERVICE_PATH,
             **service.environment,
             **extra_env,
         }
@@ -659,9 +714,28 @@ class RegistryHostSim:
         )
         return result.stdout.decode()
 
+    def registry_api(self) -> tuple[str, ...]:
+        """curl arguments that reach the registry's API as its placed config says it listens:
+        its Unix socket (through the volume's directory), or a TCP address in its namespace."""
+        http = yaml.safe_load(
+            self.files.host_path(REGISTRY_HOST.file("registry_config").path).read_text()
+        )["http"]
+        if http.get("net") == "unix":
+            for volume, target, _ in named_volumes(
+                self.files.compose, REGISTRY_LAYOUT.registry_service
+            ):
+                if http["addr"].startswith(target + "/"):
+                    socket = self.volume_path(volume) / http["addr"].removeprefix(target + "/")
+                    return ("--unix-socket", str(socket), "http://registry")
+            raise AssertionError(f"the registry's socket {http['addr']} is on no shared volume")
+        host, _, port = http["addr"].rpartition(":")
+        return (f"http://{host or self.container_ip}:{port}",)
+
     def wait_registry(self) -> None:
-        url = f"http://{self.container_ip}:{REGISTRY_LAYOUT.registry_port}/v2/"
-        self._wait("registry", lambda: self._http_code(self.ns_host, url) == "200")
+        *options, base = self.registry_api()
+        self._wait(
+            "registry", lambda: self._http_code(self.ns_host, f"{base}/v2/", *options) == "200"
+        )
 
     def wait_nginx(self) -> None:
         url = f"https://{self.registry_name}:{self.port}/v2/"
