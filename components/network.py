@@ -85,7 +85,7 @@ class Network(pulumi.ComponentResource):
     traffic too, so other droplets in the region's default VPC stay out); SSH only to
     `admin_cidrs`; the metrics port only to droplets tagged `metrics_tag` (a Prometheus
     scraper in the VPC; the registry host publishes it on its private address only); nothing
-    else is open. The registry's own port 5000 is never published.
+    else is open. The registry's API has no TCP port (a Unix socket nginx shares).
     With a load balancer, the droplets admit the registry port from the balancer alone, and the
     balancer's own firewall admits the client droplets and `allowed_cidrs`.
     """
