@@ -184,6 +184,9 @@ class RegistryHostLayout:
     debug_port: int = 5001
     # nginx's unauthenticated health endpoint on the TLS port (what load balancers check).
     health_path: str = "/healthz"
+    # Storage `spaces`: nginx's listener for the load balancer (PROXY protocol, so the clients'
+    # addresses reach the logs), published and admitted from the balancer alone.
+    balancer_port: int = 9444
     # nginx's metrics listener, published on the droplet's private address only, and the path of
     # the registry's Prometheus metrics on its debug server.
     metrics_port: int = 9443
@@ -255,6 +258,17 @@ def redis_section(address: str) -> str:
     return render_template(
         "registry-redis.yml", address=address, root_cas=versions.REGISTRY_CA_BUNDLE
     )
+
+
+def _balancer_listener(layout: RegistryHostLayout) -> str:
+    """nginx.conf's lines for the load balancer's listener (storage `spaces`)."""
+    return render_template("nginx-balancer-listener.conf", balancer_port=layout.balancer_port)
+
+
+def _balancer_port_mapping(layout: RegistryHostLayout) -> str:
+    """compose.yaml's `ports:` entry publishing the load balancer's listener."""
+    port = layout.balancer_port
+    return f'      # The load balancer\'s listener (PROXY protocol).\n      - "{port}:{port}"\n'
 
 
 def registry_host(
@@ -356,6 +370,7 @@ def registry_host(
         template="nginx.conf",
         values={
             "listen_port": StackValue("port"),
+            "balancer_listener": _balancer_listener(layout) if spaces else "",
             "server_names": StackValue("server_names"),
             "registry_upstream": f"unix:{layout.registry_socket}",
             "registry_debug_upstream": f"{layout.registry_service}:{layout.debug_port}",
@@ -396,6 +411,7 @@ def registry_host(
             "nginx_image": StackValue("nginx_image"),
             "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
             "port": StackValue("port"),
+            "balancer_port_mapping": _balancer_port_mapping(layout) if spaces else "",
             "nginx_conf_volume": nginx_conf_dir.volume,
             "tls_volume": tls_dir.volume,
             "auth_volume": auth_dir.volume,

@@ -32,6 +32,8 @@ class NetworkArgs:
     # Storage `spaces`: a load balancer in this region in front of every registry droplet.
     load_balancer_region: str | None = None
     health_path: str = REGISTRY_LAYOUT.health_path
+    # nginx's listener for the balancer: PROXY protocol, so the nodes log the clients' addresses.
+    balancer_port: int = REGISTRY_LAYOUT.balancer_port
     # (domain, record name): an A record for the load balancer, when a domain is set.
     load_balancer_record: tuple[str, str] | None = None
     # The client droplets' public IPv4 addresses: with `allowed_cidrs`, all the balancer admits.
@@ -86,8 +88,9 @@ class Network(pulumi.ComponentResource):
     `admin_cidrs`; the metrics port only to droplets tagged `metrics_tag` (a Prometheus
     scraper in the VPC; the registry host publishes it on its private address only); nothing
     else is open. The registry's API has no TCP port (a Unix socket nginx shares).
-    With a load balancer, the droplets admit the registry port from the balancer alone, and the
-    balancer's own firewall admits the client droplets and `allowed_cidrs`.
+    With a load balancer, the droplets admit nginx's listener for it (`balancer_port`) from the
+    balancer alone, and the balancer's own firewall admits the client droplets and
+    `allowed_cidrs` to the registry port.
     """
 
     ssh_private_key: pulumi.Output[str]
@@ -146,10 +149,11 @@ class Network(pulumi.ComponentResource):
                     ttl=300,
                     opts=child,
                 )
-            # Every client comes through the balancer, and so do its health checks.
+            # Every client comes through the balancer, to nginx's listener for it, and so do its
+            # health checks.
             registry_port_sources = digitalocean.FirewallInboundRuleArgs(
                 protocol="tcp",
-                port_range=str(args.registry_port),
+                port_range=str(args.balancer_port),
                 source_load_balancer_uids=[balancer.id],
             )
         digitalocean.Firewall(
@@ -191,8 +195,11 @@ class Network(pulumi.ComponentResource):
         """A regional load balancer over every registry droplet (by their tag) in TLS
         passthrough: the private CA's TLS ends on each node's nginx, so clients trust exactly
         what they trust without it (passthrough needs https on both sides, and then adds no
-        X-Forwarded-* headers). Health: the nodes' unauthenticated health path over https."""
-        port = args.registry_port
+        X-Forwarded-* headers). It sends the registry port's connections to nginx's listener for
+        it, each opened with a PROXY protocol line naming the client (its health checks too:
+        "Backend services need to accept PROXY protocol headers or the Droplets fail the load
+        balancer's health checks", docs.digitalocean.com/glossary/proxy). Health: the nodes'
+        unauthenticated health path over https."""
         return digitalocean.LoadBalancer(
             f"{name}-registry-lb",
             name=f"{args.name_prefix}-registry",
@@ -200,16 +207,17 @@ class Network(pulumi.ComponentResource):
             droplet_tag=server_tag,
             forwarding_rules=[
                 digitalocean.LoadBalancerForwardingRuleArgs(
-                    entry_port=port,
+                    entry_port=args.registry_port,
                     entry_protocol="https",
-                    target_port=port,
+                    target_port=args.balancer_port,
                     target_protocol="https",
                     tls_passthrough=True,
                 )
             ],
+            enable_proxy_protocol=True,
             healthcheck=digitalocean.LoadBalancerHealthcheckArgs(
                 protocol="https",
-                port=port,
+                port=args.balancer_port,
                 path=args.health_path,
                 check_interval_seconds=HEALTH_CHECK_INTERVAL_SECONDS,
                 response_timeout_seconds=HEALTH_CHECK_TIMEOUT_SECONDS,

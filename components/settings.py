@@ -38,12 +38,13 @@ REGIONS = (
     "syd1",
     "tor1",
 )
-# The registry's debug port lives inside the host; 22 is SSH; nginx's metrics listener has its
-# own port.
+# The registry's debug port lives inside the host; 22 is SSH; nginx's metrics listener and its
+# load balancer listener (storage spaces) have their own ports.
 RESERVED_PORTS = (
     22,
     REGISTRY_LAYOUT.debug_port,
     REGISTRY_LAYOUT.metrics_port,
+    REGISTRY_LAYOUT.balancer_port,
 )
 MAX_CLIENTS = 10
 MAX_REGISTRIES = 10

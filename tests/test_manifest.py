@@ -39,6 +39,7 @@ MOVED_REGISTRY = RegistryHostLayout(
     registry_socket_dir="/moved-run/api",
     debug_port=7001,
     metrics_port=7443,
+    balancer_port=7444,
     metrics_dir="/mnt/moved-metrics",
     registry_storage="/moved-storage",
     nginx_dir="/moved-nginx",
@@ -55,6 +56,7 @@ DEFAULT_FACTS = [
     "/run/registry-api",
     ":5001",
     ":9443",
+    "9444",
     " 9443 ",
     "/etc/private-registry",
 ]

@@ -20,7 +20,7 @@ from components.manifest import REGISTRY_LAYOUT
 from components.versions import NGINX_WORKER_GID
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Podman, Skopeo, header_lines
-from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
+from tests.realstack.hostsim import CURL_STATUS, RegistryHostSim, apply_client_trust, sh
 from tests.realstack.oci import build_image, layout_digests
 from tests.realstack.sandbox import Sandbox
 
@@ -391,15 +391,7 @@ def test_registry_debug_port_is_unreachable_from_outside_the_host(sim: RegistryH
         )
         assert result.returncode in (7, 28), (address, port, result.returncode)
     # Control: the registry does serve there, to the host on the compose network.
-    inside = sim.host_exec(
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        f"http://{sim.container_ip}:{port}/debug/vars",
-    )
+    inside = sim.host_exec(*CURL_STATUS, f"http://{sim.container_ip}:{port}/debug/vars")
     assert inside.stdout == b"200"
 
 
@@ -422,12 +414,7 @@ def test_the_registry_api_socket_serves_nginxs_workers_and_nobody_else(
         f"--reuid={uid}",
         f"--regid={gid}",
         "--clear-groups",
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+        *CURL_STATUS,
         "--unix-socket",
         REGISTRY_LAYOUT.registry_socket,
         "http://registry/v2/",

@@ -31,9 +31,11 @@ from components.manifest import (
     CLIENT_HOST,
     EXTRA_SSH_KEYS_FILE,
     REGISTRY_HOST,
+    REGISTRY_HOST_SPACES,
     REGISTRY_LAYOUT,
     command_name,
 )
+from components.versions import NGINX_WORKER_GID
 from tests.harness import ROOT, ProgramRun, Registration
 from tests.realstack.hostsim import (
     IMAGE_REGISTRY_COMMAND,
@@ -321,10 +323,49 @@ def test_compose_file_is_valid_compose_with_only_nginx_published(
         NGINX: "unless-stopped",
     }
     assert services[NGINX]["depends_on"][REGISTRY]["condition"] == "service_healthy"
+    # The API's socket directory: one tmpfs volume, in both containers at the same path.
+    volume = REGISTRY_LAYOUT.registry_socket_volume
+    assert model["volumes"][volume]["driver_opts"] == {
+        "type": "tmpfs",
+        "device": "tmpfs",
+        "o": f"size=1m,mode=2750,uid=0,gid={NGINX_WORKER_GID}",
+    }
+    for service in (REGISTRY, NGINX):
+        mounts = [
+            (mount["type"], mount["target"])
+            for mount in services[service]["volumes"]
+            if mount["source"] == volume
+        ]
+        assert mounts == [("volume", REGISTRY_LAYOUT.registry_socket_dir)], service
     # env_file was found and read: the registry gets its stable http.secret.
     env_file = registry_host_files[REGISTRY_HOST.file("registry_env").path]
     secret = env_file.strip().split("=", 1)[1]
     assert services[REGISTRY]["environment"]["REGISTRY_HTTP_SECRET"] == secret
+
+
+def test_a_spaces_node_also_publishes_nginxs_listener_for_the_load_balancer(
+    run_with: Callable[[Mapping[str, Any]], ProgramRun], tmp_path: Path
+) -> None:
+    run = run_with({"storage": "spaces", "registryCount": 2, "region": "fra1"})
+    node = "registry-0"
+    files = {
+        host_file.path: run.named(command_name(node, host_file)).inputs["stdin"]
+        for host_file in REGISTRY_HOST_SPACES.files
+    }
+    result = compose_config(files, tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    ports = json.loads(result.stdout)["services"][NGINX]["ports"]
+    published = [(port.get("host_ip"), port["target"], port["published"]) for port in ports]
+    private_ip = run.named(f"{node}-droplet").outputs["ipv4AddressPrivate"]
+    balancer, metrics = REGISTRY_LAYOUT.balancer_port, REGISTRY_LAYOUT.metrics_port
+    assert published == [
+        (None, 5043, "5043"),
+        (None, balancer, str(balancer)),
+        (private_ip, metrics, str(metrics)),
+    ]
+    conf = files[REGISTRY_HOST_SPACES.file("nginx_conf").path]
+    assert f"listen {balancer} ssl reuseport proxy_protocol;" in conf
+    assert "real_ip_header proxy_protocol;" in conf
 
 
 def test_both_containers_rotate_their_json_file_logs(

@@ -200,37 +200,42 @@ def test_registry_config_uses_the_s3_driver_for_the_bucket(redirect: bool, disab
     assert label == sha256_hex(file_text(run, "registry", "registry_config"))
 
 
-def test_load_balancer_passes_tls_through_and_checks_the_health_path(
+def test_load_balancer_passes_tls_through_with_proxy_protocol_and_checks_the_health_path(
     spaces_run: ProgramRun,
 ) -> None:
     balancer = only(spaces_run, LOAD_BALANCER)
     tag = only(spaces_run, DROPLET, "registry-0-droplet").inputs["tags"][0]
     assert (balancer.inputs["region"], balancer.inputs["dropletTag"]) == ("fra1", tag)
+    balancer_port = REGISTRY_LAYOUT.balancer_port
     assert balancer.inputs["forwardingRules"] == [
         {
             "entryPort": 5043,
             "entryProtocol": "https",
-            "targetPort": 5043,
+            "targetPort": balancer_port,
             "targetProtocol": "https",
             "tlsPassthrough": True,
         }
     ]
+    # Each connection opens with a PROXY line naming the client (nginx's balancer listener).
+    assert balancer.inputs["enableProxyProtocol"] is True
     check = balancer.inputs["healthcheck"]
-    assert (check["protocol"], check["port"], check["path"]) == ("https", 5043, "/healthz")
+    assert (check["protocol"], check["port"], check["path"]) == ("https", balancer_port, "/healthz")
     assert check["path"] == REGISTRY_LAYOUT.health_path
     assert spaces_run.outputs["loadBalancerIp"] == balancer.outputs["ip"]
 
 
-def test_registry_port_is_open_to_the_load_balancer_only(spaces_run: ProgramRun) -> None:
+def test_nodes_admit_the_load_balancer_only_to_its_listener(spaces_run: ProgramRun) -> None:
     balancer = only(spaces_run, LOAD_BALANCER)
     rules = only(spaces_run, FIREWALL, "network-server-firewall").inputs["inboundRules"]
     by_port = {rule["portRange"]: rule for rule in rules}
-    # SSH, the registry port, and the metrics listener (for the metrics scraper's tag only).
-    assert set(by_port) == {"22", "5043", str(REGISTRY_LAYOUT.metrics_port)}
+    # SSH, nginx's balancer listener, and the metrics listener (the metrics scraper's tag only);
+    # the registry port itself is the balancer's.
+    balancer_port = str(REGISTRY_LAYOUT.balancer_port)
+    assert set(by_port) == {"22", balancer_port, str(REGISTRY_LAYOUT.metrics_port)}
     assert "sourceAddresses" not in by_port[str(REGISTRY_LAYOUT.metrics_port)]
-    assert by_port["5043"] == {
+    assert by_port[balancer_port] == {
         "protocol": "tcp",
-        "portRange": "5043",
+        "portRange": balancer_port,
         "sourceLoadBalancerUids": [balancer.id],
     }
 

@@ -9,6 +9,8 @@ and runs for real in the single-node tests."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -315,3 +317,38 @@ def test_a_node_whose_registry_stops_is_dropped_though_its_nginx_answers(
         node.wait_registry()
     assert dropped_after < 3 * 1.0 + 1, dropped_after
     cluster.wait_servers({"node2": "UP"})
+
+
+def test_nodes_log_the_clients_address_not_the_balancers(cluster: SpacesClusterSim) -> None:
+    """The balancer opens each connection with a PROXY protocol line: nginx logs the client's
+    address and passes it to the registry, which logs it too."""
+    probe = Upload(cluster, "team/addresses")
+    for _ in range(NODES):  # round robin: one request per node
+        status, _ = probe.request(f"https://{cluster.address}/v2/")
+        assert status == 200
+
+    def nginx_addresses(index: int) -> set[str]:
+        log = cluster.nodes[index].logs / f"{REGISTRY_LAYOUT.nginx_service}.log"
+        entries = [
+            json.loads(line)
+            for line in log.read_text(errors="replace").splitlines()
+            if line.startswith("{")
+        ]
+        return {entry["remote_addr"] for entry in entries if entry["uri"] == "/v2/"}
+
+    for index in range(NODES):
+        log = cluster.nodes[index].logs / f"{REGISTRY_LAYOUT.registry_service}.log"
+        registry_addresses = {
+            match.group(1)
+            for line in log.read_text(errors="replace").splitlines()
+            # Requests through nginx (not the sim's readiness probe on the socket).
+            if f'http.request.host="{cluster.address}"' in line
+            and re.search(r'http\.request\.uri="?/v2/"? ', line)
+            and (match := re.search(r"http\.request\.remoteaddr=(\S+)", line))
+        }
+        assert registry_addresses == {cluster.client_ip}, (index, registry_addresses)
+        # nginx's access log is buffered (flush=5s).
+        deadline = time.monotonic() + 15
+        while not nginx_addresses(index) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert nginx_addresses(index) == {cluster.client_ip}, index

@@ -58,7 +58,7 @@ REGION_FORM = "a DigitalOcean region slug, one of "
 SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
 IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
 NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
-PORT_FORM = "an integer from 1 to 65535 other than 22, 5001, 9443 (e.g. 5043 or 443)"
+PORT_FORM = "an integer from 1 to 65535 other than 22, 5001, 9443, 9444 (e.g. 5043 or 443)"
 USERS_FORM = (
     "a non-empty list of distinct users, each NAME, NAME:ROLE or "
     "NAME:ROLE:SCOPE,SCOPE...; NAME: lowercase letters"
@@ -98,6 +98,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("registryName", "registry_1.internal", NAME_FORM),
     ("port", 0, PORT_FORM),
     ("port", 5001, PORT_FORM),  # the registry's debug port
+    ("port", 9444, PORT_FORM),  # nginx's load balancer listener
     ("port", 22, PORT_FORM),
     ("port", 9443, PORT_FORM),  # nginx's metrics listener
     ("port", 70000, PORT_FORM),

@@ -6,8 +6,9 @@ stand-ins are:
 
     client netns (client IP; its trust script maps the name to the balancer)
         │ bridge in the cluster's namespace
-        ├── haproxy on the balancer's IP: TCP (TLS passthrough), round robin, health checks on
-        │   each node's /healthz over https, as the DigitalOcean load balancer is configured
+        ├── haproxy on the balancer's IP: TCP (TLS passthrough), round robin, to each node's
+        │   balancer listener with a PROXY protocol line (health checks on its /healthz over
+        │   https too), as the DigitalOcean load balancer is configured
         ├── moto (S3) as Spaces, over https with a test certificate for the Spaces endpoint's
         │   host name, which each registry resolves to it (a private /etc/hosts)
         └── node i: host netns (private IP; nginx) ─ container netns (registry, its own
@@ -221,9 +222,10 @@ class SpacesClusterSim:
     def _balancer(self) -> None:
         """haproxy as the DigitalOcean load balancer is configured (components/network.py)."""
         servers = "\n".join(
-            f"    server node{index} {node.registry_ip}:{self.port}"
+            f"    server node{index} {node.registry_ip}:{REGISTRY_LAYOUT.balancer_port}"
             for index, node in enumerate(self.nodes)
         )
+        checks = f"check check-ssl verify none inter {HEALTH_CHECK_INTERVAL_MS} fall 2 rise 2"
         config = self.workdir / "haproxy.cfg"
         config.write_text(
             f"""global
@@ -242,7 +244,7 @@ backend nodes
     balance roundrobin
     option httpchk GET {REGISTRY_LAYOUT.health_path}
     http-check expect status 200
-    default-server check check-ssl verify none inter {HEALTH_CHECK_INTERVAL_MS} fall 2 rise 2
+    default-server {checks} send-proxy check-send-proxy
 {servers}
 """
         )
@@ -336,7 +338,11 @@ backend nodes
                 index
                 for index, node in enumerate(self.nodes)
                 if node.host_exec(
-                    "ss", "-Htn", "state", "established", f"( sport = :{self.port} )"
+                    "ss",
+                    "-Htn",
+                    "state",
+                    "established",
+                    f"( sport = :{REGISTRY_LAYOUT.balancer_port} )",
                 ).stdout.strip()
             }
 

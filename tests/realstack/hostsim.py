@@ -61,6 +61,8 @@ IMAGE_REGISTRY_COMMAND = '#!/bin/sh\nexec docker-registry "$@"\n'
 NGINX_ID = NGINX_WORKER_GID
 COMPOSE_NET_PREFIX = "172.31.250"
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# curl printing only the response's status code (000 when it could not connect).
+CURL_STATUS = ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}")
 NETMASK = 20
 T = TypeVar("T")
 
@@ -700,12 +702,7 @@ class RegistryHostSim:
             "netns",
             "exec",
             netns,
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+            *CURL_STATUS,
             "--max-time",
             "3",
             *curl_args,
