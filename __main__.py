@@ -240,7 +240,7 @@ pulumi.export(
         lambda ip: {
             name: f"https://{ip}:{REGISTRY_LAYOUT.metrics_port}/metrics/{name}"
             # The disk check watches the data volume: spaces nodes have none.
-            for name in ("registry", "nginx", *(() if settings.spaces else ("disk",)))
+            for name in ("registry", "nginx", "requests", *(() if settings.spaces else ("disk",)))
         }
     ),
 )

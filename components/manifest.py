@@ -194,6 +194,8 @@ class RegistryHostLayout:
     # The disk check's Prometheus text file (nginx serves the directory) and its interval.
     metrics_dir: str = "/var/lib/registry-metrics"
     disk_check_interval: str = "5min"
+    # How often the request counter (registry-requests.service) writes its counts there.
+    request_metrics_interval_seconds: int = 15
     # Inside the containers.
     registry_storage: str = "/var/lib/registry"
     nginx_dir: str = "/etc/nginx"
@@ -297,6 +299,9 @@ def registry_host(
     data_dir = Mount(layout.data_dir, layout.registry_storage)
     metrics_dir = Mount(layout.metrics_dir, f"{layout.nginx_dir}/metrics")
     disk_metrics_file = metrics_dir.host_path("disk.prom")
+    # nginx's access log arrives at the request counter on this socket, and its counts go here.
+    requests_socket = metrics_dir.host_path("requests.sock")
+    requests_metrics_file = metrics_dir.host_path("requests.prom")
 
     registry_config = HostFile(
         "registry_config",
@@ -383,6 +388,8 @@ def registry_host(
             "registry_metrics_path": layout.registry_metrics_path,
             "metrics_user": StackValue("metrics_user"),
             "disk_metrics_file": metrics_dir.in_container(disk_metrics_file),
+            "requests_socket": metrics_dir.in_container(requests_socket),
+            "requests_metrics_file": metrics_dir.in_container(requests_metrics_file),
         },
     )
     compose = HostFile(
@@ -498,6 +505,27 @@ def registry_host(
         template="registry-disk.timer",
         values={"interval": layout.disk_check_interval},
     )
+    requests_script = HostFile(
+        "requests_script",
+        f"{layout.config_dir}/registry-requests.py",
+        0o755,
+        template="registry-requests.py",
+    )
+    requests_service = HostFile(
+        "requests_service",
+        str(registry_unit.with_name(f"{registry_unit.stem}-requests.service")),
+        0o644,
+        template="registry-requests.service",
+        values={
+            "registry_unit": registry_unit.name,
+            "script": requests_script.path,
+            "socket": requests_socket,
+            "output": requests_metrics_file,
+            "nginx_gid": versions.NGINX_WORKER_GID,
+            "interval_seconds": layout.request_metrics_interval_seconds,
+            "metrics_dir": layout.metrics_dir,
+        },
+    )
     # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
     docker_daemon = HostFile(
         "docker_daemon", layout.docker_daemon_config, 0o644, template="docker-daemon.json"
@@ -516,6 +544,8 @@ def registry_host(
         server_key,
         ca_cert,
         systemd_unit,
+        requests_script,
+        requests_service,
         *volume_only,
         docker_daemon,
     )
@@ -528,6 +558,8 @@ def registry_host(
             StackValue("port"),
             compose.path,
             ca_cert.path,
+            # The units to enable and restart: the request counter, and the timers.
+            PurePosixPath(requests_service.path).name,
             *(
                 PurePosixPath(unit.path).name
                 for unit in volume_only

@@ -36,6 +36,7 @@ NGINX_IMAGE = (
 NGINX_WORKER_GID = 101
 
 # Ubuntu archive packages: Docker Engine, the `docker compose` plugin, and buildx for the
-# client's `docker build` of its proof image. No third-party apt repository is needed.
-REGISTRY_HOST_PACKAGES = ("docker.io", "docker-compose-v2", "curl")
+# client's `docker build` of its proof image; python3 (already in the image: cloud-init runs on
+# it) for the registry host's request counter. No third-party apt repository is needed.
+REGISTRY_HOST_PACKAGES = ("docker.io", "docker-compose-v2", "curl", "python3")
 CLIENT_HOST_PACKAGES = ("docker.io", "docker-buildx", "ca-certificates")

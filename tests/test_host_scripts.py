@@ -917,31 +917,56 @@ def unit_entries(text: str, section: str) -> list[tuple[str, str]]:
     return entries
 
 
-def test_registry_unit_is_valid_and_a_dockerd_restart_does_not_stop_it(tmp_path: Path) -> None:
-    unit = REGISTRY_HOST.file("systemd_unit").render({})
-    # systemd-analyze verify, offline: a root with this machine's unit directory and a docker
-    # binary where ExecStart wants it.
+def verify_offline(tmp_path: Path, unit_path: str, files: dict[str, tuple[str, int]]) -> None:
+    """systemd-analyze verify, offline: a root with this machine's unit directory and `files`
+    (path -> text, mode: the unit, and what its Exec lines run)."""
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    (root / "usr/bin").mkdir(parents=True)
-    (root / "usr/bin/docker").write_text("#!/bin/sh\n")
-    (root / "usr/bin/docker").chmod(0o755)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    (root / REGISTRY_LAYOUT.unit_path.lstrip("/")).write_text(unit)
+    for path, (text, mode) in files.items():
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / path.lstrip("/")).write_text(text)
+        (root / path.lstrip("/")).chmod(mode)
     verify = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={root}", REGISTRY_LAYOUT.unit_path],
+        ["systemd-analyze", "verify", f"--root={root}", unit_path],
         capture_output=True,
         text=True,
         check=False,
     )
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
 
+
+def test_registry_unit_is_valid_and_a_dockerd_restart_does_not_stop_it(tmp_path: Path) -> None:
+    unit = REGISTRY_HOST.file("systemd_unit").render({})
+    verify_offline(
+        tmp_path,
+        REGISTRY_LAYOUT.unit_path,
+        {"/usr/bin/docker": ("#!/bin/sh\n", 0o755), REGISTRY_LAYOUT.unit_path: (unit, 0o644)},
+    )
     entries = unit_entries(unit, "Unit")
     naming_docker = {key for key, value in entries if "docker.service" in value.split()}
     # Requires=/BindsTo=/PartOf=/Requisite= would propagate dockerd's stop or restart (an
     # unattended docker.io upgrade) to this unit, whose ExecStop is `compose down`.
     assert naming_docker == {"Wants", "After"}
     assert ("RequiresMountsFor", REGISTRY_LAYOUT.data_mount) in entries
+
+
+def test_request_counter_unit_is_valid(tmp_path: Path) -> None:
+    """registry-requests.service, with the placed script and python3 where it wants them."""
+    service = REGISTRY_HOST.file("requests_service")
+    script = REGISTRY_HOST.file("requests_script")
+    verify_offline(
+        tmp_path,
+        service.path,
+        {
+            "/usr/bin/python3": ("#!/bin/sh\n", 0o755),
+            script.path: (script.render({}), script.mode),
+            service.path: (service.render({}), service.mode),
+        },
+    )
+    (exec_start,) = [
+        value for key, value in unit_entries(service.render({}), "Service") if key == "ExecStart"
+    ]
+    assert exec_start.split()[:2] == ["/usr/bin/python3", script.path]
 
 
 def test_docker_runs_with_live_restore_from_a_file_the_program_places(
@@ -958,13 +983,13 @@ COMPOSE_FILE = "/srv/test/compose.yaml"
 CA_FILE = "/srv/test/ca.crt"
 
 
-TIMERS = ("registry-gc.timer", "registry-disk.timer")
+UNITS = ("registry-requests.service", "registry-gc.timer", "registry-disk.timer")
 # What every activation asks systemd first, whatever state the host is in.
 ACTIVATION_PREAMBLE = (
     "daemon-reload",
     "enable --quiet docker.service registry.service",
-    f"enable --quiet {' '.join(TIMERS)}",
-    f"restart {' '.join(TIMERS)}",
+    f"enable --quiet {' '.join(UNITS)}",
+    f"restart {' '.join(UNITS)}",
 )
 
 
@@ -976,7 +1001,7 @@ def activate(standins: Standins, *, attempts: int = 60) -> subprocess.CompletedP
         "5043",
         COMPOSE_FILE,
         CA_FILE,
-        *TIMERS,
+        *UNITS,
         env=env,
     )
 

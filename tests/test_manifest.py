@@ -159,7 +159,8 @@ def test_a_moved_layout_stays_coherent_between_compose_nginx_and_the_unit() -> N
         "<port>",
         moved.file("compose").path,
         moved.file("ca_cert").path,
-        # the timers the host gets, named after the moved unit
+        # the units the host gets, named after the moved unit
+        PurePosixPath(moved.file("requests_service").path).name,
         PurePosixPath(moved.file("gc_timer").path).name,
         PurePosixPath(moved.file("disk_timer").path).name,
     ]

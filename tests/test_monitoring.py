@@ -130,10 +130,12 @@ def fetch(
     user: str | None = None,
     password: str | None = None,
     side: str = "vpc",
+    method: str = "GET",
 ) -> tuple[str, str]:
-    """(HTTP status or curl's failure, body) of a GET from the client in the VPC or from the
-    Internet side, verifying TLS against the stack's CA."""
+    """(HTTP status or curl's failure, body) of a request (a GET unless `method`) from the
+    client in the VPC or from the Internet side, verifying TLS against the stack's CA."""
     curl = ["curl", "-sS", "--max-time", "5", "--cacert", str(sim.ca_file), "-K", "-"]
+    curl += ["-X", method]
     argv = [*curl, "-w", "\n%{http_code}", url]
     command = sim.client_argv(argv, trusted=False) if side == "vpc" else sim.public_argv(argv)
     result = sh(*command, input=curl_config(user, password), check=False)
@@ -264,3 +266,68 @@ def test_the_placed_disk_check_passes_shellcheck(sim: RegistryHostSim) -> None:
     script = sim.files.host_path(REGISTRY_HOST.file("disk_script").path)
     result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+# -- request metrics -------------------------------------------------------------------------
+def start_request_counter(sim: RegistryHostSim) -> subprocess.Popen[bytes]:
+    """registry-requests.service's ExecStart, with the host's paths mapped to the simulated
+    host's (its interval shortened to 0.2 s)."""
+    unit = sim.files.host_path(REGISTRY_HOST.file("requests_service").path).read_text()
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    python, script, socket, output, group, _ = exec_start.removeprefix("ExecStart=").split()
+    host = sim.files.host_path
+    counter = subprocess.Popen(
+        [python, str(host(script)), str(host(socket)), str(host(output)), group, "0.2"]
+    )
+    deadline = time.monotonic() + 10
+    while not host(socket).exists():
+        assert counter.poll() is None and time.monotonic() < deadline, "no socket"
+        time.sleep(0.05)
+    return counter
+
+
+def samples(body: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_request_metrics_count_nginxs_requests_by_status_method_and_verified_user(
+    sim: RegistryHostSim, metrics_password: str
+) -> None:
+    counter = start_request_counter(sim)
+    try:
+        base = f"https://{sim.registry_ip}:{sim.port}/v2"
+        assert fetch(sim, base + "/", "ci", sim.passwords["ci"])[0] == "200"
+        # A name nobody verified: counted without it (it would make labels without bound).
+        assert fetch(sim, base + "/", "intruder-9f3c", "guess")[0] == "401"
+        assert fetch(sim, base + "/_catalog", "viewer", sim.passwords["viewer"])[0] == "403"
+        # Methods are few: any other counts as "other" (no label per made-up method).
+        assert fetch(sim, base + "/", method="BREW")[0] == "401"
+        wanted = (
+            'registry_nginx_requests_total{status="401",method="other",user=""}',
+            'registry_nginx_requests_total{status="200",method="GET",user="ci"}',
+            'registry_nginx_requests_total{status="401",method="GET",user=""}',
+            'registry_nginx_requests_total{status="403",method="GET",user="viewer"}',
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            status, body = fetch(sim, metrics_url(sim, "requests"), METRICS_USER, metrics_password)
+            if status == "200" and all(name in body for name in wanted):
+                break
+            assert time.monotonic() < deadline, (status, body)
+            time.sleep(0.3)
+    finally:
+        counter.terminate()
+        assert counter.wait(timeout=10) == 0
+    found = samples(body)
+    assert all(found[name] >= 1 for name in wanted), body
+    assert "intruder" not in body and "BREW" not in body
+    requests = sum(value for name, value in found.items() if "_requests_total{" in name)
+    assert found["registry_nginx_request_duration_seconds_count"] == requests
+    assert found['registry_nginx_request_duration_seconds_bucket{le="+Inf"}'] == requests
+    assert found['registry_nginx_response_bytes_total{user="ci"}'] >= 2  # the body "{}"
+    socket = REGISTRY_HOST.file("requests_service").values["socket"]
+    assert not sim.files.host_path(str(socket)).exists()  # removed when the service stops

@@ -280,9 +280,9 @@ def test_metrics_urls_list_only_what_the_nodes_serve(
     # Spaces nodes have no data volume, so no disk check writes /metrics/disk (a 404 there).
     ip = spaces_run.outputs["registryPrivateIp"]
     assert spaces_run.outputs["metricsUrls"] == {
-        name: f"https://{ip}:9443/metrics/{name}" for name in ("registry", "nginx")
+        name: f"https://{ip}:9443/metrics/{name}" for name in ("registry", "nginx", "requests")
     }
-    assert set(program_run.outputs["metricsUrls"]) == {"registry", "nginx", "disk"}
+    assert set(program_run.outputs["metricsUrls"]) == {"registry", "nginx", "requests", "disk"}
     assert not any(f.path.endswith("disk.sh") for f in REGISTRY_HOST_SPACES.files)
 
 

@@ -6,8 +6,9 @@
 # program), so a dockerd restart or upgrade leaves the containers running.
 # Then waits until the TLS front answers /v2/ with 401 for the registry's name, verified
 # against CA_FILE.
-# Usage: activate-registry.sh SERVER_NAME PORT COMPOSE_FILE CA_FILE [TIMER...]
-#   TIMER: systemd timers of the host (garbage collection, disk check) to enable and restart
+# Usage: activate-registry.sh SERVER_NAME PORT COMPOSE_FILE CA_FILE [UNIT...]
+#   UNIT: systemd units of the host to enable and restart (the request counter; the timers of
+#   garbage collection and the disk check)
 #   (env ACTIVATE_WAIT_ATTEMPTS, default 60: tries of the 401 wait; ACTIVATE_WAIT_SECONDS,
 #   default 2: the interval of that wait and of the live-restore check; for tests)
 set -euo pipefail
@@ -18,7 +19,7 @@ server_name="$1"
 port="$2"
 compose_file="$3"
 ca_file="$4"
-timers=("${@:5}")
+units=("${@:5}")
 wait_attempts="${ACTIVATE_WAIT_ATTEMPTS:-60}"
 wait_seconds="${ACTIVATE_WAIT_SECONDS:-2}"
 
@@ -26,10 +27,10 @@ live_restore() { docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null || t
 
 systemctl daemon-reload
 systemctl enable --quiet docker.service registry.service
-# The host's timers (garbage collection, the disk check); a restart applies a changed schedule.
-if ((${#timers[@]} > 0)); then
-  systemctl enable --quiet "${timers[@]}"
-  systemctl restart "${timers[@]}"
+# The host's own units; a restart applies a changed script or schedule.
+if ((${#units[@]} > 0)); then
+  systemctl enable --quiet "${units[@]}"
+  systemctl restart "${units[@]}"
 fi
 systemctl is-active --quiet docker.service || systemctl start docker.service
 # dockerd reads daemon.json at start; a running one applies live-restore on reload (SIGHUP),
