@@ -523,7 +523,6 @@ def registry_host(
             "output": requests_metrics_file,
             "nginx_gid": versions.NGINX_WORKER_GID,
             "interval_seconds": layout.request_metrics_interval_seconds,
-            "metrics_dir": layout.metrics_dir,
         },
     )
     # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
