@@ -84,8 +84,8 @@ def skopeo_pull(
     shutil.rmtree(destination, ignore_errors=True)
     try:
         started = time.perf_counter()
-        stack.client(
-            "skopeo",
+        # A private blob-info cache here too: the machine's own is never written.
+        stack.client_private_blob_cache(
             "copy",
             "--quiet",
             *access,

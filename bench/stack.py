@@ -23,7 +23,7 @@ from bench.fronts import DIRECT_PORT, FrontFiles
 from components.manifest import REGISTRY_HOST
 from tests.harness import ProgramRun
 from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
-from tests.realstack.sandbox import Sandbox
+from tests.realstack.sandbox import Sandbox, overlay_mount
 
 # The files a front may change, where the program places them.
 FILE_PATHS = {
@@ -245,8 +245,13 @@ class BenchStack:
         containers/image remembers where it has seen a blob (as root in
         /var/lib/containers/cache) and pushes a known blob to another repository of the same
         registry by a cross-repository mount, uploading nothing. A private tmpfs there (in the
-        client's own mount namespace) makes every push really upload."""
+        client's own mount namespace, over a private overlay of /var/lib so that not even its
+        mount point is made on the machine) makes every push really upload."""
+        varlib = self.workdir / "client-var-lib"
+        (varlib / "upper").mkdir(parents=True, exist_ok=True)
+        (varlib / "work").mkdir(exist_ok=True)
         script = (
+            f"{overlay_mount('/var/lib', varlib / 'upper', varlib / 'work')} && "
             "mkdir -p /var/lib/containers && "
             "mount -t tmpfs -o size=64m,mode=0700 tmpfs /var/lib/containers && "
             'exec "$@"'
