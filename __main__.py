@@ -61,7 +61,6 @@ network = Network(
         load_balancer_clients=client_public_ips,
     ),
 )
-server_names = [settings.registry_name, *([settings.dns_name] if settings.dns_name else [])]
 spaces = None
 shared_certificate = None
 shared_cache = None
@@ -103,7 +102,7 @@ if settings.spaces:
         "registry-tls",
         ServerCertificateArgs(
             ca=ca,
-            dns_names=server_names,
+            dns_names=settings.server_names,
             ip_addresses=[
                 *([network.load_balancer_ip] if network.load_balancer_ip else []),
                 *(private_ip for private_ip, _ in node_private_ips),
@@ -142,6 +141,7 @@ servers = [
             retain_volume_on_destroy=settings.retain_volume_on_destroy,
             existing_volume=settings.existing_volume,
             registry_name=settings.registry_name,
+            server_names=settings.server_names,
             domain=settings.domain,
             dns_name=settings.dns_name,
             port=settings.port,

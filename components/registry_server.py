@@ -72,6 +72,7 @@ class RegistryServerArgs:
     retain_volume_on_destroy: bool
     existing_volume: str | None  # adopt this volume (name or id) instead of creating one
     registry_name: str
+    server_names: Sequence[str]  # the certificate's and nginx's names (the registry name first)
     domain: str | None
     dns_name: str | None
     port: int
@@ -167,12 +168,11 @@ class RegistryServer(pulumi.ComponentResource):
                 opts=child,
             )
 
-        server_names = [args.registry_name, *([args.dns_name] if args.dns_name else [])]
         certificate = ServerCertificate(
             f"{name}-tls",
             ServerCertificateArgs(
                 ca=args.ca,
-                dns_names=server_names,
+                dns_names=list(args.server_names),
                 ip_addresses=[droplet.ipv4_address, droplet.ipv4_address_private],
                 key_algorithm=args.key_algorithm,
                 validity_hours=args.cert_validity_hours,
@@ -182,14 +182,12 @@ class RegistryServer(pulumi.ComponentResource):
         )
 
         stack_values: dict[str, pulumi.Input[object]] = {
-            **_common_stack_values(args, server_names, certificate, droplet),
+            **_common_stack_values(args, certificate, droplet),
             "volume_name": volume.name,
             "gc_schedule": args.gc_schedule,
             "gc_flags": "--delete-untagged" if args.gc_delete_untagged else "",
             "disk_alert_percent": args.disk_alert_percent,
         }
-        files = rendered_files(host_manifest, stack_values)
-
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
         # Re-runs (and grows the filesystem) when the volume or its size changes; the size is the
         # provider's output, so this runs after the resize.
@@ -200,20 +198,9 @@ class RegistryServer(pulumi.ComponentResource):
             depends_on=[attachment],
             triggers=[volume.id, size],
         )
-        placed = [
-            host.place_file(host_file, content, depends_on=[install])
-            for host_file, content in files
-        ]
-
-        self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
-            lambda texts: sha256_hex(*texts)
-        )
-        self.ready = host.run_script(
-            host_manifest.script("activate"),
-            stack_values,
-            depends_on=[install, mount, *placed],
-            # A new attachment follows a release, which stopped the registry: start it again.
-            triggers=[self.files_fingerprint, attachment.id],
+        # A new attachment follows a release, which stopped the registry: start it again.
+        self._place_files_and_activate(
+            host, host_manifest, stack_values, install, after=[mount], triggers=[attachment.id]
         )
 
         self.public_ip = droplet.ipv4_address
@@ -224,6 +211,32 @@ class RegistryServer(pulumi.ComponentResource):
         self.region = region
         self.register_outputs(
             {"publicIp": self.public_ip, "privateIp": self.private_ip, "volumeId": self.volume_id}
+        )
+
+    def _place_files_and_activate(
+        self,
+        host: RemoteHost,
+        host_manifest: manifest.HostManifest,
+        stack_values: dict[str, pulumi.Input[object]],
+        install: command.remote.Command,
+        after: Sequence[pulumi.Resource] = (),
+        triggers: Sequence[pulumi.Input[str]] = (),
+    ) -> None:
+        """Place every file of the manifest once the packages are in, then run its activation
+        (also after `after`); it runs again whenever a placed file changes, or `triggers` do."""
+        files = rendered_files(host_manifest, stack_values)
+        placed = [
+            host.place_file(host_file, content, depends_on=[install])
+            for host_file, content in files
+        ]
+        self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
+            lambda texts: sha256_hex(*texts)
+        )
+        self.ready = host.run_script(
+            host_manifest.script("activate"),
+            stack_values,
+            depends_on=[install, *after, *placed],
+            triggers=[self.files_fingerprint, *triggers],
         )
 
     def _spaces_node(self, name: str, args: RegistryServerArgs, spaces: SpacesStorage) -> None:
@@ -237,7 +250,6 @@ class RegistryServer(pulumi.ComponentResource):
         host_manifest = (
             manifest.REGISTRY_HOST_SPACES_VALKEY if valkey else manifest.REGISTRY_HOST_SPACES
         )
-        server_names = [args.registry_name, *([args.dns_name] if args.dns_name else [])]
         storage_driver = spaces.bucket.apply(
             lambda bucket: manifest.spaces_storage_driver(
                 spaces.region, spaces.endpoint, bucket, spaces.redirect, manifest.REGISTRY_LAYOUT
@@ -250,7 +262,7 @@ class RegistryServer(pulumi.ComponentResource):
             config_values["redis_section"] = spaces.cache_address.apply(manifest.redis_section)
             cache_values["redis_password"] = spaces.cache_password
         stack_values: dict[str, pulumi.Input[object]] = {
-            **_common_stack_values(args, server_names, args.certificate, droplet),
+            **_common_stack_values(args, args.certificate, droplet),
             **config_values,
             **cache_values,
             "registry_config_sha256": pulumi.Output.all(**config_values).apply(
@@ -259,21 +271,8 @@ class RegistryServer(pulumi.ComponentResource):
             "spaces_access_key": spaces.access_key,
             "spaces_secret_key": spaces.secret_key,
         }
-        files = rendered_files(host_manifest, stack_values)
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
-        placed = [
-            host.place_file(host_file, content, depends_on=[install])
-            for host_file, content in files
-        ]
-        self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
-            lambda texts: sha256_hex(*texts)
-        )
-        self.ready = host.run_script(
-            host_manifest.script("activate"),
-            stack_values,
-            depends_on=[install, *placed],
-            triggers=[self.files_fingerprint],
-        )
+        self._place_files_and_activate(host, host_manifest, stack_values, install)
         self.public_ip = droplet.ipv4_address
         self.private_ip = droplet.ipv4_address_private
         self.droplet_id = droplet.id
@@ -318,7 +317,6 @@ class RegistryServer(pulumi.ComponentResource):
 
 def _common_stack_values(
     args: RegistryServerArgs,
-    server_names: list[str],
     certificate: ServerCertificate,
     droplet: digitalocean.Droplet,
 ) -> dict[str, pulumi.Input[object]]:
@@ -328,7 +326,7 @@ def _common_stack_values(
         "private_ip": droplet.ipv4_address_private,
         "metrics_user": METRICS_USER,
         "registry_name": args.registry_name,
-        "server_names": " ".join(server_names),
+        "server_names": " ".join(args.server_names),
         "port": args.port,
         "registry_image": args.registry_image,
         "nginx_image": args.nginx_image,

@@ -191,6 +191,11 @@ class Settings:
         return f"{self.registry_name.split('.')[0]}.{self.domain}"
 
     @property
+    def server_names(self) -> list[str]:
+        """The names the server certificate holds and nginx answers to."""
+        return [self.registry_name, *([self.dns_name] if self.dns_name else [])]
+
+    @property
     def client_name(self) -> str:
         """The name clients use: the DNS record when a domain is set, else the hosts entry."""
         return self.dns_name or self.registry_name
