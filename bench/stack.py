@@ -22,8 +22,8 @@ from pathlib import Path
 from bench.fronts import DIRECT_PORT, FrontFiles
 from components.manifest import REGISTRY_HOST
 from tests.harness import ProgramRun
-from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
-from tests.realstack.sandbox import Sandbox, overlay_mount
+from tests.realstack.hostsim import RegistryHostSim, sh, trusting_client_etc
+from tests.realstack.sandbox import overlay_mount
 
 # The files a front may change, where the program places them.
 FILE_PATHS = {
@@ -153,12 +153,8 @@ class BenchStack:
     def __init__(self, run: ProgramRun, workdir: Path) -> None:
         self.run = run
         self.workdir = workdir
-        client_root = workdir / "client"
-        for result in apply_client_trust(run, client_root):
-            if result.returncode != 0:
-                raise AssertionError(f"client trust failed: {result.stderr.decode()}")
         self.sim = RegistryHostSim(run, workdir / "host", expose_registry_port=True)
-        self.sim.set_client_etc(Sandbox(client_root).upper("/etc"))
+        self.sim.set_client_etc(trusting_client_etc(run, workdir / "client"))
         self.user = min(self.sim.passwords)
         self.password = self.sim.passwords[self.user]
         self.secrets = workdir / "secrets"

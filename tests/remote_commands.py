@@ -5,6 +5,7 @@ The one parser of `rendering.commands.place_file_command`'s text, for every test
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 
@@ -45,3 +46,18 @@ def place_file_commands(run: ProgramRun) -> dict[str, Registration]:
         for command in run.commands()
         if is_place_file_command(command)
     }
+
+
+def commands_placing_secret(run: ProgramRun, secret: str) -> dict[str, PlacedFile]:
+    """Command name -> the file it places, for every command carrying `secret`: only on stdin,
+    marked secret, with logging off (never in its create, update, delete, environment or
+    triggers)."""
+    carrying = {}
+    for registration in run.commands():
+        for field in ("create", "update", "delete", "environment", "triggers"):
+            assert secret not in json.dumps(registration.inputs.get(field)), registration.name
+        if secret in registration.inputs.get("stdin", ""):
+            assert registration.is_secret_input("stdin"), registration.name
+            assert registration.inputs.get("logging") == "none", registration.name
+            carrying[registration.name] = placed_file(registration)
+    return carrying

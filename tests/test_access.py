@@ -19,7 +19,7 @@ import pytest
 
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Podman, Skopeo, header_lines
-from tests.realstack.hostsim import RegistryHostSim, apply_client_trust
+from tests.realstack.hostsim import RegistryHostSim, running, trusting_client_etc
 from tests.realstack.oci import OciImage, build_image
 
 pytestmark = pytest.mark.host
@@ -116,19 +116,15 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("access")
     program: ProgramRun = run_program(overrides={"users": USERS, "clientCount": 1})
-    client_root = workdir / "client-root"
-    for result in apply_client_trust(program, client_root):
-        assert result.returncode == 0, result.stderr.decode()
     sim = RegistryHostSim(program, workdir / "host")
-    sim.set_client_etc(client_root / "etc-upper")
-    with sim:
+    sim.set_client_etc(trusting_client_etc(program, workdir / "client-root"))
+    with running(sim):
         skopeo = Skopeo.logged_in(sim, workdir / "skopeo")
         team_app = build_image(workdir / "team-app", "v1", [64 * 1024, 32 * 1024], seed="team")
         secret_app = build_image(workdir / "secret-app", "v1", [48 * 1024], seed="secret")
         assert skopeo.push(team_app, "team/app", "ops") == team_app.manifest_digest
         assert skopeo.push(secret_app, "secret/app", "ops") == secret_app.manifest_digest
         yield Stack(sim, skopeo, workdir, team_app, secret_app)
-    assert not sim.leftovers(), "left behind"
 
 
 def test_outputs_give_each_users_role_scopes_and_login_command() -> None:

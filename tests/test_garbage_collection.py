@@ -28,7 +28,7 @@ import pytest
 from components.manifest import REGISTRY_HOST, REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import with_private_state
-from tests.realstack.hostsim import materialize
+from tests.realstack.hostsim import CURL_STATUS, materialize
 from tests.realstack.oci import OciImage, build_image
 
 pytestmark = pytest.mark.host
@@ -199,19 +199,10 @@ class GcHost:
         hex_digest = digest.removeprefix("sha256:")
         return self.data / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
 
-    def delete_manifest(self, repository: str, digest: str) -> int:
+    def status(self, method: str, path: str) -> int:
+        """The registry's status code for a `method` request to `path`, straight to its port."""
         result = subprocess.run(
-            [
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "DELETE",
-                f"http://{self.address}/v2/{repository}/manifests/{digest}",
-            ],
+            [*CURL_STATUS, "-X", method, f"http://{self.address}{path}"],
             capture_output=True,
             text=True,
             check=True,
@@ -219,26 +210,12 @@ class GcHost:
         )
         return int(result.stdout)
 
+    def delete_manifest(self, repository: str, digest: str) -> int:
+        return self.status("DELETE", f"/v2/{repository}/manifests/{digest}")
+
     def read_write(self) -> bool:
         """Whether the registry accepts a new upload (a read-only one answers 405)."""
-        result = subprocess.run(
-            [
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "POST",
-                f"http://{self.address}/v2/probe/blobs/uploads/",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        return result.stdout == "202"
+        return self.status("POST", "/v2/probe/blobs/uploads/") == 202
 
 
 @pytest.fixture(scope="module")

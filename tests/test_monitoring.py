@@ -4,7 +4,6 @@ access log, the metrics listener (VPC only, the metrics user only) and the disk 
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import time
@@ -18,9 +17,8 @@ from components.access import METRICS_USER
 from components.manifest import REGISTRY_HOST, REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Skopeo
-from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
+from tests.realstack.hostsim import RegistryHostSim, running, sh, trusting_client_etc
 from tests.realstack.oci import build_image
-from tests.realstack.sandbox import Sandbox
 
 pytestmark = pytest.mark.host
 
@@ -37,14 +35,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sim(program: ProgramRun, workdir: Path) -> Iterator[RegistryHostSim]:
-    client_root = workdir / "client-root"
-    for result in apply_client_trust(program, client_root):
-        assert result.returncode == 0, result.stderr.decode()
     host = RegistryHostSim(program, workdir / "host")
-    host.set_client_etc(Sandbox(client_root).upper("/etc"))
-    with host:
+    host.set_client_etc(trusting_client_etc(program, workdir / "client-root"))
+    with running(host):
         yield host
-    assert not host.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +53,7 @@ def access_log_entries(
     satisfy `until` (each worker flushes its own log buffer every few seconds)."""
     deadline = time.monotonic() + timeout
     while True:
-        text = (sim.logs / "nginx.log").read_text(errors="replace")
-        lines = [line for line in text.splitlines() if line.startswith("{")]
-        entries = [json.loads(line) for line in lines]  # every access line is JSON
+        entries = sim.access_log()
         if until(entries) or time.monotonic() > deadline:
             return entries
         time.sleep(0.2)

@@ -20,7 +20,7 @@ from components.manifest import REGISTRY_LAYOUT
 from components.versions import NGINX_WORKER_GID
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Podman, Skopeo, header_lines
-from tests.realstack.hostsim import CURL_STATUS, RegistryHostSim, apply_client_trust, sh
+from tests.realstack.hostsim import CURL_STATUS, RegistryHostSim, apply_client_trust, running, sh
 from tests.realstack.oci import build_image, layout_digests
 from tests.realstack.sandbox import Sandbox
 
@@ -74,9 +74,8 @@ def sim(
 ) -> Iterator[RegistryHostSim]:
     host = RegistryHostSim(program, workdir / "host")
     host.set_client_etc(Sandbox(Path(str(client_trust["root"]))).upper("/etc"))
-    with host:
+    with running(host):
         yield host
-    assert not host.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +174,15 @@ def podman_roundtrip(podman: Podman, sim: RegistryHostSim, workdir: Path) -> Non
 
 
 # -- authentication --------------------------------------------------------------------------
+def status_as(
+    sim: RegistryHostSim, user: str, password: str, url: str
+) -> subprocess.CompletedProcess[bytes]:
+    """curl's status code for `url` as `user` (the credentials on stdin, `-K -`)."""
+    return sim.client(
+        *CURL_STATUS, "-K", "-", url, input=f'user = "{user}:{password}"\n'.encode(), check=False
+    )
+
+
 def test_no_wrong_or_unknown_credentials_get_401_with_basic_challenge(
     sim: RegistryHostSim, skopeo: Skopeo
 ) -> None:
@@ -191,34 +199,10 @@ def test_no_wrong_or_unknown_credentials_get_401_with_basic_challenge(
     ):
         code = curl(sim, "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", url)
         assert code.stdout == b"401"  # sanity: no credentials at all
-        result = sim.client(
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-K",
-            "-",
-            url,
-            input=f'user = "{user}:{password}"\n'.encode(),
-            check=False,
-        )
+        result = status_as(sim, user, password, url)
         assert result.stdout == b"401", (user, result.stdout)
     assert skopeo.login("ci", password="wrong", check=False).returncode != 0
-    good = sim.client(
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-K",
-        "-",
-        url,
-        input=f'user = "ci:{sim.passwords["ci"]}"\n'.encode(),
-        check=False,
-    )
+    good = status_as(sim, "ci", sim.passwords["ci"], url)
     assert good.stdout == b"200"
 
 

@@ -41,9 +41,8 @@ from tests.harness import ProgramRun, run_program
 from tests.mocks import ProviderMocks
 from tests.realstack import probes
 from tests.realstack.clients import Skopeo, header_lines
-from tests.realstack.hostsim import RegistryHostSim, apply_client_trust, sh
+from tests.realstack.hostsim import RegistryHostSim, running, sh, trusting_client_etc
 from tests.realstack.oci import OciImage, build_image
-from tests.realstack.sandbox import Sandbox
 
 pytestmark = pytest.mark.host
 
@@ -123,22 +122,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sim(runs: Runs, workdir: Path) -> Iterator[RegistryHostSim]:
-    trust = apply_client_trust(runs.base, workdir / "client-root")
-    assert all(result.returncode == 0 for result in trust)
     host = RegistryHostSim(runs.base, workdir / "host")
-    host.set_client_etc(Sandbox(workdir / "client-root").upper("/etc"))
-    with host:
+    host.set_client_etc(trusting_client_etc(runs.base, workdir / "client-root"))
+    with running(host):
         yield host
-    assert not host.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")
 def rsa_sim(workdir: Path) -> Iterator[RegistryHostSim]:
     run = run_program(overrides={**BASE, "tlsKeyAlgorithm": "RSA"})
-    host = RegistryHostSim(run, workdir / "rsa-host")
-    with host:
+    with running(RegistryHostSim(run, workdir / "rsa-host")) as host:
         yield host
-    assert not host.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from components.manifest import REGISTRY_HOST_SPACES, REGISTRY_LAYOUT, SPACES_CH
 from components.rendering.templates import sha256_hex
 from components.settings import BUCKET_SUFFIX_BYTES
 from tests.harness import ProgramRun, Registration, run_program
-from tests.remote_commands import PlacedFile, placed_file
+from tests.remote_commands import PlacedFile, commands_placing_secret
 
 pytestmark = pytest.mark.program
 
@@ -122,18 +122,10 @@ def test_nodes_key_is_scoped_to_the_bucket_and_reaches_the_hosts_only_as_a_secre
         {"bucket": bucket_name(spaces_run), "permission": "readwrite"}
     ]
     access, secret = nodes_key.outputs["accessKey"], nodes_key.outputs["secretKey"]
-    carrying = set()
-    for registration in spaces_run.commands():
-        for field in ("create", "update", "delete", "environment", "triggers"):
-            assert secret not in json.dumps(registration.inputs.get(field)), registration.name
-        if secret in registration.inputs.get("stdin", ""):
-            carrying.add(registration.name)
-            assert registration.is_secret_input("stdin")
-            assert registration.inputs.get("logging") == "none"
-            assert placed_file(registration) == PlacedFile(
-                REGISTRY_HOST_SPACES.file("registry_env").path, "0:0", "0600"
-            )
-    assert carrying == {f"{node}-file-registry-env" for node in NODES}
+    env_file = PlacedFile(REGISTRY_HOST_SPACES.file("registry_env").path, "0:0", "0600")
+    assert commands_placing_secret(spaces_run, secret) == {
+        f"{node}-file-registry-env": env_file for node in NODES
+    }
     env = env_values(file_text(spaces_run, "registry-0", "registry_env"))
     assert (env["REGISTRY_STORAGE_S3_ACCESSKEY"], env["REGISTRY_STORAGE_S3_SECRETKEY"]) == (
         access,

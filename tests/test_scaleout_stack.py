@@ -9,8 +9,6 @@ and runs for real in the single-node tests."""
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from components.manifest import REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Podman, Skopeo
 from tests.realstack.cluster import SpacesClusterSim
+from tests.realstack.hostsim import RegistryHostSim, running
 from tests.realstack.oci import build_image
 
 pytestmark = pytest.mark.host
@@ -50,10 +49,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(program: ProgramRun, workdir: Path) -> Iterator[SpacesClusterSim]:
-    sim = SpacesClusterSim(program, workdir / "sim")
-    with sim:
+    with running(SpacesClusterSim(program, workdir / "sim")) as sim:
         yield sim
-    assert not sim.leftovers(), "left behind"
 
 
 @pytest.fixture(scope="module")
@@ -327,28 +324,20 @@ def test_nodes_log_the_clients_address_not_the_balancers(cluster: SpacesClusterS
         status, _ = probe.request(f"https://{cluster.address}/v2/")
         assert status == 200
 
-    def nginx_addresses(index: int) -> set[str]:
-        log = cluster.nodes[index].logs / f"{REGISTRY_LAYOUT.nginx_service}.log"
-        entries = [
-            json.loads(line)
-            for line in log.read_text(errors="replace").splitlines()
-            if line.startswith("{")
-        ]
-        return {entry["remote_addr"] for entry in entries if entry["uri"] == "/v2/"}
+    def nginx_addresses(node: RegistryHostSim) -> set[str]:
+        return {entry["remote_addr"] for entry in node.access_log() if entry["uri"] == "/v2/"}
 
-    for index in range(NODES):
-        log = cluster.nodes[index].logs / f"{REGISTRY_LAYOUT.registry_service}.log"
+    for index, node in enumerate(cluster.nodes):
         registry_addresses = {
-            match.group(1)
-            for line in log.read_text(errors="replace").splitlines()
+            fields["http.request.remoteaddr"]
+            for fields in node.registry_requests()
             # Requests through nginx (not the sim's readiness probe on the socket).
-            if f'http.request.host="{cluster.address}"' in line
-            and re.search(r'http\.request\.uri="?/v2/"? ', line)
-            and (match := re.search(r"http\.request\.remoteaddr=(\S+)", line))
+            if fields["http.request.host"] == cluster.address
+            and fields["http.request.uri"] == "/v2/"
         }
         assert registry_addresses == {cluster.client_ip}, (index, registry_addresses)
         # nginx's access log is buffered (flush=5s).
         deadline = time.monotonic() + 15
-        while not nginx_addresses(index) and time.monotonic() < deadline:
+        while not nginx_addresses(node) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert nginx_addresses(index) == {cluster.client_ip}, index
+        assert nginx_addresses(node) == {cluster.client_ip}, index

@@ -28,7 +28,6 @@ comes from the rendered registry.env, as on a droplet.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import socket
@@ -44,9 +43,9 @@ from tests.harness import ProgramRun
 from tests.realstack.hostsim import (
     ClusterNode,
     RegistryHostSim,
-    apply_client_trust,
     run_client,
     sh,
+    trusting_client_etc,
 )
 from tests.realstack.sandbox import Sandbox
 
@@ -57,7 +56,6 @@ CACHE_IP = "10.110.15.249"  # the shared cache's private host, with `spacesCache
 DATABASE_CLUSTER = "digitalocean:index/databaseCluster:DatabaseCluster"
 NETMASK = 20
 HEALTH_CHECK_INTERVAL_MS = 1000
-_REQUEST = re.compile(r'http\.request\.method=(\S+) .*http\.request\.uri=("[^"]*"|\S+)')
 MOTO_SERVER = str(Path(sys.executable).parent / "moto_server")
 
 
@@ -297,13 +295,10 @@ backend nodes
 
     # -- nodes ------------------------------------------------------------------------------
     def node_requests(self, index: int) -> list[tuple[str, str]]:
-        """(method, URI) of every request node `index`'s registry answered, oldest first, from
-        its log (written at once, unlike nginx's buffered access log)."""
-        log = self.nodes[index].logs / f"{REGISTRY_LAYOUT.registry_service}.log"
+        """(method, URI) of every request node `index`'s registry answered, oldest first."""
         return [
-            (match.group(1), match.group(2).strip('"'))
-            for line in log.read_text(errors="replace").splitlines()
-            if 'msg="response completed' in line and (match := _REQUEST.search(line))
+            (fields["http.request.method"], fields["http.request.uri"])
+            for fields in self.nodes[index].registry_requests()
         ]
 
     def kill_node(self, index: int) -> None:
@@ -374,8 +369,7 @@ backend nodes
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> SpacesClusterSim:
-        for result in apply_client_trust(self.run, self.client_root):
-            assert result.returncode == 0, result.stderr.decode()
+        trusting_client_etc(self.run, self.client_root)
         self._fabric()
         self._object_store()
         if self.cache is not None:

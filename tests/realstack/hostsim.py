@@ -28,15 +28,18 @@ namespaces is touched.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -61,6 +64,8 @@ IMAGE_REGISTRY_COMMAND = '#!/bin/sh\nexec docker-registry "$@"\n'
 NGINX_ID = NGINX_WORKER_GID
 COMPOSE_NET_PREFIX = "172.31.250"
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# One `key=value` field of a registry (logrus) log line; a value with spaces is quoted.
+_LOG_FIELD = re.compile(r'([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)')
 # curl printing only the response's status code (000 when it could not connect).
 CURL_STATUS = ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}")
 NETMASK = 20
@@ -624,6 +629,22 @@ class RegistryHostSim:
                 raise AssertionError(f"processes left in {netns}")
             time.sleep(0.05)
 
+    def access_log(self) -> list[dict[str, Any]]:
+        """nginx's access log entries (its stdout, which dockerd keeps), parsed as JSON; each
+        worker flushes its log buffer every few seconds."""
+        text = (self.logs / f"{REGISTRY_LAYOUT.nginx_service}.log").read_text(errors="replace")
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def registry_requests(self) -> list[dict[str, str]]:
+        """The fields (`http.request.method`, `http.request.uri`, ...) of every request the
+        registry answered, oldest first, from its log (written at once, unlike nginx's)."""
+        text = (self.logs / f"{REGISTRY_LAYOUT.registry_service}.log").read_text(errors="replace")
+        return [
+            {key: value.strip('"') for key, value in _LOG_FIELD.findall(line)}
+            for line in text.splitlines()
+            if 'msg="response completed"' in line
+        ]
+
     def service_pid(self, name: str) -> int:
         return self.processes[name].pid
 
@@ -881,3 +902,26 @@ def apply_client_trust(
     sandbox = Sandbox(workdir)
     entries = (CLIENT_HOST.file("ca_cert"), CLIENT_HOST.script("trust_registry"))
     return [sandbox.run_command(run.named(command_name(client, entry))) for entry in entries]
+
+
+def trusting_client_etc(run: ProgramRun, workdir: Path, client: str = "client-0") -> Path:
+    """`apply_client_trust`, which must succeed; the client's /etc, to run clients over."""
+    for result in apply_client_trust(run, workdir, client):
+        if result.returncode != 0:
+            raise AssertionError(f"client trust failed: {result.stderr.decode()}")
+    return Sandbox(workdir).upper("/etc")
+
+
+class Simulation(AbstractContextManager[Any], Protocol):
+    def leftovers(self) -> list[str]: ...
+
+
+SimulationT = TypeVar("SimulationT", bound=Simulation)
+
+
+@contextmanager
+def running(simulation: SimulationT) -> Iterator[SimulationT]:
+    """The simulation started, and stopped after: nothing of it may be left behind."""
+    with simulation:
+        yield simulation
+    assert not simulation.leftovers(), "left behind"
