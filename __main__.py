@@ -140,7 +140,6 @@ servers = [
             volume_size_gb=settings.volume_size_gb,
             retain_volume_on_destroy=settings.retain_volume_on_destroy,
             existing_volume=settings.existing_volume,
-            registry_name=settings.registry_name,
             server_names=settings.server_names,
             domain=settings.domain,
             dns_name=settings.dns_name,

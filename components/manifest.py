@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from typing import Literal, TypeVar
 
 from components import versions
-from components.rendering.templates import render_template, sha256_hex
+from components.rendering.templates import render_template
 
 
 @dataclass(frozen=True)
@@ -401,12 +401,8 @@ def registry_host(
             "registry_service": layout.registry_service,
             "registry_image": StackValue("registry_image"),
             "registry_env_file": registry_env.path,
-            # Changes with config.yml, so `up -d` recreates the registry.
-            "registry_config_sha256": (
-                StackValue("registry_config_sha256")
-                if spaces
-                else sha256_hex(registry_config.render({}))
-            ),
+            # The placed config.yml's sha256: changes with it, so `up -d` recreates the registry.
+            "registry_config_sha256": StackValue("registry_config_sha256"),
             "registry_config_volume": registry_config_dir.volume,
             "data_volume": data_dir.volume,
             "registry_config_file": versions.REGISTRY_CONFIG_FILE,

@@ -13,7 +13,7 @@ import pulumi_digitalocean as digitalocean
 from components import manifest
 from components.access import METRICS_USER, Account, access_maps
 from components.pki import CertificateAuthority, ServerCertificate, ServerCertificateArgs
-from components.remote import DropletArgs, RemoteHost, rendered_files
+from components.remote import DropletArgs, RemoteHost, rendered, rendered_files
 from components.rendering.templates import sha256_hex
 from components.settings import VOLUME_ID, SettingsError
 
@@ -71,8 +71,7 @@ class RegistryServerArgs:
     volume_size_gb: int
     retain_volume_on_destroy: bool
     existing_volume: str | None  # adopt this volume (name or id) instead of creating one
-    registry_name: str
-    server_names: Sequence[str]  # the certificate's and nginx's names (the registry name first)
+    server_names: Sequence[str]  # the certificate's and nginx's names: the registry name first
     domain: str | None
     dns_name: str | None
     port: int
@@ -92,6 +91,10 @@ class RegistryServerArgs:
     # (the load balancer's address in its SANs). The volume settings are then unused.
     spaces: SpacesStorage | None = None
     certificate: ServerCertificate | None = None
+
+    @property
+    def registry_name(self) -> str:
+        return self.server_names[0]
 
 
 class RegistryServer(pulumi.ComponentResource):
@@ -224,6 +227,12 @@ class RegistryServer(pulumi.ComponentResource):
     ) -> None:
         """Place every file of the manifest once the packages are in, then run its activation
         (also after `after`); it runs again whenever a placed file changes, or `triggers` do."""
+        # Compose labels the registry with its config's hash, so a changed config recreates it.
+        config = rendered(host_manifest.file("registry_config"), stack_values)
+        stack_values = {
+            **stack_values,
+            "registry_config_sha256": pulumi.Output.from_input(config).apply(sha256_hex),
+        }
         files = rendered_files(host_manifest, stack_values)
         placed = [
             host.place_file(host_file, content, depends_on=[install])
@@ -255,22 +264,15 @@ class RegistryServer(pulumi.ComponentResource):
                 spaces.region, spaces.endpoint, bucket, spaces.redirect, manifest.REGISTRY_LAYOUT
             )
         )
-        registry_config = host_manifest.file("registry_config")
-        config_values: dict[str, pulumi.Output[str]] = {"storage_driver": storage_driver}
-        cache_values: dict[str, pulumi.Input[object]] = {}
-        if spaces.cache_address is not None and spaces.cache_password is not None:
-            config_values["redis_section"] = spaces.cache_address.apply(manifest.redis_section)
-            cache_values["redis_password"] = spaces.cache_password
         stack_values: dict[str, pulumi.Input[object]] = {
             **_common_stack_values(args, args.certificate, droplet),
-            **config_values,
-            **cache_values,
-            "registry_config_sha256": pulumi.Output.all(**config_values).apply(
-                lambda values: sha256_hex(registry_config.render(values))
-            ),
+            "storage_driver": storage_driver,
             "spaces_access_key": spaces.access_key,
             "spaces_secret_key": spaces.secret_key,
         }
+        if spaces.cache_address is not None and spaces.cache_password is not None:
+            stack_values["redis_section"] = spaces.cache_address.apply(manifest.redis_section)
+            stack_values["redis_password"] = spaces.cache_password
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
         self._place_files_and_activate(host, host_manifest, stack_values, install)
         self.public_ip = droplet.ipv4_address

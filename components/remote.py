@@ -203,18 +203,19 @@ def _with_stack_values(
     return pulumi.Output.all(**{name: stack_values[name] for name in sorted(names)})
 
 
+def rendered(
+    host_file: HostFile, stack_values: Mapping[str, pulumi.Input[object]]
+) -> pulumi.Input[str]:
+    """The file's content, rendered from the stack values it uses."""
+    if not host_file.stack_values:
+        return host_file.render({})
+    return _with_stack_values(host_file.stack_values, stack_values).apply(host_file.render)
+
+
 def rendered_files(
     host_manifest: HostManifest, stack_values: Mapping[str, pulumi.Input[object]]
 ) -> list[tuple[HostFile, pulumi.Input[str]]]:
     """Each file of the manifest with its content rendered from the stack's values (which must
     be exactly the ones the manifest uses), in the manifest's order."""
     host_manifest.check_stack_values(set(stack_values))
-    return [
-        (
-            host_file,
-            _with_stack_values(host_file.stack_values, stack_values).apply(host_file.render)
-            if host_file.stack_values
-            else host_file.render({}),
-        )
-        for host_file in host_manifest.files
-    ]
+    return [(host_file, rendered(host_file, stack_values)) for host_file in host_manifest.files]
