@@ -269,8 +269,7 @@ def _balancer_listener(layout: RegistryHostLayout) -> str:
 
 def _balancer_port_mapping(layout: RegistryHostLayout) -> str:
     """compose.yaml's `ports:` entry publishing the load balancer's listener."""
-    port = layout.balancer_port
-    return f'      # The load balancer\'s listener (PROXY protocol).\n      - "{port}:{port}"\n'
+    return render_template("compose-balancer-port.yaml", balancer_port=layout.balancer_port)
 
 
 def registry_host(
