@@ -40,13 +40,15 @@ _REFERENCE = r"[A-Za-z0-9_][A-Za-z0-9_.:-]*"  # a tag, or a digest (algorithm:he
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]+"
 _UPLOAD_ID = r"[A-Za-z0-9=_.-]+"
 _QUERY = r"(?:\?.*)?"
-# A new upload's query: only the keys clients send, literally (so no percent-encoded key can hide
-# a `from` that the registry would decode), and only characters of names and digests.
-_UPLOAD_START_QUERY = (
-    r"(?:\?(?:mount|from|digest)=[A-Za-z0-9._:%-]*"
-    r"(?:&(?:mount|from|digest)=[A-Za-z0-9._:%-]*)*)?"
+# A blob mount's digest as clients send it: `sha256:<hex>`, or `sha256%3A<hex>` from Go's
+# url.Values (Docker, skopeo, crane). The registry decodes only the `%3A`, so the value nginx
+# checks is the value the registry reads.
+_MOUNT_DIGEST = (
+    r"(?:sha256(?::|%3[Aa])[0-9a-f]{64}|sha384(?::|%3[Aa])[0-9a-f]{96}"
+    r"|sha512(?::|%3[Aa])[0-9a-f]{128})"
 )
-# In a `from=` value the client percent-encodes `/`; in the request path it is literal.
+# In a `from=` value `/` is literal (containerd, oras-go) or `%2F` (Go's url.Values); in the
+# request path it is literal.
 _SEPARATOR = r"(?:/|%2[Ff])"
 _NAME_CHARS = r"[a-z0-9._-]"
 
@@ -149,7 +151,8 @@ def _request_map() -> list[str]:
         (rf"^(?:GET|HEAD) /v2/{name}/blobs/{_DIGEST}{_QUERY}$", "read $1"),
         (rf"^(?:GET|HEAD) /v2/{name}/referrers/{_DIGEST}{_QUERY}$", "read $1"),
         (rf"^PUT /v2/{name}/manifests/{_REFERENCE}{_QUERY}$", "write $1"),
-        (rf"^POST /v2/{name}/blobs/uploads/{_UPLOAD_START_QUERY}$", "write $1"),
+        # Any query: the registry gets the one nginx rebuilds (`_upstream_request_maps`).
+        (rf"^POST /v2/{name}/blobs/uploads/{_QUERY}$", "write $1"),
         (rf"^(?:GET|HEAD|PATCH|PUT) /v2/{name}/blobs/uploads/{_UPLOAD_ID}{_QUERY}$", "write $1"),
         (
             (
@@ -167,14 +170,51 @@ def _request_map() -> list[str]:
     ]
 
 
-def _mount_source_map() -> list[str]:
-    """The `from` repository of a new upload (a cross-repository mount), as the client encoded
-    it; empty when there is none. The first `from` counts, as in the registry (Go's FormValue)."""
-    regex = rf"^POST /v2/{_REPOSITORY}/blobs/uploads/\?(?:[^&]*&)*?from=([^&]*)"
+def _mount_maps() -> list[str]:
+    """A blob mount's digest and source repository, each as the client wrote it when it is of the
+    registry's grammar (`$arg_` is the first `mount=`/`from=`), else empty. A literal `/` in
+    `from` (containerd, oras-go) and `%2F` (Go's url.Values) both name the same repository."""
+    source = f"{_COMPONENT}(?:{_SEPARATOR}{_COMPONENT})*"
     return [
-        '    map "$request_method $request_uri" $registry_mount_source {',
+        "    map $arg_mount $registry_mount_digest {",
         '        default "";',
-        f"        {_quoted('~' + regex)} {_quoted('$1')};",
+        f"        {_quoted(f'~^{_MOUNT_DIGEST}$')} $arg_mount;",
+        "    }",
+        "    map $arg_from $registry_mount_source {",
+        '        default "";',
+        f"        {_quoted(f'~^{source}$')} $arg_from;",
+        "    }",
+    ]
+
+
+def _upstream_request_maps() -> list[str]:
+    """What the registry gets of a request's URI and Content-Type.
+
+    The URI is the raw one, except for a new upload: the registry reads `mount` and `from` with
+    Go's FormValue, so nginx rebuilds that query from what it checked and a client's own
+    (duplicate, encoded or unknown keys, `origin`) never reaches it. A mount goes through only
+    with a digest and a source the user may pull; otherwise the registry starts a plain upload
+    (202) and the client uploads the blob, as the distribution spec allows.
+    """
+    # A named capture keeps its value when the maps evaluated after the match run regexes of
+    # their own (they would overwrite $1).
+    manifest_put = rf"~^PUT /v2/{_REPOSITORY}/manifests/{_REFERENCE}{_QUERY}$"
+    upload_start = rf"^POST (?<registry_upload_path>/v2/{_REPOSITORY}/blobs/uploads/){_QUERY}$"
+    return [
+        '    map "$registry_mount_granted $registry_mount_digest $registry_mount_source"'
+        " $registry_mount_query {",
+        '        default "";',
+        '        "~^1 [^ ]+ [^ ]+$" "?mount=$registry_mount_digest&from=$registry_mount_source";',
+        "    }",
+        '    map "$request_method $request_uri" $registry_upstream_uri {',
+        "        default $request_uri;",
+        f"        {_quoted('~' + upload_start)} $registry_upload_path$registry_mount_query;",
+        "    }",
+        # Only a manifest's type is the registry's business; with no Content-Type Go's FormValue
+        # never parses a body (form-encoded, multipart, any case or parameters) as a form.
+        '    map "$request_method $request_uri" $registry_content_type {',
+        '        default "";',
+        f"        {_quoted(manifest_put)} $content_type;",
         "    }",
     ]
 
@@ -201,10 +241,10 @@ def _grant_map(accounts: tuple[Account, ...]) -> list[str]:
 
 
 def _mount_grant_map(accounts: tuple[Account, ...]) -> list[str]:
+    """1 when the user may pull the mount's source repository (so the mount may go through)."""
     lines = [
         '    map "$remote_user $registry_mount_source" $registry_mount_granted {',
         "        default 0;",
-        '        "~^[^ ]* $" 1;',
     ]
     for account in accounts:
         lines.append(f"        {_quoted(f'~^{account.name} {_scopes_regex(account)}$')} 1;")
@@ -222,8 +262,9 @@ def access_maps(accounts: tuple[Account, ...]) -> str:
         [
             *comment,
             *_request_map(),
-            *_mount_source_map(),
             *_grant_map(accounts),
+            *_mount_maps(),
             *_mount_grant_map(accounts),
+            *_upstream_request_maps(),
         ]
     )

@@ -374,6 +374,7 @@ def registry_host(
         template="nginx.conf",
         values={
             "listen_port": StackValue("port"),
+            "registry_address": StackValue("registry_address"),
             "balancer_listener": _balancer_listener(layout) if spaces else "",
             "server_names": StackValue("server_names"),
             "registry_upstream": f"unix:{layout.registry_socket}",

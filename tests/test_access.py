@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from components.manifest import REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import Podman, Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, running, trusting_client_etc
@@ -108,6 +109,23 @@ class Stack:
             check=False,
         )
 
+    def layer_links(self, repository: str) -> set[str]:
+        """The blobs the registry's own storage links into a repository (what a pull serves)."""
+        layers = (
+            self.sim.data_path(REGISTRY_LAYOUT.data_dir)
+            / "docker/registry/v2/repositories"
+            / repository
+            / "_layers"
+        )
+        if not layers.exists():
+            return set()
+        return {
+            f"{algorithm.name}:{blob.name}"
+            for algorithm in layers.iterdir()
+            for blob in algorithm.iterdir()
+            if (blob / "link").exists()
+        }
+
     def docker_ref(self, repository: str, tag: str = "v1") -> str:
         return f"docker://{self.sim.address}/{repository}:{tag}"
 
@@ -124,7 +142,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         secret_app = build_image(workdir / "secret-app", "v1", [48 * 1024], seed="secret")
         assert skopeo.push(team_app, "team/app", "ops") == team_app.manifest_digest
         assert skopeo.push(secret_app, "secret/app", "ops") == secret_app.manifest_digest
-        yield Stack(sim, skopeo, workdir, team_app, secret_app)
+        stack = Stack(sim, skopeo, workdir, team_app, secret_app)
+        # The storage reader sees what the pushes linked (so its empty sets below mean empty).
+        assert set(team_app.layer_digests) <= stack.layer_links("team/app")
+        yield stack
 
 
 def test_outputs_give_each_users_role_scopes_and_login_command() -> None:
@@ -341,41 +362,160 @@ def test_catalog_is_for_unscoped_admins_only(stack: Stack) -> None:
         stack.request(user, "GET", "_catalog?n=10").assert_denied("the catalog is for admins")
 
 
-def test_cross_repository_mount_needs_pull_access_to_the_source(stack: Stack) -> None:
+# -- cross-repository blob mounts --------------------------------------------------------------
+# The upload-start requests clients send, from their source:
+# - containerd (core/remotes/docker/pusher.go, requestWithMountFrom) and oras-go
+#   (registry/remote/url.go, buildRepositoryBlobMountURL): `?mount=<digest>&from=<repo>`, literal;
+# - Docker's distribution client, skopeo (containers/image) and regclient: Go's url.Values,
+#   keys sorted and values escaped: `?from=team%2Fapp&mount=sha256%3A<hex>`;
+# - go-containerregistry (crane): the same plus an `origin` key.
+def mount_queries(digest: str, source: str) -> dict[str, str]:
+    encoded_digest = digest.replace(":", "%3A")
+    encoded_source = source.replace("/", "%2F")
+    return {
+        "containerd, oras-go": f"mount={digest}&from={source}",
+        "docker, skopeo, regclient": f"from={encoded_source}&mount={encoded_digest}",
+        "crane": f"from={encoded_source}&mount={encoded_digest}&origin=registry.internal%3A5043",
+    }
+
+
+def test_a_mount_from_a_repository_the_user_may_pull_goes_through_in_every_clients_form(
+    stack: Stack,
+) -> None:
+    team_layer = stack.team_app.layer_digests[0]
+    for index, (client, query) in enumerate(mount_queries(team_layer, "team/app").items()):
+        target = f"team/mounted{index}"
+        response = stack.request("ci", "POST", f"{target}/blobs/uploads/?{query}")
+        assert response.status == 201, (client, response.head, response.body)
+        assert stack.layer_links(target) == {team_layer}, client
+        blob = stack.request("ci", "GET", f"{target}/blobs/{team_layer}")
+        assert blob.status == 200 and f"Docker-Content-Digest: {team_layer}" in blob.head, client
+    # An admin of every repository mounts from anywhere.
+    secret_layer = stack.secret_app.layer_digests[0]
+    response = stack.request(
+        "ops", "POST", f"team/mounted-by-ops/blobs/uploads/?mount={secret_layer}&from=secret/app"
+    )
+    assert response.status == 201, response.head
+    assert stack.layer_links("team/mounted-by-ops") == {secret_layer}
+
+
+def test_a_mount_from_a_repository_the_user_may_not_pull_starts_a_plain_upload(
+    stack: Stack,
+) -> None:
+    """Refused mounts become plain uploads (202, as the distribution spec lets a registry
+    answer), so clients upload the blob and nothing says whether the source holds it."""
+    secret_layer = stack.secret_app.layer_digests[0]
+    queries = {
+        **mount_queries(secret_layer, "secret/app"),
+        "lower-case escape": f"mount={secret_layer}&from=secret%2fapp",
+        "encoded key": f"mount={secret_layer}&fr%6Fm=secret%2Fapp",
+        "semicolon": f"mount={secret_layer}&x=1;from=secret%2Fapp",
+        "upper-case key": f"mount={secret_layer}&FROM=secret%2Fapp",
+        "dot segments": f"mount={secret_layer}&from=team%2F..%2Fsecret%2Fapp",
+        "forbidden first": f"mount={secret_layer}&from=secret/app&from=team/app",
+        "allowed first": f"mount={secret_layer}&from=team/app&from=secret/app",
+        "encoded digest key": f"m%6Funt={secret_layer}&from=team/app",
+    }
+    for user, target in (("ci", "team/loot"), ("teamops", "team/loot-admin")):
+        for case, query in queries.items():
+            response = stack.request(user, "POST", f"{target}/blobs/uploads/?{query}")
+            assert response.status == 202, (user, case, response.head, response.body)
+            assert header_lines(response.head, "Docker-Upload-UUID"), (user, case)
+        assert stack.layer_links(target) == set(), user
+        assert stack.request(user, "HEAD", f"{target}/blobs/{secret_layer}").status == 404
+
+
+def test_a_form_body_cannot_carry_a_mount_past_the_front(stack: Stack) -> None:
+    """The registry reads `mount` and `from` with Go's FormValue, which also parses a
+    form-encoded or multipart body: none of these may link the secret layer."""
     secret_layer = stack.secret_app.layer_digests[0]
     team_layer = stack.team_app.layer_digests[0]
-    denied_queries = [
-        f"mount={secret_layer}&from=secret%2Fapp",
-        f"mount={secret_layer}&from=secret/app",
-        f"from=secret%2Fapp&mount={secret_layer}",
-        f"mount={secret_layer}&from=secret%2fapp",
-        # Keys or separators the registry would decode or skip: refused outright.
-        f"mount={secret_layer}&fr%6Fm=secret%2Fapp",
-        f"mount={secret_layer}&x=1;from=secret%2Fapp",
-        f"mount={secret_layer}&from=team%2Fapp%2F..%2F..%2Fsecret%2Fapp",
+    form = f"mount={secret_layer}&from=secret%2Fapp"
+    variants: dict[str, tuple[str, list[str]]] = {
+        "form-encoded": ("", ["-H", "Content-Type: application/x-www-form-urlencoded"]),
+        "upper case with parameters": (
+            "",
+            ["-H", "Content-Type: APPLICATION/X-WWW-FORM-URLENCODED; charset=utf-8"],
+        ),
+        "chunked": (
+            "",
+            [
+                "-H",
+                "Content-Type: application/x-www-form-urlencoded",
+                "-H",
+                "Transfer-Encoding: chunked",
+            ],
+        ),
+        "two content types": (
+            "",
+            [
+                "-H",
+                "Content-Type: text/plain",
+                "-H",
+                "content-type: application/x-www-form-urlencoded",
+            ],
+        ),
+        # An allowed source in the query, the forbidden one in the body (body values come first).
+        "query and body": (
+            f"?mount={team_layer}&from=team%2Fapp",
+            ["-H", "Content-Type: application/x-www-form-urlencoded"],
+        ),
+    }
+    for user, target in (("ci", "team/form-loot"), ("teamops", "team/form-loot-admin")):
+        for case, (query, headers) in variants.items():
+            response = stack.request(
+                user, "POST", f"{target}/blobs/uploads/{query}", *headers, "--data-binary", form
+            )
+            # Only the query's mount from team/app may go through (201); the rest start uploads.
+            expected = 201 if query else 202
+            assert response.status == expected, (user, case, response.head, response.body)
+        multipart = stack.request(
+            user,
+            "POST",
+            f"{target}/blobs/uploads/",
+            "-F",
+            f"mount={secret_layer}",
+            "-F",
+            "from=secret/app",
+        )
+        assert multipart.status == 202, (user, multipart.head, multipart.body)
+        # Only the query's own, allowed mount may have gone through.
+        assert secret_layer not in stack.layer_links(target), user
+        assert stack.request(user, "HEAD", f"{target}/blobs/{secret_layer}").status == 404
+
+
+def test_the_registry_builds_its_urls_from_the_host_nginx_saw(stack: Stack) -> None:
+    """Forwarding headers from the client never reach the registry (it builds the upload's
+    Location from them); an HTTP/1.0 request without Host gets the registry's own address; the
+    registry logs the client's address as nginx saw it."""
+    spoofed = [
+        "-H",
+        "X-Forwarded-Host: evil.example",
+        "-H",
+        "Forwarded: host=evil.example;proto=http",
+        "-H",
+        "X-Forwarded-Proto: http",
+        "-H",
+        "X-Forwarded-For: 203.0.113.66",
     ]
-    for query in denied_queries:
-        response = stack.request("ci", "POST", f"team/copy/blobs/uploads/?{query}")
-        assert response.status == 403, (query, response.head)
-        response.assert_denied()
-    stack.request(
-        "ci", "POST", f"team/copy/blobs/uploads/?mount={secret_layer}&from=secret%2Fapp"
-    ).assert_denied("no pull access to the repository a blob mount comes from")
-    # Nothing was copied.
-    assert stack.request("ci", "HEAD", f"team/copy/blobs/{secret_layer}").status == 404
-    # A source the user may read mounts (201), and an admin may mount from anywhere.
-    assert (
-        stack.request(
-            "ci", "POST", f"team/copy/blobs/uploads/?mount={team_layer}&from=team%2Fapp"
-        ).status
-        == 201
+    response = stack.request("ci", "POST", "team/located/blobs/uploads/", *spoofed)
+    assert response.status == 202, response.head
+    location = header_lines(response.head, "Location")
+    assert len(location) == 1 and location[0].startswith(
+        f"Location: https://{stack.sim.address}/v2/team/located/blobs/uploads/"
+    ), location
+    logged = [
+        entry
+        for entry in stack.sim.registry_requests()
+        if entry.get("http.request.uri") == "/v2/team/located/blobs/uploads/"
+    ]
+    assert logged and "203.0.113.66" not in logged[-1].get("http.request.remoteaddr", ""), logged
+    old_client = stack.request(
+        "ci", "POST", "team/located-http10/blobs/uploads/", "--http1.0", "-H", "Host:"
     )
-    assert stack.request("ci", "HEAD", f"team/copy/blobs/{team_layer}").status == 200
-    assert (
-        stack.request(
-            "ops", "POST", f"team/copy2/blobs/uploads/?mount={secret_layer}&from=secret%2Fapp"
-        ).status
-        == 201
+    assert old_client.status == 202, (old_client.head, old_client.body)
+    assert header_lines(old_client.head, "Location")[0].startswith(
+        f"Location: https://{stack.sim.address}/v2/team/located-http10/blobs/uploads/"
     )
 
 
