@@ -136,8 +136,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [run[scenario] for run in runs]
         summary[scenario] = {
             "MiB_per_s": round(statistics.median(r["MiB_per_s"] for r in rows), 1),
-            "p50_s": statistics.median(r["p50_s"] or 0 for r in rows),
-            "p99_s": statistics.median(r["p99_s"] or 0 for r in rows),
+            "p50_s": round(statistics.median(r["p50_s"] or 0 for r in rows), 2),
+            "p99_s": round(statistics.median(r["p99_s"] or 0 for r in rows), 2),
             "errors": sum(r["errors"] for r in rows),
             "cpu_s_per_GiB": {
                 who: round(statistics.median(r["cpu_s_per_GiB"][who] for r in rows), 2)

@@ -12,7 +12,9 @@ import base64
 import dataclasses
 import os
 import resource
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -243,16 +245,23 @@ class BenchStack:
         registry by a cross-repository mount, uploading nothing. A private tmpfs there (in the
         client's own mount namespace, over a private overlay of /var/lib so that not even its
         mount point is made on the machine) makes every push really upload."""
-        varlib = self.workdir / "client-var-lib"
-        (varlib / "upper").mkdir(parents=True, exist_ok=True)
-        (varlib / "work").mkdir(exist_ok=True)
+        # A directory per call: an overlay's work directory serves one mount at a time, and
+        # bench.concurrency runs many clients at once.
+        varlib = Path(tempfile.mkdtemp(prefix="client-var-lib-", dir=self.workdir))
+        (varlib / "upper").mkdir()
+        (varlib / "work").mkdir()
         script = (
             f"{overlay_mount('/var/lib', varlib / 'upper', varlib / 'work')} && "
             "mkdir -p /var/lib/containers && "
             "mount -t tmpfs -o size=64m,mode=0700 tmpfs /var/lib/containers && "
             'exec "$@"'
         )
-        self.client("bash", "-c", script, "private-blob-cache", "skopeo", *argv, timeout=timeout)
+        try:
+            self.client(
+                "bash", "-c", script, "private-blob-cache", "skopeo", *argv, timeout=timeout
+            )
+        finally:
+            shutil.rmtree(varlib, ignore_errors=True)
 
     # -- CPU accounting -------------------------------------------------------------------
     def _netns_cpu(self, netns: str) -> float:
