@@ -1,5 +1,6 @@
 """A private Docker registry on DigitalOcean: read settings, build components, export outputs."""
 
+import functools
 from collections.abc import Callable
 
 import pulumi
@@ -274,6 +275,19 @@ pulumi.export(
         for user in settings.users
     },
 )
+# Ready-made logins for Kubernetes (`kubernetes.io/dockerconfigjson`) and CI, one per user.
+pulumi.export(
+    "dockerConfigJson",
+    pulumi.Output.secret(
+        {
+            user: credentials.passwords[user].apply(
+                functools.partial(instructions.docker_config_json, settings.address, user)
+            )
+            for user in settings.users
+        }
+    ),
+)
+pulumi.export("containerdHostsToml", instructions.containerd_hosts_toml(settings.address))
 pulumi.export(
     "trustCaSteps",
     registry_ip.apply(
