@@ -60,6 +60,7 @@ network = Network(
             else None
         ),
         load_balancer_clients=client_public_ips,
+        acme_http_port=REGISTRY_LAYOUT.acme_http_port if settings.public_tls else None,
     ),
 )
 spaces = None
@@ -159,6 +160,7 @@ servers = [
             disk_alert_percent=settings.disk_alert_percent,
             spaces=spaces,
             certificate=shared_certificate,
+            acme_directory=settings.acme_directory,
         ),
     )
     for droplet_name in settings.registry_droplet_names()

@@ -1,0 +1,129 @@
+"""publicTls under mocks and by the real tools: what the program asks for (a port-80 rule, the
+ACME files and scripts in order, certbot) and that the rendered files pass shellcheck and
+systemd's verifier. The ACME flow itself runs for real in test_acme_flow.py."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components import versions
+from components.manifest import (
+    REGISTRY_HOST,
+    REGISTRY_HOST_PUBLIC_TLS,
+    REGISTRY_LAYOUT,
+    command_name,
+)
+from tests.harness import ProgramRun, Registration
+from tests.test_host_scripts import verify_offline
+
+PUBLIC = {"domain": "example.com", "publicTls": True}
+FIREWALL = "digitalocean:index/firewall:Firewall"
+ACME_PORT = REGISTRY_LAYOUT.acme_http_port
+HOST = "registry"
+
+
+@pytest.fixture(scope="module")
+def public_run(run_with: Callable[[Mapping[str, Any]], ProgramRun]) -> ProgramRun:
+    return run_with(PUBLIC)
+
+
+def server_rules(run: ProgramRun) -> list[dict[str, Any]]:
+    (firewall,) = [r for r in run.of_type(FIREWALL) if r.name == "network-server-firewall"]
+    rules: list[dict[str, Any]] = firewall.inputs["inboundRules"]
+    return rules
+
+
+def script_args(registration: Registration) -> list[str]:
+    argv = shlex.split(registration.inputs["create"])
+    assert argv[:3] == ["bash", "-s", "--"], argv
+    return argv[3:]
+
+
+def placed_text(run: ProgramRun, role: str) -> str:
+    text: str = run.named(command_name(HOST, REGISTRY_HOST_PUBLIC_TLS.file(role))).inputs["stdin"]
+    return text
+
+
+@pytest.mark.program
+def test_public_tls_opens_port_80_to_the_internet_and_private_tls_does_not(
+    public_run: ProgramRun, program_run: ProgramRun
+) -> None:
+    acme_rules = [rule for rule in server_rules(public_run) if rule["portRange"] == str(ACME_PORT)]
+    assert acme_rules == [
+        {"protocol": "tcp", "portRange": str(ACME_PORT), "sourceAddresses": ["0.0.0.0/0", "::/0"]}
+    ]
+    assert [r for r in server_rules(program_run) if r["portRange"] == str(ACME_PORT)] == []
+
+
+@pytest.mark.program
+def test_public_tls_serves_a_certificate_before_activation_and_asks_for_one_after(
+    public_run: ProgramRun,
+) -> None:
+    serve = public_run.named(f"{HOST}-serve-certificate")
+    activate = public_run.named(f"{HOST}-activate")
+    issue = public_run.named(f"{HOST}-issue-certificate")
+    placed = {command_name(HOST, f) for f in REGISTRY_HOST_PUBLIC_TLS.files}
+    names = {urn: public_run.by_urn(urn).name for urn in public_run.resources}
+    assert placed <= {names[urn] for urn in serve.dependencies}
+    assert serve.urn in activate.dependencies
+    assert activate.urn in issue.dependencies
+    acme_script = REGISTRY_HOST_PUBLIC_TLS.file("acme_script").path
+    assert script_args(serve) == [acme_script]
+    assert script_args(issue) == ["registry-acme.service"]
+    # Switching publicTls off deletes this command: the renewals stop.
+    assert issue.inputs["delete"] == "systemctl disable --now registry-acme.timer"
+    activate_args = script_args(activate)
+    assert activate_args[3] == "/etc/registry/tls/registry-ca.crt"
+    assert "registry-acme.timer" in activate_args[4:]
+    install = script_args(public_run.named(f"{HOST}-install-packages"))
+    assert install == [*versions.REGISTRY_HOST_PACKAGES, *versions.ACME_CLIENT_PACKAGES]
+
+
+@pytest.mark.program
+def test_public_tls_asks_the_acme_directory_for_the_dns_name_only(public_run: ProgramRun) -> None:
+    script = placed_text(public_run, "acme_script")
+    assert "\nname=registry.example.com\n" in script
+    assert "\ndirectory=https://acme-v02.api.letsencrypt.org/directory\n" in script
+    conf = placed_text(public_run, "nginx_conf")
+    assert "ssl_certificate /etc/nginx/tls/registry.crt;" in conf
+    assert f"listen {ACME_PORT} default_server;" in conf
+
+
+@pytest.mark.program
+def test_private_tls_places_and_runs_nothing_of_acme(program_run: ProgramRun) -> None:
+    names = {r.name for r in program_run.resources.values()}
+    assert not any("acme" in name or "certificate" in name for name in names), names
+    install = script_args(program_run.named(f"{HOST}-install-packages"))
+    assert "certbot" not in install
+    conf = program_run.named(command_name(HOST, REGISTRY_HOST.file("nginx_conf"))).inputs["stdin"]
+    assert "registry.crt" not in conf and "acme" not in conf
+
+
+@pytest.mark.files
+def test_rendered_acme_script_passes_shellcheck(public_run: ProgramRun, tmp_path: Path) -> None:
+    script = tmp_path / "registry-acme.sh"
+    script.write_text(placed_text(public_run, "acme_script"))
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.files
+def test_acme_service_and_timer_are_valid_units(public_run: ProgramRun, tmp_path: Path) -> None:
+    service = REGISTRY_HOST_PUBLIC_TLS.file("acme_service")
+    timer = REGISTRY_HOST_PUBLIC_TLS.file("acme_timer")
+    script = REGISTRY_HOST_PUBLIC_TLS.file("acme_script")
+    verify_offline(
+        tmp_path,
+        timer.path,
+        {
+            service.path: (placed_text(public_run, "acme_service"), 0o644),
+            timer.path: (placed_text(public_run, "acme_timer"), 0o644),
+            script.path: (placed_text(public_run, "acme_script"), 0o755),
+        },
+    )
