@@ -216,6 +216,7 @@ monitoring = Monitoring(
         allowed_cidrs=settings.allowed_cidrs,
         alert_emails=settings.alert_emails,
         disk_alert_percent=settings.disk_alert_percent,
+        public_tls=settings.public_tls,
         project_resources=[
             *(urn for node in servers for urn in node.owned_urns),
             *(client.droplet_urn for client in clients),

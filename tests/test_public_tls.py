@@ -24,6 +24,7 @@ from tests.test_host_scripts import verify_offline
 
 PUBLIC = {"domain": "example.com", "publicTls": True}
 FIREWALL = "digitalocean:index/firewall:Firewall"
+UPTIME_ALERT = "digitalocean:index/uptimeAlert:UptimeAlert"
 ACME_PORT = REGISTRY_LAYOUT.acme_http_port
 HOST = "registry"
 
@@ -127,3 +128,15 @@ def test_acme_service_and_timer_are_valid_units(public_run: ProgramRun, tmp_path
             script.path: (placed_text(public_run, "acme_script"), 0o755),
         },
     )
+
+
+@pytest.mark.program
+def test_the_certificate_alert_fires_only_once_renewals_have_failed_and_names_the_unit(
+    run_with: Callable[[Mapping[str, Any]], ProgramRun],
+) -> None:
+    run = run_with({**PUBLIC, "alertEmails": ["ops@example.com"]})
+    (alert,) = [r for r in run.of_type(UPTIME_ALERT) if r.name == "monitoring-certificate"]
+    # Let's Encrypt's shortest announced lifetime (45 days, from 2028-02-16) is renewed with a
+    # third left: the alert's threshold lies below that, so a healthy renewal never fires it.
+    assert alert.inputs["threshold"] < 45 / 3
+    assert "journalctl -u registry-acme.service" in alert.inputs["name"]
