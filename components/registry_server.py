@@ -165,8 +165,9 @@ class RegistryServer(pulumi.ComponentResource):
             depends_on=[attachment],
             triggers=[attachment.id],
         )
+        dns_records = []
         if args.domain and args.dns_name:
-            digitalocean.DnsRecord(
+            record = digitalocean.DnsRecord(
                 f"{name}-dns",
                 domain=args.domain,
                 type="A",
@@ -175,6 +176,7 @@ class RegistryServer(pulumi.ComponentResource):
                 ttl=300,
                 opts=child,
             )
+            dns_records.append(record)
 
         certificate = ServerCertificate(
             f"{name}-tls",
@@ -213,7 +215,13 @@ class RegistryServer(pulumi.ComponentResource):
         )
         # A new attachment follows a release, which stopped the registry: start it again.
         self._place_files_and_activate(
-            host, host_manifest, stack_values, install, after=[mount], triggers=[attachment.id]
+            host,
+            host_manifest,
+            stack_values,
+            install,
+            after=[mount],
+            triggers=[attachment.id],
+            issue_after=dns_records,
         )
 
         self.public_ip = droplet.ipv4_address
@@ -234,9 +242,12 @@ class RegistryServer(pulumi.ComponentResource):
         install: command.remote.Command,
         after: Sequence[pulumi.Resource] = (),
         triggers: Sequence[pulumi.Input[str]] = (),
+        issue_after: Sequence[pulumi.Resource] = (),
     ) -> None:
         """Place every file of the manifest once the packages are in, then run its activation
-        (also after `after`); it runs again whenever a placed file changes, or `triggers` do."""
+        (also after `after`); it runs again whenever a placed file changes, or `triggers` do.
+        publicTls: the certificate is asked for after the activation and `issue_after` (the
+        name's DNS record, which the CA resolves)."""
         # Compose labels the registry with its config's hash, so a changed config recreates it.
         config = rendered(host_manifest.file("registry_config"), stack_values)
         stack_values = {
@@ -278,7 +289,7 @@ class RegistryServer(pulumi.ComponentResource):
             host.run_script(
                 host_manifest.script("issue_certificate"),
                 stack_values,
-                depends_on=[self.ready],
+                depends_on=[self.ready, *issue_after],
                 triggers=[self.files_fingerprint, *triggers],
                 delete="systemctl disable --now "
                 + PurePosixPath(host_manifest.file("acme_timer").path).name,

@@ -74,6 +74,8 @@ def test_public_tls_serves_a_certificate_before_activation_and_asks_for_one_afte
     assert placed <= {names[urn] for urn in serve.dependencies}
     assert serve.urn in activate.dependencies
     assert activate.urn in issue.dependencies
+    # The CA resolves the name: its A record exists first.
+    assert public_run.named(f"{HOST}-dns").urn in issue.dependencies
     acme_script = REGISTRY_HOST_PUBLIC_TLS.file("acme_script").path
     assert script_args(serve) == [acme_script]
     assert script_args(issue) == ["registry-acme.service"]
