@@ -12,6 +12,7 @@ ExecReload does (`nginx -s reload`, `RegistryHostSim.reload_nginx`).
 
 from __future__ import annotations
 
+import calendar
 import json
 import subprocess
 import threading
@@ -228,10 +229,23 @@ def curl_status(sim: RegistryHostSim, url: str) -> str:
 
 @pytest.fixture(scope="module")
 def issued(sim: RegistryHostSim, pebble: Pebble, pebble_trust: Path, workdir: Path) -> str:
-    """The first issuance, as issue-certificate.sh starts it; returns the served certificate."""
+    """The first issuance, as issue-certificate.sh starts it, after a first attempt whose
+    challenge cannot be fetched; returns the served certificate."""
     v2 = f"https://{sim.address}/v2/"
     # Before: the private certificate is served, which a client of pebble's root refuses.
     assert curl_status(sim, v2) == "000"
+    private = host_file(sim, SERVED_CERT).read_text()
+    pebble.point_names_at(pebble.ip)
+    try:
+        refused = acme_script(sim, workdir, "renew")
+    finally:
+        pebble.point_names_at(sim.public_ip)
+    assert refused.returncode == 1 and b"ERROR: no certificate from" in refused.stdout
+    assert host_file(sim, SERVED_CERT).read_text() == private and reloads(workdir) == []
+    assert metrics(sim)["registry_tls_certificate_public"] == 0
+    assert metrics(sim)["registry_tls_renewal_failed"] == 1
+    # The registry still serves, with the private certificate.
+    assert sim.verify_tls(sim.registry_name).returncode == 0
     result = acme_script(sim, workdir, "renew")
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert reloads(workdir) == ["reload registry.service"]
@@ -290,7 +304,7 @@ def test_the_metrics_listener_keeps_the_private_certificate_and_shows_days_left(
     served = metrics(sim)
     assert "registry_tls_certificate_public 1\n" in result.stdout.decode()
     end = sh("openssl", "x509", "-noout", "-enddate", input=issued.encode()).stdout.decode()
-    expiry = time.mktime(time.strptime(end.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"))
+    expiry = calendar.timegm(time.strptime(end.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"))
     assert abs(served["registry_tls_certificate_expiry_timestamp_seconds"] - expiry) < 86400
     assert served["registry_tls_certificate_days_left"] > 1
 
