@@ -98,6 +98,30 @@ METRICS
   mv -f "$temporary" "$metrics_file"
 }
 
+# What to fix, from the CA's last ACME error in certbot's log of this run (RFC 8555 error types).
+what_to_fix() {
+  local log="${acme_dir}/logs/letsencrypt.log" problem detail
+  problem="$(grep -oE 'urn:ietf:params:acme:error:[A-Za-z]+' "$log" 2>/dev/null | tail -n 1)" || true
+  detail="$(grep -E '^ +Detail: ' "$log" 2>/dev/null | tail -n 1 | sed -E 's/^ +Detail: //')" || true
+  case "${problem##*:}" in
+    dns)
+      echo "${name} does not resolve for the CA: the domain's NS records must point at" \
+        "ns1.digitalocean.com, ns2.digitalocean.com and ns3.digitalocean.com." ;;
+    connection | unauthorized | incorrectResponse)
+      echo "The CA could not fetch http://${name}/.well-known/acme-challenge/ from this" \
+        "droplet: check that ${name} resolves to its public address and that port 80 is open" \
+        "to the Internet." ;;
+    rateLimited)
+      echo "Let's Encrypt's rate limit (letsencrypt.org/docs/rate-limits): the timer retries" \
+        "twice a day; do not force renewals meanwhile." ;;
+    *)
+      echo "Check that ${name} resolves to this droplet (the domain's NS records point at" \
+        "DigitalOcean), that port 80 is open to the Internet, and Let's Encrypt's rate limits." ;;
+  esac
+  detail="${detail:-$problem}"
+  echo "The CA said: ${detail:-nothing} (${log})."
+}
+
 case "${1:-}" in
   serve)
     serve || true
@@ -127,9 +151,7 @@ case "${1:-}" in
     write_metrics "$failed"
     if ((failed)); then
       log "ERROR: no certificate from ${directory} for ${name}; still serving the current one" \
-        "($(openssl x509 -noout -enddate -in "$served_cert")). Check that ${name} resolves to" \
-        "this droplet (the domain's NS records point at DigitalOcean), that port 80 is open to" \
-        "the Internet, and Let's Encrypt's rate limits; details in ${acme_dir}/logs/letsencrypt.log"
+        "($(openssl x509 -noout -enddate -in "$served_cert")). $(what_to_fix)"
       exit 1
     fi
     ;;

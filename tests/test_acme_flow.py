@@ -397,6 +397,8 @@ def test_a_failed_renewal_keeps_serving_logs_what_to_check_and_shows_in_metrics(
     assert result.returncode == 1
     message = result.stdout.decode()
     assert "ERROR: no certificate from" in message and "port 80 is open" in message
+    # The CA's own words (pebble's, as Let's Encrypt's would read).
+    assert f"dial tcp {pebble.ip}:80: connect: connection refused" in message
     assert host_file(sim, SERVED_CERT).read_text() == served
     assert reloads(workdir) == before
     assert metrics(sim)["registry_tls_renewal_failed"] == 1
