@@ -19,6 +19,7 @@ from components.manifest import (
     REGISTRY_LAYOUT,
     command_name,
 )
+from components.rendering.templates import SCRIPTS_DIR
 from tests.harness import ProgramRun, Registration
 from tests.test_host_scripts import verify_offline
 
@@ -142,3 +143,34 @@ def test_the_certificate_alert_fires_only_once_renewals_have_failed_and_names_th
     # third left: the alert's threshold lies below that, so a healthy renewal never fires it.
     assert alert.inputs["threshold"] < 45 / 3
     assert "journalctl -u registry-acme.service" in alert.inputs["name"]
+
+
+@pytest.mark.files
+@pytest.mark.parametrize("unit_status", [0, 1], ids=["issued", "failed"])
+def test_asking_for_the_certificate_never_fails_pulumi_up(unit_status: int, tmp_path: Path) -> None:
+    """issue-certificate.sh as the remote command runs it (`bash -s`), with `systemctl` and
+    `journalctl` stood in for: a failed unit is reported with its log, and the command
+    succeeds, since the registry keeps serving and the timer retries."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(
+        f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\nexit {unit_status}\n'
+    )
+    (bin_dir / "journalctl").write_text("#!/bin/sh\necho 'registry-acme: ERROR: what to fix'\n")
+    for stand_in in bin_dir.iterdir():
+        stand_in.chmod(0o755)
+    result = subprocess.run(
+        ["bash", "-s", "--", "registry-acme.service"],
+        input=(SCRIPTS_DIR / "issue-certificate.sh").read_text(),
+        capture_output=True,
+        text=True,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "calls").read_text() == "start registry-acme.service\n"
+    if unit_status:
+        assert "WARNING: registry-acme.service failed" in result.stderr
+        assert "registry-acme: ERROR: what to fix" in result.stderr
+    else:
+        assert "registry-acme.service: done" in result.stdout and result.stderr == ""
