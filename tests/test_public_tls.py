@@ -4,6 +4,7 @@ systemd's verifier. The ACME flow itself runs for real in test_acme_flow.py."""
 
 from __future__ import annotations
 
+import datetime
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping
@@ -11,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from components import versions
 from components.manifest import (
@@ -21,6 +26,7 @@ from components.manifest import (
 )
 from components.rendering.templates import SCRIPTS_DIR
 from tests.harness import ProgramRun, Registration
+from tests.realstack.sandbox import Sandbox
 from tests.test_host_scripts import verify_offline
 
 PUBLIC = {"domain": "example.com", "publicTls": True}
@@ -174,3 +180,69 @@ def test_asking_for_the_certificate_never_fails_pulumi_up(unit_status: int, tmp_
         assert "registry-acme: ERROR: what to fix" in result.stderr
     else:
         assert "registry-acme.service: done" in result.stdout and result.stderr == ""
+
+
+def self_signed(name: str, not_before: datetime.datetime, not_after: datetime.datetime) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.mark.files
+@pytest.mark.parametrize(
+    ("lifetime_days", "days_left", "due"),
+    [
+        (45, 14, True),
+        (45, 16, False),
+        (64, 21, True),
+        (64, 22, False),
+        (90, 29, True),
+        (90, 31, False),
+    ],
+)
+def test_renewal_is_due_with_a_third_of_the_lifetime_left(
+    public_run: ProgramRun, tmp_path: Path, lifetime_days: int, days_left: int, due: bool
+) -> None:
+    """The placed registry-acme.sh, `renew`, over an issued certificate of Let's Encrypt's
+    lifetimes (90, 64, 45 days) with a day more or less than a third left; certbot and
+    systemctl stood in for (recorded)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start = now - datetime.timedelta(days=lifetime_days - days_left)
+    issued = self_signed("registry.example.com", start, now + datetime.timedelta(days=days_left))
+    private = self_signed("registry.example.com", now, now + datetime.timedelta(days=365))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("certbot", "systemctl"):
+        (bin_dir / command).write_text(f'#!/bin/sh\necho "{command} $*" >>{tmp_path}/calls\n')
+        (bin_dir / command).chmod(0o755)
+    live = f"{REGISTRY_LAYOUT.acme_dir}/config/live/registry"
+    script = REGISTRY_HOST_PUBLIC_TLS.file("acme_script").path
+    result = Sandbox(tmp_path / "host").run(
+        f"PATH={bin_dir}:$PATH bash {script} renew",
+        files={
+            script: placed_text(public_run, "acme_script"),
+            f"{live}/fullchain.pem": issued,
+            f"{live}/privkey.pem": "key\n",
+            f"{live}/chain.pem": issued,
+            REGISTRY_HOST_PUBLIC_TLS.file("server_cert").path: private,
+            REGISTRY_HOST_PUBLIC_TLS.file("server_key").path: "private key\n",
+            REGISTRY_HOST_PUBLIC_TLS.file("ca_cert").path: private,
+        },
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    calls = (tmp_path / "calls").read_text().splitlines()
+    certbot = [call for call in calls if call.startswith("certbot ")]
+    assert len(certbot) == (1 if due else 0), calls
+    if due:
+        assert " certonly " in certbot[0] and "--force-renewal" in certbot[0]
+        assert "--webroot" in certbot[0] and "--domain registry.example.com" in certbot[0]
