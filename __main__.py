@@ -1,5 +1,6 @@
 """A private Docker registry on DigitalOcean: read settings, build components, export outputs."""
 
+import functools
 from collections.abc import Callable
 
 import pulumi
@@ -59,6 +60,7 @@ network = Network(
             else None
         ),
         load_balancer_clients=client_public_ips,
+        acme_http_port=REGISTRY_LAYOUT.acme_http_port if settings.public_tls else None,
     ),
 )
 spaces = None
@@ -158,6 +160,7 @@ servers = [
             disk_alert_percent=settings.disk_alert_percent,
             spaces=spaces,
             certificate=shared_certificate,
+            acme_directory=settings.acme_directory,
         ),
     )
     for droplet_name in settings.registry_droplet_names()
@@ -213,6 +216,7 @@ monitoring = Monitoring(
         allowed_cidrs=settings.allowed_cidrs,
         alert_emails=settings.alert_emails,
         disk_alert_percent=settings.disk_alert_percent,
+        public_tls=settings.public_tls,
         project_resources=[
             *(urn for node in servers for urn in node.owned_urns),
             *(client.droplet_urn for client in clients),
@@ -274,6 +278,19 @@ pulumi.export(
         for user in settings.users
     },
 )
+# Ready-made logins for Kubernetes (`kubernetes.io/dockerconfigjson`) and CI, one per user.
+pulumi.export(
+    "dockerConfigJson",
+    pulumi.Output.secret(
+        {
+            user: credentials.passwords[user].apply(
+                functools.partial(instructions.docker_config_json, settings.address, user)
+            )
+            for user in settings.users
+        }
+    ),
+)
+pulumi.export("containerdHostsToml", instructions.containerd_hosts_toml(settings.address))
 pulumi.export(
     "trustCaSteps",
     registry_ip.apply(

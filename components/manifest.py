@@ -196,6 +196,10 @@ class RegistryHostLayout:
     disk_check_interval: str = "5min"
     # How often the request counter (registry-requests.service) writes its counts there.
     request_metrics_interval_seconds: int = 15
+    # publicTls: certbot's state and the webroot of its HTTP-01 challenge files, and the port
+    # nginx answers those challenges on (HTTP-01 validates on port 80 only).
+    acme_dir: str = "/var/lib/registry-acme"
+    acme_http_port: int = 80
     # Inside the containers.
     registry_storage: str = "/var/lib/registry"
     nginx_dir: str = "/etc/nginx"
@@ -225,6 +229,8 @@ class ClientHostLayout:
 
 
 Storage = Literal["volume", "spaces"]
+# The registry listener's certificate: the stack's private CA's, or a public one from an ACME CA.
+Tls = Literal["private", "public"]
 # The blob descriptor cache of storage `spaces`: per node in memory, or one shared Valkey.
 Cache = Literal["memory", "valkey"]
 # The S3 driver's multipart part size: 32 MiB (its default is 10 MiB, its minimum 5 MiB).
@@ -276,6 +282,7 @@ def registry_host(
     layout: RegistryHostLayout = RegistryHostLayout(),
     storage: Storage = "volume",
     cache: Cache = "memory",
+    tls: Tls = "private",
 ) -> HostManifest:
     """The registry host: compose, registry and nginx files, the unit, and its scripts.
 
@@ -284,12 +291,18 @@ def registry_host(
     a Spaces bucket that every node shares, its key in registry.env; no volume, and no
     scheduled garbage collection (it needs every node read-only at once). Cache `valkey`
     (storage `spaces` only): the blob descriptor cache in the shared Valkey at the stack's
-    `redis_section`, its password in registry.env.
+    `redis_section`, its password in registry.env. TLS `public` (storage `volume` only): the
+    registry listener serves the certificate registry-acme.sh keeps (the ACME CA's once issued,
+    the private one until then), renewed by its timer; nginx answers HTTP-01 challenges on
+    port 80 from the webroot certbot writes.
     """
     spaces = storage == "spaces"
     valkey = cache == "valkey"
+    public = tls == "public"
     if valkey and not spaces:
         raise ValueError("a shared cache needs storage spaces")
+    if public and spaces:
+        raise ValueError("public TLS needs storage volume (one node)")
     config_file = PurePosixPath(versions.REGISTRY_CONFIG_FILE)
     registry_config_dir = Mount(f"{layout.config_dir}/distribution", str(config_file.parent))
     nginx_conf_dir = Mount(f"{layout.config_dir}/nginx", f"{layout.nginx_dir}/registry")
@@ -301,6 +314,8 @@ def registry_host(
     # nginx's access log arrives at the request counter on this socket, and its counts go here.
     requests_socket = metrics_dir.host_path("requests.sock")
     requests_metrics_file = metrics_dir.host_path("requests.prom")
+    tls_metrics_file = metrics_dir.host_path("tls.prom")
+    webroot = Mount(f"{layout.acme_dir}/webroot", f"{layout.nginx_dir}/acme")
 
     registry_config = HostFile(
         "registry_config",
@@ -358,6 +373,11 @@ def registry_host(
     ca_cert = HostFile(
         "ca_cert", tls_dir.host_path("ca.crt"), 0o644, values={"content": StackValue("ca_cert_pem")}
     )
+    # publicTls: what the registry listener serves, kept by registry-acme.sh (with the CA that
+    # verifies it, for the activation's check).
+    served_cert = tls_dir.host_path("registry.crt")
+    served_key = tls_dir.host_path("registry.key")
+    served_ca = tls_dir.host_path("registry-ca.crt")
     # Read per request by nginx's worker (the image's `nginx` group), so 0640 root:nginx.
     htpasswd = HostFile(
         "htpasswd",
@@ -377,6 +397,32 @@ def registry_host(
             "registry_address": StackValue("registry_address"),
             "balancer_listener": _balancer_listener(layout) if spaces else "",
             "server_names": StackValue("server_names"),
+            "registry_certificate": (
+                render_template(
+                    "nginx-registry-certificate.conf",
+                    served_cert=tls_dir.in_container(served_cert),
+                    served_key=tls_dir.in_container(served_key),
+                )
+                if public
+                else ""
+            ),
+            "tls_metrics_location": (
+                render_template(
+                    "nginx-tls-metrics.conf",
+                    tls_metrics_file=metrics_dir.in_container(tls_metrics_file),
+                )
+                if public
+                else ""
+            ),
+            "acme_challenge_server": (
+                render_template(
+                    "nginx-acme-challenge.conf",
+                    acme_http_port=layout.acme_http_port,
+                    webroot=webroot.container_dir,
+                )
+                if public
+                else ""
+            ),
             "registry_upstream": f"unix:{layout.registry_socket}",
             "registry_debug_upstream": f"{layout.registry_service}:{layout.debug_port}",
             "health_path": layout.health_path,
@@ -415,6 +461,16 @@ def registry_host(
             "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
             "port": StackValue("port"),
             "balancer_port_mapping": _balancer_port_mapping(layout) if spaces else "",
+            "acme_port_mapping": (
+                render_template("compose-acme-port.yaml", acme_http_port=layout.acme_http_port)
+                if public
+                else ""
+            ),
+            "acme_webroot_volume": (
+                render_template("compose-acme-volume.yaml", webroot_volume=webroot.volume)
+                if public
+                else ""
+            ),
             "nginx_conf_volume": nginx_conf_dir.volume,
             "tls_volume": tls_dir.volume,
             "auth_volume": auth_dir.volume,
@@ -521,6 +577,38 @@ def registry_host(
             "interval_seconds": layout.request_metrics_interval_seconds,
         },
     )
+    acme_script = HostFile(
+        "acme_script",
+        f"{layout.config_dir}/registry-acme.sh",
+        0o755,
+        template="registry-acme.sh",
+        values={
+            "public_name": StackValue("public_name"),
+            "acme_directory": StackValue("acme_directory"),
+            "acme_dir": layout.acme_dir,
+            "webroot": webroot.host_dir,
+            "private_cert": server_cert.path,
+            "private_key": server_key.path,
+            "private_ca": ca_cert.path,
+            "served_cert": served_cert,
+            "served_key": served_key,
+            "served_ca": served_ca,
+            "metrics_file": tls_metrics_file,
+            "registry_unit": registry_unit.name,
+        },
+    )
+    acme_unit = registry_unit.with_name(f"{registry_unit.stem}-acme.service")
+    acme_service = HostFile(
+        "acme_service",
+        str(acme_unit),
+        0o644,
+        template="registry-acme.service",
+        values={"registry_unit": registry_unit.name, "acme_script": acme_script.path},
+    )
+    acme_timer = HostFile(
+        "acme_timer", str(acme_unit.with_suffix(".timer")), 0o644, template="registry-acme.timer"
+    )
+    public_only = (acme_script, acme_service, acme_timer) if public else ()
     # live-restore: a dockerd restart or upgrade leaves the registry's containers running.
     docker_daemon = HostFile(
         "docker_daemon", layout.docker_daemon_config, 0o644, template="docker-daemon.json"
@@ -542,9 +630,14 @@ def registry_host(
         requests_script,
         requests_service,
         *volume_only,
+        *public_only,
         docker_daemon,
     )
-    install = HostScript("install_packages", "install-packages.sh", versions.REGISTRY_HOST_PACKAGES)
+    install = HostScript(
+        "install_packages",
+        "install-packages.sh",
+        (*versions.REGISTRY_HOST_PACKAGES, *(versions.ACME_CLIENT_PACKAGES if public else ())),
+    )
     activate = HostScript(
         "activate",
         "activate-registry.sh",
@@ -552,18 +645,22 @@ def registry_host(
             StackValue("registry_name"),
             StackValue("port"),
             compose.path,
-            ca_cert.path,
+            # publicTls: the CA of whichever certificate registry-acme.sh serves.
+            served_ca if public else ca_cert.path,
             # The units to enable and restart: the request counter, and the timers.
             PurePosixPath(requests_service.path).name,
             *(
                 PurePosixPath(unit.path).name
-                for unit in volume_only
+                for unit in (*volume_only, *public_only)
                 if unit.path.endswith(".timer")
             ),
         ),
     )
     if spaces:
         return HostManifest(files, (install, activate))
+    # publicTls: nginx needs a certificate to start; the public one is asked for once it runs.
+    serve_certificate = HostScript("serve_certificate", "serve-certificate.sh", (acme_script.path,))
+    issue_certificate = HostScript("issue_certificate", "issue-certificate.sh", (acme_unit.name,))
     scripts = (
         install,
         HostScript(
@@ -571,7 +668,9 @@ def registry_host(
             "mount-data-volume.sh",
             (StackValue("volume_name"), layout.data_mount, layout.data_dir),
         ),
+        *((serve_certificate,) if public else ()),
         activate,
+        *((issue_certificate,) if public else ()),
         # Run before the volume is detached (destroy, a replaced droplet or volume).
         HostScript("release_data_volume", "release-data-volume.sh", (layout.data_mount,)),
     )
@@ -616,6 +715,7 @@ def client_host(layout: ClientHostLayout = ClientHostLayout()) -> HostManifest:
 
 REGISTRY_LAYOUT = RegistryHostLayout()
 REGISTRY_HOST = registry_host(REGISTRY_LAYOUT)
+REGISTRY_HOST_PUBLIC_TLS = registry_host(REGISTRY_LAYOUT, tls="public")
 REGISTRY_HOST_SPACES = registry_host(REGISTRY_LAYOUT, storage="spaces")
 REGISTRY_HOST_SPACES_VALKEY = registry_host(REGISTRY_LAYOUT, storage="spaces", cache="valkey")
 CLIENT_HOST = client_host()

@@ -75,6 +75,8 @@ class MonitoringArgs:
     alert_emails: Sequence[str]
     disk_alert_percent: int
     project_resources: Sequence[pulumi.Input[str]]  # DigitalOcean URNs (do:droplet:..., ...)
+    # publicTls: the host renews the certificate itself (registry-acme.timer), not `pulumi up`.
+    public_tls: bool = False
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -112,7 +114,15 @@ class Monitoring(pulumi.ComponentResource):
             )
             digitalocean.UptimeAlert(
                 f"{name}-certificate",
-                name=f"{args.name_prefix}: certificate expires soon (run pulumi up --refresh)",
+                name=f"{args.name_prefix}: certificate expires soon ("
+                + (
+                    # Renewal starts with a third of the lifetime left (15 of 45 days): an alert
+                    # means every twice-daily attempt failed for a day or more.
+                    "renewal failing: journalctl -u registry-acme.service"
+                    if args.public_tls
+                    else "run pulumi up --refresh"
+                )
+                + ")",
                 check_id=check.id,
                 type="ssl_expiry",
                 threshold=CERT_EXPIRY_DAYS,

@@ -38,6 +38,9 @@ class NetworkArgs:
     load_balancer_record: tuple[str, str] | None = None
     # The client droplets' public IPv4 addresses: with `allowed_cidrs`, all the balancer admits.
     load_balancer_clients: pulumi.Input[Sequence[str]] = ()
+    # publicTls: the port of the ACME HTTP-01 challenges, open to the whole Internet (the CA's
+    # validation addresses are not published); nginx answers only the challenge path there.
+    acme_http_port: int | None = None
 
 
 def load_balancer_firewall(
@@ -167,6 +170,17 @@ class Network(pulumi.ComponentResource):
                     protocol="tcp",
                     port_range=str(args.metrics_port),
                     source_tags=[metrics_tag.name],
+                ),
+                *(
+                    [
+                        digitalocean.FirewallInboundRuleArgs(
+                            protocol="tcp",
+                            port_range=str(args.acme_http_port),
+                            source_addresses=["0.0.0.0/0", "::/0"],
+                        )
+                    ]
+                    if args.acme_http_port is not None
+                    else []
                 ),
             ],
             outbound_rules=_outbound_anywhere(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import pulumi
 import pulumi_command as command
@@ -91,6 +92,8 @@ class RegistryServerArgs:
     # (the load balancer's address in its SANs). The volume settings are then unused.
     spaces: SpacesStorage | None = None
     certificate: ServerCertificate | None = None
+    # publicTls (storage volume): the ACME CA's directory URL; None: the private CA only.
+    acme_directory: str | None = None
 
     @property
     def registry_name(self) -> str:
@@ -154,14 +157,17 @@ class RegistryServer(pulumi.ComponentResource):
         # filesystem is synced and unmounted: this command depends on the attachment, so the
         # engine deletes it (running the release script on the host) first; its trigger is the
         # attachment's id, so a replacement of the attachment deletes it first too.
-        host_manifest = manifest.REGISTRY_HOST
+        host_manifest = (
+            manifest.REGISTRY_HOST_PUBLIC_TLS if args.acme_directory else manifest.REGISTRY_HOST
+        )
         host.run_script_on_delete(
             host_manifest.script("release_data_volume"),
             depends_on=[attachment],
             triggers=[attachment.id],
         )
+        dns_records = []
         if args.domain and args.dns_name:
-            digitalocean.DnsRecord(
+            record = digitalocean.DnsRecord(
                 f"{name}-dns",
                 domain=args.domain,
                 type="A",
@@ -170,6 +176,7 @@ class RegistryServer(pulumi.ComponentResource):
                 ttl=300,
                 opts=child,
             )
+            dns_records.append(record)
 
         certificate = ServerCertificate(
             f"{name}-tls",
@@ -190,6 +197,11 @@ class RegistryServer(pulumi.ComponentResource):
             "gc_schedule": args.gc_schedule,
             "gc_flags": "--delete-untagged" if args.gc_delete_untagged else "",
             "disk_alert_percent": args.disk_alert_percent,
+            **(
+                {"public_name": args.dns_name, "acme_directory": args.acme_directory}
+                if args.acme_directory and args.dns_name
+                else {}
+            ),
         }
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
         # Re-runs (and grows the filesystem) when the volume or its size changes; the size is the
@@ -203,7 +215,13 @@ class RegistryServer(pulumi.ComponentResource):
         )
         # A new attachment follows a release, which stopped the registry: start it again.
         self._place_files_and_activate(
-            host, host_manifest, stack_values, install, after=[mount], triggers=[attachment.id]
+            host,
+            host_manifest,
+            stack_values,
+            install,
+            after=[mount],
+            triggers=[attachment.id],
+            issue_after=dns_records,
         )
 
         self.public_ip = droplet.ipv4_address
@@ -224,9 +242,12 @@ class RegistryServer(pulumi.ComponentResource):
         install: command.remote.Command,
         after: Sequence[pulumi.Resource] = (),
         triggers: Sequence[pulumi.Input[str]] = (),
+        issue_after: Sequence[pulumi.Resource] = (),
     ) -> None:
         """Place every file of the manifest once the packages are in, then run its activation
-        (also after `after`); it runs again whenever a placed file changes, or `triggers` do."""
+        (also after `after`); it runs again whenever a placed file changes, or `triggers` do.
+        publicTls: the certificate is asked for after the activation and `issue_after` (the
+        name's DNS record, which the CA resolves)."""
         # Compose labels the registry with its config's hash, so a changed config recreates it.
         config = rendered(host_manifest.file("registry_config"), stack_values)
         stack_values = {
@@ -241,12 +262,38 @@ class RegistryServer(pulumi.ComponentResource):
         self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
             lambda texts: sha256_hex(*texts)
         )
+        public_tls = manifest.REGISTRY_HOST_PUBLIC_TLS is host_manifest
+        # publicTls: nginx gets the certificate to serve before it (re)starts.
+        serve = (
+            [
+                host.run_script(
+                    host_manifest.script("serve_certificate"),
+                    stack_values,
+                    depends_on=[install, *after, *placed],
+                    triggers=[self.files_fingerprint, *triggers],
+                )
+            ]
+            if public_tls
+            else []
+        )
         self.ready = host.run_script(
             host_manifest.script("activate"),
             stack_values,
-            depends_on=[install, *after, *placed],
+            depends_on=[install, *after, *placed, *serve],
             triggers=[self.files_fingerprint, *triggers],
         )
+        if public_tls:
+            # Asks for the public certificate once the registry runs. Switching publicTls off
+            # deletes this command, which stops the renewals (nginx then serves the private
+            # certificate again, from the files placed in the same update).
+            host.run_script(
+                host_manifest.script("issue_certificate"),
+                stack_values,
+                depends_on=[self.ready, *issue_after],
+                triggers=[self.files_fingerprint, *triggers],
+                delete="systemctl disable --now "
+                + PurePosixPath(host_manifest.file("acme_timer").path).name,
+            )
 
     def _spaces_node(self, name: str, args: RegistryServerArgs, spaces: SpacesStorage) -> None:
         """A node of storage `spaces`: the same host, its data in the shared bucket; no volume

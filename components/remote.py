@@ -128,10 +128,12 @@ class RemoteHost:
         stack_values: Mapping[str, pulumi.Input[object]],
         depends_on: Sequence[pulumi.Resource] = (),
         triggers: Sequence[pulumi.Input[str]] = (),
+        delete: str | None = None,
     ) -> command.remote.Command:
         """Run the script with `bash -s` and its arguments; the script travels on stdin.
 
         It re-runs when the script, its arguments, the droplet or any of `triggers` change.
+        `delete` runs when the command is deleted while its droplet stays.
         """
         return command.remote.Command(
             command_name(self.name, host_script),
@@ -139,6 +141,7 @@ class RemoteHost:
             create=_with_stack_values(host_script.stack_values, stack_values).apply(
                 lambda values: commands.script_command(*host_script.arguments(values))
             ),
+            delete=delete,
             stdin=templates.script(host_script.script),
             triggers=[self.droplet.id, *triggers],
             add_previous_output_in_env=False,

@@ -164,6 +164,13 @@ class Settings:
 
     disk_alert_percent: int
     alert_emails: tuple[str, ...]
+    public_tls: bool  # the registry listener serves a certificate from `acme_directory`
+    acme_directory_setting: str
+
+    @property
+    def acme_directory(self) -> str | None:
+        """The ACME CA's directory URL when publicTls is on, else None."""
+        return self.acme_directory_setting if self.public_tls else None
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -509,6 +516,57 @@ ALERT_EMAILS_FORM = (
 )
 
 
+# An ACME directory: https, a host name or address, an optional port and path.
+_ACME_DIRECTORY = re.compile(r"^https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%/-]*)?$")
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def _acme_directory(raw: str) -> str:
+    if not _ACME_DIRECTORY.fullmatch(raw):
+        raise _Invalid(
+            f"an ACME directory URL starting with https://, such as {LETS_ENCRYPT_DIRECTORY} "
+            "(Let's Encrypt's staging CA: https://acme-staging-v02.api.letsencrypt.org/directory)"
+        )
+    return raw
+
+
+def _public_tls_problems(
+    values: Mapping[str, Any], raw_config: Mapping[str, str | None]
+) -> list[str]:
+    """publicTls with keys it cannot work with (each key is valid on its own)."""
+    if not values["public_tls"]:
+        return []
+    raw = raw_config.get("publicTls")
+    problems = []
+    if values["domain"] is None:
+        problems.append(
+            _problem(
+                "publicTls",
+                raw,
+                "false, or true with domain set (the certificate is for the registry's name "
+                "in that DigitalOcean DNS domain, which Let's Encrypt validates)",
+            )
+        )
+    if values["storage"] == "spaces":
+        problems.append(
+            _problem(
+                "publicTls",
+                raw,
+                "false with storage spaces (every node behind the load balancer would need the "
+                "certificate; see README, Public TLS)",
+            )
+        )
+    if values["port"] == 80:
+        problems.append(
+            _problem(
+                "port",
+                raw_config.get("port"),
+                "a port other than 80 with publicTls (port 80 answers the ACME challenges)",
+            )
+        )
+    return problems
+
+
 def _alert_emails(raw: str) -> tuple[str, ...]:
     emails = _string_list(raw, ALERT_EMAILS_FORM)
     if len(emails) > MAX_ALERT_EMAILS or len(set(emails)) != len(emails):
@@ -587,6 +645,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     ),
     "alertEmails": ("alert_emails", _alert_emails),
     "spacesCache": ("spaces_cache", _spaces_cache),
+    "publicTls": ("public_tls", _bool),
+    "acmeDirectory": ("acme_directory_setting", _acme_directory),
 }
 
 CONFIG_KEYS = tuple(_FIELDS)
@@ -641,6 +701,8 @@ def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> 
         )
     if not problems:
         problems += _storage_problems(values, raw_config)
+    if not problems:
+        problems += _public_tls_problems(values, raw_config)
     settings = None if problems else Settings(**values, name_prefix=name_prefix(stack))
     if settings is not None:
         problems += _derived_name_problems(settings, stack)

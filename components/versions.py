@@ -40,3 +40,9 @@ NGINX_WORKER_GID = 101
 # it) for the registry host's request counter. No third-party apt repository is needed.
 REGISTRY_HOST_PACKAGES = ("docker.io", "docker-compose-v2", "curl", "python3")
 CLIENT_HOST_PACKAGES = ("docker.io", "docker-buildx", "ca-certificates")
+# publicTls: the ACME client, from the same archive: Ubuntu 24.04 ships certbot 2.9.0-1 (seen in
+# noble install logs: "Unpacking certbot (2.9.0-1)"); Debian 12, where the tests run it against
+# pebble, 2.1.0. ACME Renewal Information (ARI) came in certbot 4.1.0 (its changelog), so neither
+# has it: registry-acme.sh renews with a third of the lifetime left. The package's own
+# certbot.timer renews /etc/letsencrypt only, where this stack keeps nothing.
+ACME_CLIENT_PACKAGES = ("certbot",)

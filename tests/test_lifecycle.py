@@ -354,6 +354,44 @@ def test_certificate_renewal_reissues_and_replaces_the_served_certificate(
 # -- destroy (defects 1 and 2), keep the volume and come back (defect 7) ---------------------
 
 
+ACME_COMMANDS = {"registry-serve-certificate", "registry-issue-certificate"}
+ACME_FILES = {"registry-file-acme-script", "registry-file-acme-service", "registry-file-acme-timer"}
+KEPT = {"registry-droplet", "registry-data", ATTACHMENT, "client-0-droplet"}
+
+
+def test_switching_to_public_tls_and_back_keeps_the_hosts_and_the_data(
+    deployed: Deployed,
+) -> None:
+    """private -> public: the ACME files, certbot, a certificate served before the reload and
+    the issuance after it; public -> private: nginx back on the private certificate (the files
+    of the same update), then the timer disabled. No droplet, volume or attachment changes."""
+    private = {"domain": "example.com"}
+    with_domain, _ = up(deployed, private)
+    public, on = up(with_domain, {**private, "publicTls": True})
+    assert on.names("create") == ACME_COMMANDS | ACME_FILES, on.summary()
+    assert not KEPT & {step.name for step in on.steps}, on.summary()
+    for name in ("network-server-firewall", "registry-file-nginx-conf", "registry-file-compose"):
+        assert only_step(on, name).action == "update", on.summary()
+    install = only_step(on, "registry-install-packages")
+    assert install.host_command is not None and "certbot" in install.host_command
+    activate = only_step(on, ACTIVATE, "replace")
+    assert activate.host_command is not None
+    assert before(on, ("registry-serve-certificate", "create"), (ACTIVATE, "replace"))
+    assert before(on, (ACTIVATE, "replace"), ("registry-issue-certificate", "create"))
+
+    _, off = up(public, {**private, "publicTls": False})
+    assert off.names("delete") == ACME_COMMANDS | ACME_FILES, off.summary()
+    assert not KEPT & {step.name for step in off.steps}, off.summary()
+    disable = only_step(off, "registry-issue-certificate", "delete")
+    assert disable.provider_call
+    assert disable.host_command == "systemctl disable --now registry-acme.timer"
+    assert only_step(off, "registry-file-nginx-conf").action == "update"
+    assert before(off, (ACTIVATE, "replace"), ("registry-issue-certificate", "delete"))
+    # The other ACME commands run nothing when deleted (their files stay, unused).
+    for name in (ACME_COMMANDS | ACME_FILES) - {"registry-issue-certificate"}:
+        assert only_step(off, name, "delete").host_command is None, name
+
+
 def test_destroy_deletes_everything_it_made_and_no_vpc(deployed: Deployed) -> None:
     plan = plan_destroy(deployed.run)
     custom = [r.urn for r in deployed.run.resources.values() if r.custom]

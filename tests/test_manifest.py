@@ -43,6 +43,7 @@ MOVED_REGISTRY = RegistryHostLayout(
     metrics_dir="/mnt/moved-metrics",
     registry_storage="/moved-storage",
     nginx_dir="/moved-nginx",
+    acme_dir="/mnt/moved-acme",
 )
 MOVED_CLIENT = ClientHostLayout(client_dir="/opt/moved-client")
 # What the defaults say, which a moved layout must say nowhere.
@@ -86,8 +87,13 @@ def everything_said(host_manifest: HostManifest) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "host_manifest",
-    [manifest.REGISTRY_HOST, manifest.REGISTRY_HOST_SPACES, manifest.CLIENT_HOST],
-    ids=["registry", "registry-spaces", "client"],
+    [
+        manifest.REGISTRY_HOST,
+        manifest.REGISTRY_HOST_SPACES,
+        manifest.REGISTRY_HOST_PUBLIC_TLS,
+        manifest.CLIENT_HOST,
+    ],
+    ids=["registry", "registry-spaces", "registry-public-tls", "client"],
 )
 def test_every_file_renders_with_exactly_its_values_and_no_placeholder_left(
     host_manifest: HostManifest,
@@ -100,6 +106,7 @@ def test_moving_every_directory_port_and_service_leaves_no_old_fact_anywhere() -
     for host_manifest in (
         registry_host(MOVED_REGISTRY),
         registry_host(MOVED_REGISTRY, storage="spaces"),
+        registry_host(MOVED_REGISTRY, tls="public"),
         client_host(MOVED_CLIENT),
     ):
         for role, text in everything_said(host_manifest).items():

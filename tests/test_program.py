@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import tomllib
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -705,11 +706,54 @@ def test_scripts_travel_on_stdin_as_the_files_in_the_repository(program_run: Pro
         assert registration.inputs["stdin"] in scripts, registration.name
 
 
+# -- ready-made client credentials -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
+def test_docker_config_json_logs_each_user_in_to_the_registry_address(
+    request: pytest.FixtureRequest, run_fixture: str
+) -> None:
+    run: ProgramRun = request.getfixturevalue(run_fixture)
+    address = run.outputs["registryAddress"]
+    passwords = run.outputs["passwords"]
+    configs = run.outputs["dockerConfigJson"]
+    assert set(configs) == set(run.outputs["users"]) == set(passwords)
+    for user, text in configs.items():
+        login = json.loads(text)["auths"]
+        assert list(login) == [address], user
+        entry = login[address]
+        assert (entry["username"], entry["password"]) == (user, passwords[user])
+        assert base64.b64decode(entry["auth"]).decode() == f"{user}:{passwords[user]}"
+
+
+@pytest.mark.parametrize("run_fixture", ["program_run", "variant_run"])
+def test_containerd_hosts_toml_trusts_the_ca_beside_it_for_pulls_only(
+    request: pytest.FixtureRequest, run_fixture: str
+) -> None:
+    run: ProgramRun = request.getfixturevalue(run_fixture)
+    address = run.outputs["registryAddress"]
+    hosts = tomllib.loads(run.outputs["containerdHostsToml"])
+    assert hosts == {
+        "server": f"https://{address}",
+        "host": {
+            f"https://{address}": {
+                "capabilities": ["pull", "resolve"],
+                "ca": f"/etc/containerd/certs.d/{address}/ca.crt",
+            }
+        },
+    }
+
+
 # -- secrets ---------------------------------------------------------------------------------
 
 
 def test_only_passwords_and_the_ssh_private_key_are_secret_outputs(program_run: ProgramRun) -> None:
-    assert program_run.secret_outputs == {"passwords", "metricsPassword", "sshPrivateKey"}
+    assert program_run.secret_outputs == {
+        "passwords",
+        "dockerConfigJson",
+        "metricsPassword",
+        "sshPrivateKey",
+    }
 
 
 def test_non_secret_outputs_carry_no_secret(program_run: ProgramRun) -> None:

@@ -136,6 +136,19 @@ def test_skopeo_push_then_pull_returns_same_manifest_and_layers(
     assert layers == image.layer_digests
 
 
+def test_docker_config_json_outputs_are_working_auth_files(
+    program: ProgramRun, sim: RegistryHostSim, workdir: Path
+) -> None:
+    """What a Kubernetes pull secret or a CI job is given, used as is (no login first)."""
+    client = Skopeo(sim, workdir / "dockerconfigjson")
+    for user, config in program.outputs["dockerConfigJson"].items():
+        client.authfile(user).write_text(config)
+        client.authfile(user).chmod(0o600)
+    image = build_image(workdir / "pull-secret", "v1", [64 * 1024], seed="dockerconfigjson")
+    assert client.push(image, "team/pull-secret", "ci") == image.manifest_digest
+    assert client.raw_manifest_digest("team/pull-secret", "v1", "alice") == image.manifest_digest
+
+
 def test_podman_login_push_pull_roundtrip(sim: RegistryHostSim, workdir: Path) -> None:
     podman = Podman(sim, workdir / "podman")
     try:

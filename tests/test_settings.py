@@ -217,6 +217,12 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("spacesCache", "", SPACES_CACHE_FORM),
     # One node has nothing to share a cache with.
     ("spacesCache", "valkey", "memory with storage volume"),
+    ("publicTls", "yes", "true or false"),
+    # No domain (the default): nothing for Let's Encrypt to validate.
+    ("publicTls", True, "false, or true with domain set"),
+    ("acmeDirectory", "http://acme-v02.api.letsencrypt.org/directory", "starting with https://"),
+    ("acmeDirectory", "", "starting with https://"),
+    ("acmeDirectory", "https://ca.example/dir?x=1", "starting with https://"),
 ]
 
 
@@ -331,6 +337,8 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
         disk_alert_percent=80,
         alert_emails=(),
         spaces_cache="memory",
+        public_tls=False,
+        acme_directory_setting="https://acme-v02.api.letsencrypt.org/directory",
     )
 
 
@@ -430,6 +438,19 @@ def test_dev_stack_file_parses() -> None:
             ("ops@example.com", "first.last+registry@mail.example.co.uk"),
         ),
         ("spacesCache", "memory", "spaces_cache", "memory"),
+        ("publicTls", False, "public_tls", False),
+        (
+            "acmeDirectory",
+            "https://acme-staging-v02.api.letsencrypt.org/directory",
+            "acme_directory_setting",
+            "https://acme-staging-v02.api.letsencrypt.org/directory",
+        ),
+        (
+            "acmeDirectory",
+            "https://10.0.0.5:14000/dir",
+            "acme_directory_setting",
+            "https://10.0.0.5:14000/dir",
+        ),
     ],
 )
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
@@ -498,6 +519,38 @@ def test_storage_combinations_that_cannot_work_fail_naming_the_key(
     assert form in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key", "form"),
+    [
+        ({"publicTls": True}, "publicTls", "false, or true with domain set"),
+        (
+            {"publicTls": True, "domain": "example.com", "storage": "spaces", "registryCount": 2},
+            "publicTls",
+            "false with storage spaces",
+        ),
+        (
+            {"publicTls": True, "domain": "example.com", "port": 80},
+            "port",
+            "a port other than 80 with publicTls",
+        ),
+    ],
+    ids=["no-domain", "spaces", "port-80"],
+)
+def test_public_tls_combinations_that_cannot_work_fail_naming_the_key(
+    overrides: Mapping[str, Any], key: str, form: str
+) -> None:
+    lines = problem_lines(settings_error(config(**overrides)))
+    assert len(lines) == 1 and lines[0].startswith(f"  {PROJECT}:{key} = "), lines
+    assert form in lines[0]
+
+
+def test_public_tls_with_a_domain_asks_the_configured_acme_directory() -> None:
+    settings = parse_settings(config(publicTls=True, domain="example.com"))
+    assert settings.acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert settings.dns_name == "registry.example.com"
+    assert parse_settings(config(domain="example.com")).acme_directory is None
+
+
 # -- through the real program ---------------------------------------------------------------
 
 
@@ -512,6 +565,7 @@ def test_storage_combinations_that_cannot_work_fail_naming_the_key(
         ({"clientCount": -1}, "clientCount"),
         ({"registryCount": 3}, "registryCount"),
         ({"spacesCache": "valkey"}, "spacesCache"),
+        ({"publicTls": True}, "publicTls"),
     ],
     ids=[
         "port",
@@ -522,6 +576,7 @@ def test_storage_combinations_that_cannot_work_fail_naming_the_key(
         "clientCount",
         "count",
         "valkey-without-spaces",
+        "public-tls-without-domain",
     ],
 )
 def test_program_with_bad_config_raises_settings_error_before_any_resource(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 
 def login_command(stack_output_passwords: str, user: str, address: str) -> str:
     """A `docker login` that reads the password from the stack output, never from argv."""
@@ -26,3 +29,28 @@ def trust_steps(name: str, port: int, public_ip: str, hosts_entry_needed: bool) 
     if hosts_entry_needed:
         steps.append(f"echo '{public_ip} {name}' | sudo tee -a /etc/hosts")
     return "\n".join(steps)
+
+
+def docker_config_json(address: str, user: str, password: str) -> str:
+    """A Docker `config.json` with one login: the `.dockerconfigjson` key of a Kubernetes
+    `kubernetes.io/dockerconfigjson` secret, and what CI systems, skopeo and podman
+    (`--authfile`) take. `auth` is base64 of `user:password`, as `docker login` writes it."""
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return json.dumps(
+        {"auths": {address: {"username": user, "password": password, "auth": auth}}},
+        sort_keys=True,
+    )
+
+
+def containerd_hosts_toml(address: str) -> str:
+    """containerd's registry host config (containerd docs/hosts.md, containerd 1.5 and newer)
+    for `/etc/containerd/certs.d/<name:port>/hosts.toml`: pulls trust the CA beside it."""
+    endpoint = f"https://{address}"
+    return (
+        f"# /etc/containerd/certs.d/{address}/hosts.toml (the CA: caCertificatePem, at ca)\n"
+        f'server = "{endpoint}"\n'
+        "\n"
+        f'[host."{endpoint}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+        f'  ca = "/etc/containerd/certs.d/{address}/ca.crt"\n'
+    )

@@ -255,12 +255,13 @@ class RegistryHostSim:
         client_ip: str | None = None,
         expose_registry_port: bool = False,
         node: ClusterNode | None = None,
+        host_manifest: HostManifest = REGISTRY_HOST,
     ) -> None:
         self.run = run
         self.workdir = workdir
         self.node = node
         if node is None:
-            self.files = materialize(run, workdir)
+            self.files = materialize(run, workdir, host_manifest=host_manifest)
             self.registry_ip = run.outputs["registryPrivateIp"]
             self.compose_net_prefix = COMPOSE_NET_PREFIX
         else:

@@ -66,11 +66,13 @@ class Sandbox:
         directories: Mapping[str, int] | None = None,
         network: bool = False,
         timeout: float = 120,
+        netns: str | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run `script` with `bash -c` in the sandbox; `files` (path -> text) and `directories`
         (path -> mode) are put in the upper layers first. /run is a private tmpfs (`nginx -t`
         writes its pid file there). Without root, in a user namespace in which this user is root
-        (enough for the mounts; files then belong to this user)."""
+        (enough for the mounts; files then belong to this user). With `netns`, in that named
+        network namespace (as root)."""
         for path, mode in (directories or {}).items():
             self.upper(path).mkdir(parents=True, exist_ok=True)
             self.upper(path).chmod(mode)
@@ -103,6 +105,7 @@ class Sandbox:
         ]
         return subprocess.run(
             [
+                *(["ip", "netns", "exec", netns] if netns else []),
                 *unshare,
                 "bash",
                 "-c",
