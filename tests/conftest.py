@@ -30,7 +30,9 @@ except (ImportError, AttributeError) as moved:  # pragma: no cover - only when t
     raise ImportError(sdk_internals.moved_message(str(moved))) from moved
 from tests.mocks import ProviderMocks  # noqa: E402
 
-LAYERS = ("program", "files", "host")
+LAYERS = ("program", "files", "host", "twin")
+# Layers that need root: without it their tests are deselected (and counted as not run).
+ROOT_LAYERS = ("host", "twin")
 BIG_FILE = 1 << 20
 # State that podman, skopeo, update-ca-certificates' hooks and apt would leave outside the
 # tests' own directories: a run must not add to it (the session fails if it does).
@@ -63,7 +65,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.host)
     if os.geteuid() == 0:
         return
-    needs_root = [item for item in items if item.get_closest_marker("host")]
+    needs_root = [
+        item for item in items if any(item.get_closest_marker(layer) for layer in ROOT_LAYERS)
+    ]
     if needs_root:
         config.hook.pytest_deselected(items=needs_root)
         items[:] = [item for item in items if not item.get_closest_marker("host")]
@@ -74,7 +78,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     not_run = config.stash.get(_not_run_key, 0)
     if not_run:
         terminalreporter.write_line(
-            f"NOT RUN: {not_run} host-layer tests (they need root; `sudo tests/run` runs "
+            f"NOT RUN: {not_run} host- and twin-layer tests (they need root; `sudo tests/run` runs "
             "every layer)",
             yellow=True,
             bold=True,
