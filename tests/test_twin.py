@@ -1,0 +1,213 @@
+"""Layer 4, the droplet twin: `pulumi up` and `pulumi destroy` of the example stack with every
+remote command run over SSH on droplet-like hosts (systemd, sshd, cloud-init, the Docker Engine
+from the package names the host scripts install), nothing stood in for (tests/twin/).
+
+The tests share one stack, as a user's day does: first `up`, a no-op `up`, a user added and the
+passwords rotated, reboots, a dockerd restart under a pull loop, the timers' services, destroy.
+Each test starts from the state the one before left, so they run in this order, as one module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import ProgramRun, run_program
+from tests.lifecycle.planner import plan_destroy, plan_up
+from tests.mocks import ProviderMocks
+from tests.twin.cache import cached_build
+from tests.twin.droplets import Droplet, Twin
+from tests.twin.engine import CommandRun, Engine
+from tests.twin.hub import Hub
+
+pytestmark = pytest.mark.twin
+
+REGISTRY = "registry-droplet"
+CLIENT = "client-0-droplet"
+USERS = ["ci", "alice"]
+
+
+def _twin_can_run() -> str | None:
+    """Why the twin cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the twin needs root"
+    for tool in ("unshare", "nsenter", "losetup", "mkfs.ext4", "ssh", "docker-registry", "curl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (tests/run installs it as root)"
+    return None
+
+
+@dataclass
+class Stack:
+    """The example stack on the twin: the engine state after the last `up`."""
+
+    mocks: ProviderMocks
+    run: ProgramRun
+    engine: Engine
+    twin: Twin
+    config: dict[str, Any]
+    first_up: list[CommandRun]
+
+    def up(self, overrides: Mapping[str, Any]) -> list[CommandRun]:
+        """`pulumi up` with the config changed by `overrides`: the remote commands it ran."""
+        self.config = {**self.config, **overrides}
+        run = run_program(mocks=self.mocks, overrides=self.config)
+        ran = self.engine.apply(plan_up(self.run, run, now=self.mocks.now), run)
+        self.run = run
+        return ran
+
+    def droplet(self, resource_name: str) -> Droplet:
+        return self.twin.droplets[self.run.named(resource_name).id]
+
+    def ssh(self, resource_name: str, command: str, stdin: bytes = b"") -> str:
+        """Run `command` on the droplet over SSH as the deployer; fail with its output."""
+        droplet = self.run.named(resource_name)
+        connection = next(
+            command.inputs["connection"]
+            for command in self.run.commands()
+            if command.inputs["connection"]["host"] == droplet.outputs["ipv4Address"]
+        )
+        done = self.engine.ssh(connection, command, stdin=stdin, timeout=300)
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        assert done.returncode == 0, f"{command} on {resource_name} failed: {output}"
+        return done.stdout.decode()
+
+    def password(self, user: str) -> str:
+        password: str = self.run.outputs["passwords"][user]
+        return password
+
+    def registry_status(self, user: str, password: str) -> int:
+        """The status of an authenticated `GET /v2/` from the client, through nginx."""
+        address = self.run.outputs["registryAddress"]
+        out = self.ssh(
+            CLIENT,
+            f"curl -s -o /dev/null -w '%{{http_code}}' -K - https://{address}/v2/",
+            stdin=f'user = "{user}:{password}"\n'.encode(),
+        )
+        return int(out)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Twin, Hub, Path]]:
+    reason = _twin_can_run()
+    if reason:
+        pytest.fail(f"the droplet twin cannot run: {reason}")
+    build = cached_build()
+    directory = tmp_path_factory.mktemp("twin")
+    world = Twin(build, directory)
+    try:
+        world.start()
+        hub = Hub(world, directory / "hub")
+        yield world, hub, directory
+    finally:
+        world.close()
+
+
+@pytest.fixture(scope="module")
+def stack(twin: tuple[Twin, Hub, Path]) -> Stack:
+    """The first `pulumi up` of the example stack (registry + one client), on the twin."""
+    world, hub, directory = twin
+    engine = Engine(world, hub, directory)
+    mocks = ProviderMocks()
+    config: dict[str, Any] = {**hub.image_config()}
+    run = run_program(mocks=mocks, overrides=config)
+    first_up = engine.apply(plan_up(None, run, now=mocks.now), run)
+    return Stack(mocks, run, engine, world, config, first_up)
+
+
+def container_started(stack: Stack, service: str) -> str:
+    """When the registry host's container of `service` started (its id and start time)."""
+    out = stack.ssh(
+        REGISTRY,
+        "docker inspect --format '{{.Id}} {{.State.StartedAt}}' "
+        f"$(docker compose --project-name registry ps --quiet {shlex.quote(service)})",
+    )
+    return out.strip()
+
+
+def test_first_up_runs_every_command_and_the_client_proves_login_push_pull(stack: Stack) -> None:
+    planned = plan_up(None, stack.run).host_commands()
+    assert [(run.name, run.action) for run in stack.first_up] == [
+        (name, action) for name, action, _ in planned
+    ]
+    assert "client-0-verify-registry" in {run.name for run in stack.first_up}
+    # The stack output's login command, as a user runs it on the client (the `pulumi` CLI
+    # answering from the stack's outputs: the passwords arrive on stdin, never in argv).
+    login = stack.run.outputs["dockerLoginCommand"]
+    passwords = json.dumps(stack.run.outputs["passwords"])
+    stack.ssh(
+        CLIENT,
+        "read -r passwords; pulumi() { printf '%s\\n' \"$passwords\"; }; docker logout "
+        f"{stack.run.outputs['registryAddress']} >/dev/null; {login}",
+        stdin=f"{passwords}\n".encode(),
+    )
+    proof = f"{stack.run.outputs['registryAddress']}/private-registry/proof:registry-dev-client-0"
+    stack.ssh(CLIENT, f"docker image rm {proof} >/dev/null && docker pull -q {proof}")
+
+
+def test_noop_up_runs_nothing_and_a_new_user_reloads_nginx_only(stack: Stack) -> None:
+    assert stack.up({}) == []
+    registry_before = container_started(stack, "registry")
+    nginx_before = container_started(stack, "nginx")
+
+    ran = stack.up({"users": [*USERS, "bob"]})
+
+    assert "registry-activate" in {run.name for run in ran}
+    assert container_started(stack, "registry") == registry_before
+    assert container_started(stack, "nginx") == nginx_before
+    assert stack.registry_status("bob", stack.password("bob")) == 200
+
+
+def test_rotated_passwords_work_and_the_old_ones_get_401(stack: Stack) -> None:
+    old = stack.password("ci")
+    registry_before = container_started(stack, "registry")
+
+    ran = stack.up({"passwordRotation": 1})
+
+    assert stack.password("ci") != old
+    assert "client-0-verify-registry" in {run.name for run in ran}
+    assert stack.registry_status("ci", stack.password("ci")) == 200
+    assert stack.registry_status("ci", old) == 401
+    assert container_started(stack, "registry") == registry_before
+
+
+def test_after_a_reboot_of_each_droplet_the_client_resolves_and_pulls(stack: Stack) -> None:
+    stack.droplet(REGISTRY).reboot()
+    stack.droplet(CLIENT).reboot()
+    address = stack.run.outputs["registryAddress"]
+    proof = f"{address}/private-registry/proof:registry-dev-client-0"
+    # No `up`: the registry unit is enabled, its volume mounted from fstab at boot.
+    deadline = time.monotonic() + 120
+    while stack.registry_status("ci", stack.password("ci")) != 200:
+        assert time.monotonic() < deadline, "the registry did not serve again after its reboot"
+        time.sleep(1)
+    stack.ssh(CLIENT, f"getent hosts {address.split(':')[0]}")
+    stack.ssh(CLIENT, f"docker image rm {proof} >/dev/null && docker pull -q {proof}")
+
+
+def test_destroy_releases_the_volume_before_detaching_and_stops_every_droplet(
+    stack: Stack,
+) -> None:
+    plan = plan_destroy(stack.run)
+    # The twin's detach fails while the volume is mounted; a droplet that does not shut down
+    # by itself fails the delete.
+    ran = stack.engine.apply(plan, stack.run)
+    assert "registry-release-data-volume" in {run.name for run in ran}
+    assert stack.twin.droplets == {}
+    leftover = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "BACK-FILE"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert str(stack.twin.directory) not in leftover
