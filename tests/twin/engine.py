@@ -125,7 +125,17 @@ class Engine:
     def ssh(self, connection: dict[str, object], command: str, stdin: bytes = b"",
             timeout: float = 900) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
         """`command` over SSH as pulumi-command runs it (one session, `stdin` fed to it)."""
-        argv = self.twin.deployer(
+        return subprocess.run(
+            self.ssh_argv(connection, command),
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ssh_argv(self, connection: dict[str, object], command: str) -> list[str]:
+        """OpenSSH from the deployer's network, with the connection's user, port and key."""
+        return self.twin.deployer(
             "ssh", "-F", "/dev/null", "-T",
             "-i", str(self.key_file(str(connection["privateKey"]))),
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
@@ -135,7 +145,6 @@ class Engine:
             "-p", str(int(float(str(connection.get("port") or 22)))),
             f"{connection.get('user') or 'root'}@{connection['host']}", "--", command,
         )  # fmt: skip
-        return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
 
     def dial(self, connection: dict[str, object]) -> None:
         """pulumi-command's dial retries (provider/pkg/provider/remote/connection.go)."""
