@@ -407,6 +407,7 @@ def test_the_registry_api_socket_serves_nginxs_workers_and_nobody_else(
         "-t",
         str(sim.service_pid(REGISTRY_LAYOUT.nginx_service)),
         "-m",
+        "-r",  # the service's own root
         "setpriv",
         f"--reuid={uid}",
         f"--regid={gid}",

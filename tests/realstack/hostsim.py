@@ -517,30 +517,43 @@ class RegistryHostSim:
             )
 
     def _container_script(self, service: Service, etc_upper: Path) -> str:
-        """Shell run inside a netns: private /etc overlay, the service's binds, then exec."""
-        work = etc_upper.parent / f"{etc_upper.name}-work"
-        work.mkdir(parents=True, exist_ok=True)
-        steps = [
-            "set -e",
-            "mount --make-rprivate /",
-            overlay_mount("/etc", etc_upper, work),
-            "mount -t tmpfs tmpfs /run",
-        ]
-        for index, (source, target, read_only) in enumerate(service.binds):
-            q_source, q_target = shlex.quote(str(source)), shlex.quote(target)
-            if not target.startswith("/etc/") and not Path(target).exists():
-                # Make the mount point without touching the real tree: overlay its nearest
-                # existing ancestor with a private upper dir first.
-                ancestor = Path(target)
-                while not ancestor.exists():
-                    ancestor = ancestor.parent
-                scratch = etc_upper.parent / f"{etc_upper.name}-mnt{index}"
-                (scratch / "upper").mkdir(parents=True, exist_ok=True)
-                (scratch / "work").mkdir(parents=True, exist_ok=True)
-                steps.append(
-                    f"mount -t overlay overlay -o lowerdir={ancestor},"
-                    f"upperdir={scratch}/upper,workdir={scratch}/work {ancestor}"
-                )
+        """Shell run inside a netns: the service in a root of its own, then exec.
+
+        The root is a tmpfs of the test with the machine's programs read-only (`/usr` and its
+        top-level links), overlays of `/etc` and `/var` whose changes stay in the test, the
+        test's directories (`/tmp`) and the service's binds: a mount point is made in that
+        root, never in the machine's tree, whatever exists there."""
+        root = Path(f"{etc_upper}-root")
+        q_root = shlex.quote(str(root))
+        root.mkdir(parents=True, exist_ok=True)
+        steps = ["set -e", "mount --make-rprivate /", f"mount -t tmpfs tmpfs {q_root}"]
+        for entry in sorted(Path("/").iterdir()):
+            if entry.name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr"):
+                if entry.is_symlink():
+                    link = shlex.quote(os.readlink(entry))
+                    steps.append(f"ln -s {link} {q_root}/{entry.name}")
+                else:
+                    steps += [
+                        f"mkdir {q_root}/{entry.name}",
+                        f"mount --rbind /{entry.name} {q_root}/{entry.name}",
+                        f"mount -o remount,bind,ro {q_root}/{entry.name}",
+                    ]
+        for directory, upper in (("etc", etc_upper), ("var", Path(f"{etc_upper}-var"))):
+            work = Path(f"{etc_upper}-{directory}-work")
+            upper.mkdir(parents=True, exist_ok=True)
+            work.mkdir(parents=True, exist_ok=True)
+            steps += [
+                f"mkdir {q_root}/{directory}",
+                overlay_mount(f"/{directory}", upper, work, target=f"{root}/{directory}"),
+            ]
+        for directory in ("tmp", "dev", "proc", "sys"):
+            steps += [
+                f"mkdir {q_root}/{directory}",
+                f"mount --rbind /{directory} {q_root}/{directory}",
+            ]
+        steps += [f"mkdir {q_root}/run", f"mount -t tmpfs tmpfs {q_root}/run"]
+        for source, target, read_only in service.binds:
+            q_source, q_target = shlex.quote(str(source)), shlex.quote(f"{root}{target}")
             steps.append(f"mkdir -p {q_target}")
             steps.append(f"mount --bind {q_source} {q_target}")
             if read_only:
@@ -548,8 +561,8 @@ class RegistryHostSim:
         if service.name == REGISTRY_LAYOUT.nginx_service:
             self.nginx_cache.mkdir(parents=True, exist_ok=True)
             (self.nginx_cache / "nginx").mkdir(exist_ok=True)
-            steps.append(f"mount --bind {shlex.quote(str(self.nginx_cache))} /var/cache")
-        steps.append('exec "$@"')
+            steps.append(f"mount --bind {shlex.quote(str(self.nginx_cache))} {q_root}/var/cache")
+        steps.append(f'exec chroot {q_root} "$@"')
         return "\n".join(steps)
 
     def _etc_upper(self, name: str, hosts: str) -> Path:
@@ -660,6 +673,7 @@ class RegistryHostSim:
             "-t",
             str(self.service_pid(nginx)),
             "-m",
+            "-r",  # the service's own root
             "-n",
             "nginx",
             "-c",

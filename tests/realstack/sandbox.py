@@ -22,12 +22,13 @@ from tests.harness import Registration
 ROOTS = ("/etc", "/root", "/var/cache", "/var/lib", "/usr/local/share/ca-certificates")
 
 
-def overlay_mount(root: str, upper: Path, work: Path) -> str:
-    """The shell command that overlays `root` with `upper` (changes land there)."""
+def overlay_mount(root: str, upper: Path, work: Path, target: str | None = None) -> str:
+    """The shell command that overlays `root` with `upper` (changes land there), mounted on
+    `target` (default: over `root` itself)."""
     return (
         f"mount -t overlay overlay -o lowerdir={shlex.quote(root)},"
         f"upperdir={shlex.quote(str(upper))},workdir={shlex.quote(str(work))} "
-        f"{shlex.quote(root)}"
+        f"{shlex.quote(target or root)}"
     )
 
 
