@@ -28,7 +28,7 @@ from components.manifest import (
 from tests.harness import ProgramRun, run_program
 from tests.realstack.clients import with_private_state
 from tests.realstack.dockerhub import HUB_NAME, DockerHubStandIn
-from tests.realstack.hostsim import CURL_STATUS, RegistryHostSim, sh
+from tests.realstack.hostsim import CURL_STATUS, LOG_FIELD, RegistryHostSim, sh
 from tests.realstack.oci import OciImage, build_image, layout_digests
 from tests.realstack.sandbox import Sandbox
 
@@ -314,3 +314,37 @@ def test_expired_blobs_are_deleted_by_the_registry_and_fetched_again(stack: Stac
     assert len(stack.hub.blob_gets(stack.sim.container_ip)) > before, (
         "expired blobs were not fetched again"
     )
+
+
+def test_the_cache_sees_the_host_and_address_nginx_states_not_the_clients(stack: Stack) -> None:
+    """Issue 17's lesson: the cache reads only what nginx checked and states, whatever the
+    client sent (its Host, X-Forwarded-*, Forwarded, a form body)."""
+    forged = ["Host: evil.example", "X-Forwarded-Host: evil.example", "X-Forwarded-For: 192.0.2.9"]
+    forged += ["Forwarded: for=192.0.2.9;host=evil.example", "X-Real-IP: 192.0.2.9"]
+    headers = [arg for header in forged for arg in ("-H", header)]
+    result = stack.sim.client(
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        *headers,
+        "-H",
+        "Content-Type: application/x-www-form-urlencoded",
+        "--data-binary",
+        "mount=sha256:0&from=other",
+        "-X",
+        "GET",
+        "--cacert",
+        str(stack.sim.ca_file),
+        f"https://{stack.cache_address}/v2/",
+        check=False,
+    )
+    assert result.stdout.decode() == "200"
+    log = stack.sim.service_log(CACHE)
+    last = [line for line in log.splitlines() if 'msg="response completed"' in line][-1]
+    fields = {key: value.strip('"') for key, value in LOG_FIELD.findall(last)}
+    assert fields["http.request.uri"] == "/v2/"
+    assert fields["http.request.host"] == stack.cache_address
+    assert fields["http.request.remoteaddr"] == stack.sim.client_ip
