@@ -916,6 +916,7 @@ REGISTRY_HOST_PUBLIC_TLS = registry_host(REGISTRY_LAYOUT, tls="public")
 REGISTRY_HOST_SPACES = registry_host(REGISTRY_LAYOUT, storage="spaces")
 REGISTRY_HOST_SPACES_VALKEY = registry_host(REGISTRY_LAYOUT, storage="spaces", cache="valkey")
 REGISTRY_HOST_HUB_CACHE = registry_host(REGISTRY_LAYOUT, hub_cache=True)
+REGISTRY_HOST_PUBLIC_TLS_HUB_CACHE = registry_host(REGISTRY_LAYOUT, tls="public", hub_cache=True)
 CLIENT_HOST = client_host()
 CLIENT_HOST_HUB_CACHE = client_host(hub_cache=True)
 # Every host, when extra SSH public keys are configured (sshd reads authorized_keys2 too).

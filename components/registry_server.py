@@ -173,11 +173,12 @@ class RegistryServer(pulumi.ComponentResource):
         # filesystem is synced and unmounted: this command depends on the attachment, so the
         # engine deletes it (running the release script on the host) first; its trigger is the
         # attachment's id, so a replacement of the attachment deletes it first too.
-        host_manifest = manifest.registry_host(
-            manifest.REGISTRY_LAYOUT,
-            tls="public" if args.acme_directory else "private",
-            hub_cache=args.hub_cache is not None,
-        )
+        host_manifest = {
+            (False, False): manifest.REGISTRY_HOST,
+            (True, False): manifest.REGISTRY_HOST_PUBLIC_TLS,
+            (False, True): manifest.REGISTRY_HOST_HUB_CACHE,
+            (True, True): manifest.REGISTRY_HOST_PUBLIC_TLS_HUB_CACHE,
+        }[(args.acme_directory is not None, args.hub_cache is not None)]
         host.run_script_on_delete(
             host_manifest.script("release_data_volume"),
             depends_on=[attachment],
@@ -287,7 +288,10 @@ class RegistryServer(pulumi.ComponentResource):
         self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
             lambda texts: sha256_hex(*texts)
         )
-        public_tls = manifest.REGISTRY_HOST_PUBLIC_TLS is host_manifest
+        public_tls = host_manifest in (
+            manifest.REGISTRY_HOST_PUBLIC_TLS,
+            manifest.REGISTRY_HOST_PUBLIC_TLS_HUB_CACHE,
+        )
         # publicTls: nginx gets the certificate to serve before it (re)starts.
         serve = (
             [
