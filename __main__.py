@@ -18,11 +18,11 @@ from components.pki import (
     ServerCertificateArgs,
 )
 from components.registry_client import RegistryClient, RegistryClientArgs
-from components.registry_server import RegistryServer, RegistryServerArgs, SpacesStorage
+from components.registry_server import HubCache, RegistryServer, RegistryServerArgs, SpacesStorage
 from components.remote import DropletArgs
 from components.rendering import instructions
 from components.rendering.templates import sha256_hex
-from components.settings import load_settings
+from components.settings import docker_hub_token, load_settings
 from components.shared_cache import SharedCache, SharedCacheArgs
 
 settings = load_settings()
@@ -32,6 +32,11 @@ name_prefix = settings.name_prefix
 client_public_ips: pulumi.Output[list[str]]
 resolve_client_public_ips: Callable[[pulumi.Output[list[str]]], None]
 client_public_ips, resolve_client_public_ips = pulumi.deferred_output()
+# The Docker Hub cache serves the client droplets without credentials: their addresses (private
+# and public), resolved below too.
+client_addresses: pulumi.Output[list[str]]
+resolve_client_addresses: Callable[[pulumi.Output[list[str]]], None]
+client_addresses, resolve_client_addresses = pulumi.deferred_output()
 
 credentials = Credentials(
     "credentials",
@@ -61,6 +66,7 @@ network = Network(
         ),
         load_balancer_clients=client_public_ips,
         acme_http_port=REGISTRY_LAYOUT.acme_http_port if settings.public_tls else None,
+        hub_cache_port=settings.hub_cache_port if settings.hub_cache else None,
     ),
 )
 spaces = None
@@ -116,6 +122,22 @@ if settings.spaces:
     )
 
 
+hub_cache = (
+    HubCache(
+        port=settings.hub_cache_port,
+        address=settings.hub_cache_address,
+        ttl=settings.hub_cache_ttl,
+        docker_hub_user=settings.docker_hub_user,
+        docker_hub_token=docker_hub_token() if settings.docker_hub_user else None,
+        anonymous_sources=client_addresses.apply(
+            lambda addresses: [*addresses, *settings.allowed_cidrs]
+        ),
+    )
+    if settings.hub_cache
+    else None
+)
+
+
 def host(
     droplet_name: str, region: pulumi.Input[str], size: str, tag: pulumi.Output[str]
 ) -> DropletArgs:
@@ -161,6 +183,7 @@ servers = [
             spaces=spaces,
             certificate=shared_certificate,
             acme_directory=settings.acme_directory,
+            hub_cache=hub_cache,
         ),
     )
     for droplet_name in settings.registry_droplet_names()
@@ -198,6 +221,7 @@ clients = [
             registry_fingerprint=pulumi.Output.all(
                 *(node.files_fingerprint for node in servers)
             ).apply(lambda prints: prints[0] if len(prints) == 1 else sha256_hex(*prints)),
+            hub_cache_port=settings.hub_cache_port if settings.hub_cache else None,
         ),
     )
     for index in range(settings.client_count)
@@ -224,6 +248,9 @@ monitoring = Monitoring(
     ),
 )
 resolve_client_public_ips(pulumi.Output.all(*(client.public_ip for client in clients)))
+resolve_client_addresses(
+    pulumi.Output.all(*(ip for client in clients for ip in (client.private_ip, client.public_ip)))
+)
 
 pulumi.export("registryAddress", settings.address)
 pulumi.export("registryPublicIp", server.public_ip)
@@ -299,3 +326,9 @@ pulumi.export(
         )
     ),
 )
+if hub_cache is not None:
+    pulumi.export("hubCacheAddress", hub_cache.address)
+    pulumi.export(
+        "hubCacheContainerdHostsToml",
+        instructions.docker_hub_hosts_toml(hub_cache.address, REGISTRY_LAYOUT.hub_cache_remote_url),
+    )

@@ -14,7 +14,7 @@ To add a file: one `HostFile` in `registry_host` or `client_host` (plus its temp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal, TypeVar
@@ -32,11 +32,38 @@ class StackValue:
     optional: bool = False
 
 
-Value = str | int | StackValue
+@dataclass(frozen=True)
+class Fragment:
+    """A template of `files/` rendered into another file's placeholder (an optional server
+    block, a compose service), with values that may be the stack's."""
+
+    template: str
+    values: Mapping[str, Value]
+
+    @property
+    def stack_values(self) -> set[str]:
+        return {name for value in self.values.values() for name in _stack_values_of(value)}
+
+
+Value = str | int | StackValue | Fragment
+
+
+def _stack_values_of(value: Value) -> set[str]:
+    if isinstance(value, StackValue):
+        return {value.name}
+    if isinstance(value, Fragment):
+        return value.stack_values
+    return set()
 
 
 def _resolve(value: Value, stack: Mapping[str, object]) -> object:
-    return stack[value.name] if isinstance(value, StackValue) else value
+    if isinstance(value, StackValue):
+        return stack[value.name]
+    if isinstance(value, Fragment):
+        return render_template(
+            value.template, **{name: _resolve(item, stack) for name, item in value.values.items()}
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -58,7 +85,7 @@ class HostFile:
 
     @property
     def stack_values(self) -> set[str]:
-        return {value.name for value in self.values.values() if isinstance(value, StackValue)}
+        return {name for value in self.values.values() for name in _stack_values_of(value)}
 
     def render(self, stack: Mapping[str, object]) -> str:
         """The file's text, with the stack's values (a mapping of at least `stack_values`)."""
@@ -210,6 +237,16 @@ class RegistryHostLayout:
     # Each container's json-file log: at most this many files of this size (dockerd rotates).
     container_log_max_size: str = "20m"
     container_log_max_files: int = 5
+    # The Docker Hub cache (hubCache): its compose service, its API socket (a tmpfs volume only
+    # it and nginx mount, as the registry's), its debug server (compose network only), its
+    # config directory and its data directory on the data volume, beside the registry's.
+    hub_cache_service: str = "hub-cache"
+    hub_cache_socket_volume: str = "hub-cache-api"
+    hub_cache_socket_dir: str = "/run/hub-cache-api"
+    hub_cache_debug_port: int = 5002
+    hub_cache_data_name: str = "hub-cache"
+    # Where the cache pulls from: Docker Hub's registry API.
+    hub_cache_remote_url: str = "https://registry-1.docker.io"
 
     @property
     def data_dir(self) -> str:
@@ -220,12 +257,22 @@ class RegistryHostLayout:
         """The registry API's Unix socket, at the same path in both containers."""
         return f"{self.registry_socket_dir}/registry.sock"
 
+    @property
+    def hub_cache_data_dir(self) -> str:
+        return f"{self.data_mount}/{self.hub_cache_data_name}"
+
+    @property
+    def hub_cache_socket(self) -> str:
+        return f"{self.hub_cache_socket_dir}/registry.sock"
+
 
 @dataclass(frozen=True)
 class ClientHostLayout:
     """Where a client host keeps what its trust and proof scripts read."""
 
     client_dir: str = "/etc/private-registry"
+    # dockerd's own configuration file (with hubCache: its registry mirror).
+    docker_daemon_config: str = "/etc/docker/daemon.json"
 
 
 Storage = Literal["volume", "spaces"]
@@ -278,11 +325,72 @@ def _balancer_port_mapping(layout: RegistryHostLayout) -> str:
     return render_template("compose-balancer-port.yaml", balancer_port=layout.balancer_port)
 
 
+def proxy_credentials(username: str, password: str) -> str:
+    """The Docker Hub cache's env lines with the account it pulls as (the value of the
+    `proxy_credentials` stack value; empty when it pulls anonymously)."""
+    return render_template("hub-cache-credentials.env", username=username, password=password)
+
+
+def hub_cache_allow(sources: Sequence[str]) -> str:
+    """nginx `allow` lines for the sources the cache serves without credentials (the value of
+    the `hub_cache_allow` stack value): addresses and CIDR blocks, in order, without repeats."""
+    return "".join(f"        allow {source};\n" for source in dict.fromkeys(sources))
+
+
+_HUB_CACHE_COMPOSE_PLACEHOLDERS = (
+    "hub_cache_port_mapping",
+    "hub_cache_socket_mount",
+    "hub_cache_service",
+    "hub_cache_socket_volume",
+)
+
+
+def _hub_cache_compose_values(
+    layout: RegistryHostLayout, config_dir: Mount, env: HostFile, data: Mount
+) -> dict[str, Value]:
+    """compose.yaml's fragments for the Docker Hub cache: its service, nginx's port and socket
+    mount for it, and its socket volume."""
+    socket = {
+        "socket_volume": layout.hub_cache_socket_volume,
+        "socket_dir": layout.hub_cache_socket_dir,
+    }
+    values: dict[str, Value] = {
+        "hub_cache_port_mapping": Fragment(
+            "compose-hub-cache-port.yaml", {"hub_cache_port": StackValue("hub_cache_port")}
+        ),
+        "hub_cache_socket_mount": Fragment("compose-hub-cache-socket-mount.yaml", socket),
+        "hub_cache_service": Fragment(
+            "compose-hub-cache.yaml",
+            {
+                **socket,
+                "service": layout.hub_cache_service,
+                "registry_image": StackValue("registry_image"),
+                "config_file": versions.REGISTRY_CONFIG_FILE,
+                "env_file": env.path,
+                # The placed config's sha256: a changed config recreates the cache.
+                "config_sha256": StackValue("hub_cache_config_sha256"),
+                "config_volume": config_dir.volume,
+                "data_volume": data.volume,
+                "debug_port": layout.hub_cache_debug_port,
+            },
+        ),
+        "hub_cache_socket_volume": Fragment(
+            "compose-hub-cache-socket-volume.yaml",
+            {
+                "socket_volume": layout.hub_cache_socket_volume,
+                "nginx_gid": versions.NGINX_WORKER_GID,
+            },
+        ),
+    }
+    return values
+
+
 def registry_host(
     layout: RegistryHostLayout = RegistryHostLayout(),
     storage: Storage = "volume",
     cache: Cache = "memory",
     tls: Tls = "private",
+    hub_cache: bool = False,
 ) -> HostManifest:
     """The registry host: compose, registry and nginx files, the unit, and its scripts.
 
@@ -294,7 +402,9 @@ def registry_host(
     `redis_section`, its password in registry.env. TLS `public` (storage `volume` only): the
     registry listener serves the certificate registry-acme.sh keeps (the ACME CA's once issued,
     the private one until then), renewed by its timer; nginx answers HTTP-01 challenges on
-    port 80 from the webroot certbot writes.
+    port 80 from the webroot certbot writes. `hub_cache` (storage `volume` only): a
+    second registry in pull-through mode for Docker Hub, its data beside the registry's on the
+    volume, behind nginx on its own port.
     """
     spaces = storage == "spaces"
     valkey = cache == "valkey"
@@ -303,6 +413,8 @@ def registry_host(
         raise ValueError("a shared cache needs storage spaces")
     if public and spaces:
         raise ValueError("public TLS needs storage volume (one node)")
+    if hub_cache and spaces:
+        raise ValueError("the Docker Hub cache needs storage volume")
     config_file = PurePosixPath(versions.REGISTRY_CONFIG_FILE)
     registry_config_dir = Mount(f"{layout.config_dir}/distribution", str(config_file.parent))
     nginx_conf_dir = Mount(f"{layout.config_dir}/nginx", f"{layout.nginx_dir}/registry")
@@ -329,6 +441,7 @@ def registry_host(
             "metrics_path": layout.registry_metrics_path,
             "blobdescriptor": "redis" if valkey else "inmemory",
             "redis_section": StackValue("redis_section") if valkey else "",
+            "proxy_section": "",
         },
     )
     registry_env = HostFile(
@@ -353,6 +466,39 @@ def registry_host(
                 else {}
             ),
             **({"redis_password": StackValue("redis_password")} if valkey else {}),
+        },
+        secret=True,
+    )
+    # The Docker Hub cache: its config (the registry's template, its own socket, debug port and
+    # proxy section) in its own directory, its env file (http.secret, Docker Hub credentials).
+    hub_cache_config_dir = Mount(f"{layout.config_dir}/hub-cache", str(config_file.parent))
+    hub_cache_data = Mount(layout.hub_cache_data_dir, layout.registry_storage)
+    hub_cache_config = HostFile(
+        "hub_cache_config",
+        hub_cache_config_dir.host_path(config_file.name),
+        0o644,
+        template="registry-config.yml",
+        values={
+            "registry_socket": layout.hub_cache_socket,
+            "debug_port": layout.hub_cache_debug_port,
+            "storage_driver": _storage_driver(layout),
+            "metrics_path": layout.registry_metrics_path,
+            "blobdescriptor": "inmemory",
+            "redis_section": "",
+            "proxy_section": Fragment(
+                "registry-proxy.yml",
+                {"remote_url": layout.hub_cache_remote_url, "ttl": StackValue("hub_cache_ttl")},
+            ),
+        },
+    )
+    hub_cache_env = HostFile(
+        "hub_cache_env",
+        f"{layout.config_dir}/hub-cache.env",
+        0o600,
+        template="hub-cache.env",
+        values={
+            "http_secret": StackValue("http_secret"),
+            "proxy_credentials": StackValue("proxy_credentials"),
         },
         secret=True,
     )
@@ -436,6 +582,22 @@ def registry_host(
             "disk_metrics_file": metrics_dir.in_container(disk_metrics_file),
             "requests_socket": metrics_dir.in_container(requests_socket),
             "requests_metrics_file": metrics_dir.in_container(requests_metrics_file),
+            "hub_cache_server": (
+                Fragment(
+                    "nginx-hub-cache.conf",
+                    {
+                        "hub_cache_upstream": f"unix:{layout.hub_cache_socket}",
+                        "metrics_user": StackValue("metrics_user"),
+                        "hub_cache_port": StackValue("hub_cache_port"),
+                        "server_names": StackValue("server_names"),
+                        "hub_cache_allow": StackValue("hub_cache_allow"),
+                        "htpasswd": auth_dir.in_container(htpasswd.path),
+                        "hub_cache_address": StackValue("hub_cache_address"),
+                    },
+                )
+                if hub_cache
+                else ""
+            ),
         },
     )
     compose = HostFile(
@@ -470,6 +632,13 @@ def registry_host(
                 render_template("compose-acme-volume.yaml", webroot_volume=webroot.volume)
                 if public
                 else ""
+            ),
+            **(
+                _hub_cache_compose_values(
+                    layout, hub_cache_config_dir, hub_cache_env, hub_cache_data
+                )
+                if hub_cache
+                else dict.fromkeys(_HUB_CACHE_COMPOSE_PLACEHOLDERS, "")
             ),
             "nginx_conf_volume": nginx_conf_dir.volume,
             "tls_volume": tls_dir.volume,
@@ -540,6 +709,7 @@ def registry_host(
             "data_mount": layout.data_mount,
             "metrics_file": disk_metrics_file,
             "threshold_percent": StackValue("disk_alert_percent"),
+            "hub_cache_dir": layout.hub_cache_data_dir if hub_cache else "",
         },
     )
     disk_unit = registry_unit.with_name(f"{registry_unit.stem}-disk.service")
@@ -632,6 +802,7 @@ def registry_host(
         *volume_only,
         *public_only,
         docker_daemon,
+        *((hub_cache_config, hub_cache_env) if hub_cache else ()),
     )
     install = HostScript(
         "install_packages",
@@ -677,8 +848,12 @@ def registry_host(
     return HostManifest(files, scripts)
 
 
-def client_host(layout: ClientHostLayout = ClientHostLayout()) -> HostManifest:
-    """A client host: the CA and the proof's password, then trust and proof scripts."""
+def client_host(
+    layout: ClientHostLayout = ClientHostLayout(),
+    hub_cache: bool = False,
+) -> HostManifest:
+    """A client host: the CA and the proof's password, then trust and proof scripts. With
+    `hub_cache`: it also trusts the Docker Hub cache and uses it as dockerd's registry mirror."""
     ca_cert = HostFile(
         "ca_cert",
         f"{layout.client_dir}/ca.crt",
@@ -710,7 +885,29 @@ def client_host(layout: ClientHostLayout = ClientHostLayout()) -> HostManifest:
             (StackValue("address"), StackValue("user"), login_password.path),
         ),
     )
-    return HostManifest((ca_cert, login_password), scripts)
+    if not hub_cache:
+        return HostManifest((ca_cert, login_password), scripts)
+    docker_daemon = HostFile(
+        "docker_daemon",
+        layout.docker_daemon_config,
+        0o644,
+        template="docker-daemon-client.json",
+        values={"hub_cache_address": StackValue("hub_cache_address")},
+    )
+    hub_cache_scripts = (
+        HostScript(
+            "trust_hub_cache",
+            "trust-registry.sh",
+            (
+                StackValue("registry_name"),
+                StackValue("hub_cache_port"),
+                ca_cert.path,
+                StackValue("hosts_ip", optional=True),
+            ),
+        ),
+        HostScript("use_registry_mirror", "use-registry-mirror.sh", (StackValue("hub_cache_url"),)),
+    )
+    return HostManifest((ca_cert, login_password, docker_daemon), (*scripts, *hub_cache_scripts))
 
 
 REGISTRY_LAYOUT = RegistryHostLayout()
@@ -718,7 +915,10 @@ REGISTRY_HOST = registry_host(REGISTRY_LAYOUT)
 REGISTRY_HOST_PUBLIC_TLS = registry_host(REGISTRY_LAYOUT, tls="public")
 REGISTRY_HOST_SPACES = registry_host(REGISTRY_LAYOUT, storage="spaces")
 REGISTRY_HOST_SPACES_VALKEY = registry_host(REGISTRY_LAYOUT, storage="spaces", cache="valkey")
+REGISTRY_HOST_HUB_CACHE = registry_host(REGISTRY_LAYOUT, hub_cache=True)
+REGISTRY_HOST_PUBLIC_TLS_HUB_CACHE = registry_host(REGISTRY_LAYOUT, tls="public", hub_cache=True)
 CLIENT_HOST = client_host()
+CLIENT_HOST_HUB_CACHE = client_host(hub_cache=True)
 # Every host, when extra SSH public keys are configured (sshd reads authorized_keys2 too).
 EXTRA_SSH_KEYS_FILE = HostFile(
     "extra_ssh_keys",

@@ -41,6 +41,8 @@ class NetworkArgs:
     # publicTls: the port of the ACME HTTP-01 challenges, open to the whole Internet (the CA's
     # validation addresses are not published); nginx answers only the challenge path there.
     acme_http_port: int | None = None
+    # The Docker Hub cache's port (hubCache, storage volume): admitted as the registry port is.
+    hub_cache_port: int | None = None
 
 
 def load_balancer_firewall(
@@ -159,6 +161,20 @@ class Network(pulumi.ComponentResource):
                 port_range=str(args.balancer_port),
                 source_load_balancer_uids=[balancer.id],
             )
+        # The Docker Hub cache: the client droplets and `allowed_cidrs` only, never the Internet
+        # (nginx serves them without credentials).
+        hub_cache_sources = (
+            [
+                digitalocean.FirewallInboundRuleArgs(
+                    protocol="tcp",
+                    port_range=str(args.hub_cache_port),
+                    source_tags=[client_tag.name],
+                    source_addresses=list(args.allowed_cidrs) or None,
+                )
+            ]
+            if args.hub_cache_port is not None
+            else []
+        )
         digitalocean.Firewall(
             f"{name}-server-firewall",
             name=f"{args.name_prefix}-server",
@@ -166,6 +182,7 @@ class Network(pulumi.ComponentResource):
             inbound_rules=[
                 ssh_from_admins,
                 registry_port_sources,
+                *hub_cache_sources,
                 digitalocean.FirewallInboundRuleArgs(
                     protocol="tcp",
                     port_range=str(args.metrics_port),

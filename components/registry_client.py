@@ -23,6 +23,8 @@ class RegistryClientArgs:
     password: pulumi.Input[str]
     registry_ready: Sequence[pulumi.Resource]  # every registry node's activation
     registry_fingerprint: pulumi.Input[str]
+    # The Docker Hub cache's port (hubCache): trusted, and dockerd's registry mirror.
+    hub_cache_port: int | None = None
 
 
 class RegistryClient(pulumi.ComponentResource):
@@ -42,7 +44,8 @@ class RegistryClient(pulumi.ComponentResource):
         super().__init__("private-registry:index:RegistryClient", name, None, opts)
 
         host = RemoteHost.create(name, args.host, parent=self)
-        host_manifest = manifest.CLIENT_HOST
+        hub_cache = args.hub_cache_port is not None
+        host_manifest = manifest.CLIENT_HOST_HUB_CACHE if hub_cache else manifest.CLIENT_HOST
         stack_values: dict[str, pulumi.Input[object]] = {
             "registry_name": args.registry_name,
             "port": args.port,
@@ -52,6 +55,13 @@ class RegistryClient(pulumi.ComponentResource):
             "ca_cert_pem": args.ca_cert_pem,
             "password": args.password,
         }
+        if args.hub_cache_port is not None:
+            hub_cache_address = f"{args.registry_name}:{args.hub_cache_port}"
+            stack_values |= {
+                "hub_cache_port": args.hub_cache_port,
+                "hub_cache_address": hub_cache_address,
+                "hub_cache_url": f"https://{hub_cache_address}",
+            }
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
         placed = {
             host_file.role: host.place_file(host_file, content, depends_on=[install])
@@ -73,6 +83,20 @@ class RegistryClient(pulumi.ComponentResource):
                 )
             ],
         )
+
+        if hub_cache:
+            # Trusted before dockerd is told to use it; used once the cache is up.
+            trust_cache = host.run_script(
+                host_manifest.script("trust_hub_cache"),
+                stack_values,
+                depends_on=[install, placed["ca_cert"]],
+                triggers=[args.ca_cert_pem],
+            )
+            host.run_script(
+                host_manifest.script("use_registry_mirror"),
+                stack_values,
+                depends_on=[trust_cache, placed["docker_daemon"], *args.registry_ready],
+            )
 
         self.public_ip = host.droplet.ipv4_address
         self.droplet_urn = host.droplet.droplet_urn

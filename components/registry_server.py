@@ -65,6 +65,21 @@ class SpacesStorage:
     cache_password: pulumi.Output[str] | None = None
 
 
+@dataclass(frozen=True)
+class HubCache:
+    """The Docker Hub pull-through cache beside the registry (storage `volume`): its port and
+    the address clients use, how long it keeps content, the Docker Hub account it pulls as
+    (None: anonymous; the token is a secret Output), and who may pull without credentials (the
+    client droplets' addresses and `allowedCidrs`)."""
+
+    port: int
+    address: str
+    ttl: str
+    docker_hub_user: str | None
+    docker_hub_token: pulumi.Output[str] | None
+    anonymous_sources: pulumi.Input[Sequence[str]]
+
+
 @dataclass
 class RegistryServerArgs:
     host: DropletArgs  # its `region` is the configured one (a plain string)
@@ -94,6 +109,7 @@ class RegistryServerArgs:
     certificate: ServerCertificate | None = None
     # publicTls (storage volume): the ACME CA's directory URL; None: the private CA only.
     acme_directory: str | None = None
+    hub_cache: HubCache | None = None
 
     @property
     def registry_name(self) -> str:
@@ -157,9 +173,12 @@ class RegistryServer(pulumi.ComponentResource):
         # filesystem is synced and unmounted: this command depends on the attachment, so the
         # engine deletes it (running the release script on the host) first; its trigger is the
         # attachment's id, so a replacement of the attachment deletes it first too.
-        host_manifest = (
-            manifest.REGISTRY_HOST_PUBLIC_TLS if args.acme_directory else manifest.REGISTRY_HOST
-        )
+        host_manifest = {
+            (False, False): manifest.REGISTRY_HOST,
+            (True, False): manifest.REGISTRY_HOST_PUBLIC_TLS,
+            (False, True): manifest.REGISTRY_HOST_HUB_CACHE,
+            (True, True): manifest.REGISTRY_HOST_PUBLIC_TLS_HUB_CACHE,
+        }[(args.acme_directory is not None, args.hub_cache is not None)]
         host.run_script_on_delete(
             host_manifest.script("release_data_volume"),
             depends_on=[attachment],
@@ -202,6 +221,7 @@ class RegistryServer(pulumi.ComponentResource):
                 if args.acme_directory and args.dns_name
                 else {}
             ),
+            **(_hub_cache_stack_values(args.hub_cache) if args.hub_cache else {}),
         }
         install = host.run_script(host_manifest.script("install_packages"), stack_values)
         # Re-runs (and grows the filesystem) when the volume or its size changes; the size is the
@@ -248,12 +268,18 @@ class RegistryServer(pulumi.ComponentResource):
         (also after `after`); it runs again whenever a placed file changes, or `triggers` do.
         publicTls: the certificate is asked for after the activation and `issue_after` (the
         name's DNS record, which the CA resolves)."""
-        # Compose labels the registry with its config's hash, so a changed config recreates it.
+        # Compose labels the registry (and the Docker Hub cache) with its config's hash, so a
+        # changed config recreates it.
         config = rendered(host_manifest.file("registry_config"), stack_values)
         stack_values = {
             **stack_values,
             "registry_config_sha256": pulumi.Output.from_input(config).apply(sha256_hex),
         }
+        if "hub_cache_config_sha256" in host_manifest.stack_values:
+            cache_config = rendered(host_manifest.file("hub_cache_config"), stack_values)
+            stack_values["hub_cache_config_sha256"] = pulumi.Output.from_input(cache_config).apply(
+                sha256_hex
+            )
         files = rendered_files(host_manifest, stack_values)
         placed = [
             host.place_file(host_file, content, depends_on=[install])
@@ -262,7 +288,10 @@ class RegistryServer(pulumi.ComponentResource):
         self.files_fingerprint = pulumi.Output.all(*(content for _, content in files)).apply(
             lambda texts: sha256_hex(*texts)
         )
-        public_tls = manifest.REGISTRY_HOST_PUBLIC_TLS is host_manifest
+        public_tls = host_manifest in (
+            manifest.REGISTRY_HOST_PUBLIC_TLS,
+            manifest.REGISTRY_HOST_PUBLIC_TLS_HUB_CACHE,
+        )
         # publicTls: nginx gets the certificate to serve before it (re)starts.
         serve = (
             [
@@ -362,6 +391,24 @@ class RegistryServer(pulumi.ComponentResource):
             ),
         )
         return DataVolume(volume.id, volume.name, volume.region, volume.size, volume.volume_urn)
+
+
+def _hub_cache_stack_values(hub_cache: HubCache) -> dict[str, pulumi.Input[object]]:
+    """The stack values of the Docker Hub cache's files (its credentials stay secret)."""
+    credentials: pulumi.Input[str] = ""
+    user, token = hub_cache.docker_hub_user, hub_cache.docker_hub_token
+    if user is not None and token is not None:
+        account = user
+        credentials = token.apply(lambda password: manifest.proxy_credentials(account, password))
+    return {
+        "hub_cache_port": hub_cache.port,
+        "hub_cache_address": hub_cache.address,
+        "hub_cache_ttl": hub_cache.ttl,
+        "hub_cache_allow": pulumi.Output.from_input(hub_cache.anonymous_sources).apply(
+            manifest.hub_cache_allow
+        ),
+        "proxy_credentials": credentials,
+    }
 
 
 def _common_stack_values(

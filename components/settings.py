@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,19 @@ class Settings:
     def acme_directory(self) -> str | None:
         """The ACME CA's directory URL when publicTls is on, else None."""
         return self.acme_directory_setting if self.public_tls else None
+
+    # The Docker Hub pull-through cache (off by default): its TLS port, how long it keeps what it
+    # fetched, and the Docker Hub account it pulls as (None: anonymous; the token is the secret
+    # key `dockerHubToken`, read by `docker_hub_token`, never held here).
+    hub_cache: bool
+    hub_cache_port: int
+    hub_cache_ttl: str
+    docker_hub_user: str | None
+
+    @property
+    def hub_cache_address(self) -> str:
+        """`name:port` of the Docker Hub cache: a registry mirror's address."""
+        return f"{self.client_name}:{self.hub_cache_port}"
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -510,6 +523,107 @@ def _storage_problems(values: Mapping[str, Any], raw_config: Mapping[str, str | 
     return problems
 
 
+# A Go duration distribution's `proxy.ttl` reads (e.g. 168h, 72h30m, 45m): whole hours, minutes
+# and seconds, from a minute to a year (0, "never expire", would let the cache fill the volume).
+_DURATION = re.compile(r"^(?:(?P<h>[0-9]{1,4})h)?(?:(?P<m>[0-9]{1,4})m)?(?:(?P<s>[0-9]{1,5})s)?$")
+MIN_HUB_CACHE_TTL_SECONDS = 60
+MAX_HUB_CACHE_TTL_SECONDS = 8760 * 3600
+HUB_CACHE_TTL_FORM = (
+    "a duration from 1m to 8760h in hours, minutes and seconds, such as 168h (a week, "
+    "distribution's default), 72h or 30m"
+)
+
+
+def _hub_cache_ttl(raw: str) -> str:
+    match = _DURATION.fullmatch(raw.strip())
+    if raw.strip() == "" or match is None:
+        raise _Invalid(HUB_CACHE_TTL_FORM)
+    seconds = sum(
+        int(match[unit] or 0) * factor for unit, factor in (("h", 3600), ("m", 60), ("s", 1))
+    )
+    if not MIN_HUB_CACHE_TTL_SECONDS <= seconds <= MAX_HUB_CACHE_TTL_SECONDS:
+        raise _Invalid(HUB_CACHE_TTL_FORM)
+    return raw.strip()
+
+
+# Docker IDs: 4 to 30 lowercase letters and digits (Docker Hub's sign-up rule).
+_DOCKER_ID = re.compile(r"^[a-z0-9]{4,30}$")
+# Docker Hub personal access tokens (`dckr_pat_...`) and passwords: one line, no spaces.
+_DOCKER_HUB_TOKEN = re.compile(r"^[\x21-\x7e]{8,512}$")
+
+
+def _docker_hub_user(raw: str) -> str | None:
+    if raw == "":
+        return None
+    if not _DOCKER_ID.fullmatch(raw):
+        raise _Invalid(
+            "empty (the cache pulls anonymously), or a Docker ID: 4 to 30 lowercase letters "
+            "and digits"
+        )
+    return raw
+
+
+def _hub_cache_problems(
+    values: Mapping[str, Any], raw_config: Mapping[str, str | None], plain_secrets: Collection[str]
+) -> list[str]:
+    """The cache's port against the others, its storage, and its credentials (the token's value
+    is never shown)."""
+    problems = []
+    token = raw_config.get("dockerHubToken") or ""
+    if token and "dockerHubToken" in plain_secrets:
+        problems.append(
+            _secret_problem(
+                "dockerHubToken",
+                "an encrypted value: `pulumi config set --secret dockerHubToken <token>` (it "
+                "was stored in plain text in the stack file: remove it there and rotate it)",
+            )
+        )
+    if token and not _DOCKER_HUB_TOKEN.fullmatch(token):
+        problems.append(
+            _secret_problem(
+                "dockerHubToken",
+                "a Docker Hub access token (dckr_pat_...): 8 to 512 printable characters, no "
+                "spaces (`pulumi config set --secret dockerHubToken`)",
+            )
+        )
+    if bool(token) != (values["docker_hub_user"] is not None):
+        problems.append(
+            _secret_problem(
+                "dockerHubToken",
+                "set together with dockerHubUser, or both empty (the cache pulls anonymously)",
+            )
+        )
+    if not values["hub_cache"]:
+        return problems
+    if values["hub_cache_port"] == values["port"]:
+        problems.append(
+            _problem(
+                "hubCachePort",
+                raw_config.get("hubCachePort"),
+                f"a port other than port ({values['port']}): the cache serves at the root path "
+                "of its own port, as a Docker registry mirror must",
+            )
+        )
+    if values["public_tls"] and values["hub_cache_port"] == 80:
+        problems.append(
+            _problem(
+                "hubCachePort",
+                raw_config.get("hubCachePort"),
+                "a port other than 80 with publicTls (port 80 answers the ACME challenges)",
+            )
+        )
+    if values["storage"] != "volume":
+        problems.append(
+            _problem(
+                "hubCache",
+                raw_config.get("hubCache"),
+                "false with storage spaces (the Docker Hub cache runs on the data volume of "
+                'storage volume only; see README "Docker Hub cache")',
+            )
+        )
+    return problems
+
+
 ALERT_EMAILS_FORM = (
     f"a list of at most {MAX_ALERT_EMAILS} distinct e-mail addresses such as "
     '["ops@example.com"] (empty: no alerts, only the uptime check)'
@@ -647,9 +761,15 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "spacesCache": ("spaces_cache", _spaces_cache),
     "publicTls": ("public_tls", _bool),
     "acmeDirectory": ("acme_directory_setting", _acme_directory),
+    "hubCache": ("hub_cache", _bool),
+    "hubCachePort": ("hub_cache_port", _port),
+    "hubCacheTtl": ("hub_cache_ttl", _hub_cache_ttl),
+    "dockerHubUser": ("docker_hub_user", _docker_hub_user),
 }
+# Secret keys: validated with the others, never kept in `Settings` nor shown in an error.
+SECRET_KEYS = ("dockerHubToken",)
 
-CONFIG_KEYS = tuple(_FIELDS)
+CONFIG_KEYS = (*_FIELDS, *SECRET_KEYS)
 
 
 def _problem(key: str, raw: str | None, form: str) -> str:
@@ -657,9 +777,16 @@ def _problem(key: str, raw: str | None, form: str) -> str:
     return f"  {PROJECT}:{key} = {shown}: expected {form}"
 
 
-def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> Settings:
+def _secret_problem(key: str, form: str) -> str:
+    return f"  {PROJECT}:{key} = [secret]: expected {form}"
+
+
+def parse_settings(
+    raw_config: Mapping[str, str | None], stack: str = "dev", plain_secrets: Collection[str] = ()
+) -> Settings:
     """Validate the raw config strings (keys without the project prefix) into `Settings`, for
-    the stack `stack` (DigitalOcean names are derived from it)."""
+    the stack `stack` (DigitalOcean names are derived from it). `plain_secrets`: the secret keys
+    set without `--secret`."""
     values: dict[str, Any] = {}
     problems: list[str] = []
     for key, (field, parse) in _FIELDS.items():
@@ -703,6 +830,7 @@ def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> 
         problems += _storage_problems(values, raw_config)
     if not problems:
         problems += _public_tls_problems(values, raw_config)
+        problems += _hub_cache_problems(values, raw_config, plain_secrets)
     settings = None if problems else Settings(**values, name_prefix=name_prefix(stack))
     if settings is not None:
         problems += _derived_name_problems(settings, stack)
@@ -717,6 +845,19 @@ def parse_settings(raw_config: Mapping[str, str | None], stack: str = "dev") -> 
 
 
 def load_settings() -> Settings:
-    """Read this project's config through the Pulumi SDK and validate it."""
+    """Read this project's config through the Pulumi SDK and validate it (a secret key's raw
+    value too, which is only checked, never kept)."""
     config = pulumi.Config(PROJECT)
-    return parse_settings({key: config.get(key) for key in CONFIG_KEYS}, pulumi.get_stack())
+    raw = {key: config.get(key) for key in _FIELDS}
+    plain_secrets = []
+    for key in SECRET_KEYS:
+        raw[key] = pulumi.runtime.get_config(f"{PROJECT}:{key}")
+        if raw[key] and not pulumi.runtime.is_config_secret(f"{PROJECT}:{key}"):
+            plain_secrets.append(key)
+    return parse_settings(raw, pulumi.get_stack(), plain_secrets)
+
+
+def docker_hub_token() -> pulumi.Output[str] | None:
+    """The Docker Hub token the cache pulls with (`dockerHubToken`, secret), or None."""
+    token = pulumi.Config(PROJECT).get_secret("dockerHubToken")
+    return None if token is None else token

@@ -8,6 +8,8 @@ set -euo pipefail
 data_mount={{data_mount}}
 metrics_file={{metrics_file}}
 threshold_percent={{threshold_percent}}
+# The Docker Hub cache's directory on the volume (empty: no cache), whose share is reported too.
+hub_cache_dir={{hub_cache_dir}}
 
 log() { printf 'registry-disk: %s\n' "$*"; }
 
@@ -34,6 +36,17 @@ fi
 read -r size used available < <(df --block-size=1 --output=size,used,avail "$data_mount" | tail -n 1)
 # As df's Use%: used over what non-root users can have (reserved blocks excluded), rounded up.
 percent=$(((used * 100 + used + available - 1) / (used + available)))
+hub_cache_metrics=""
+if [[ -n "$hub_cache_dir" ]]; then
+  hub_cache_bytes=0
+  if [[ -d "$hub_cache_dir" ]]; then
+    hub_cache_bytes="$(du -s --block-size=1 "$hub_cache_dir" | cut -f1)"
+  fi
+  hub_cache_metrics="# HELP registry_hub_cache_used_bytes Bytes the Docker Hub cache uses on the data volume.
+# TYPE registry_hub_cache_used_bytes gauge
+registry_hub_cache_used_bytes ${hub_cache_bytes}"
+  log "Docker Hub cache ${hub_cache_dir}: ${hub_cache_bytes} bytes"
+fi
 
 write_metrics <<METRICS
 # HELP registry_data_volume_mounted Whether the data volume is mounted at ${data_mount}.
@@ -54,6 +67,7 @@ registry_data_volume_used_percent ${percent}
 # HELP registry_data_volume_threshold_percent The usage that logs a warning.
 # TYPE registry_data_volume_threshold_percent gauge
 registry_data_volume_threshold_percent ${threshold_percent}
+${hub_cache_metrics}
 METRICS
 
 if ((percent >= threshold_percent)); then

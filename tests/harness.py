@@ -153,12 +153,19 @@ def run_program(
     stack: str = "dev",
     overrides: Mapping[str, Any] | None = None,
     monitor: RecordingMonitor | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> ProgramRun:
     """Run `__main__.py` once under mocks (fresh, unless `mocks` carries state from a run).
 
-    Pass a `monitor` to keep what was registered even when the program raises."""
+    `secrets`: config values set with `pulumi config set --secret` (the CLI hands them over as
+    secret keys). Pass a `monitor` to keep what was registered even when the program raises."""
     mocks = mocks or ProviderMocks()
-    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    secret_config = {
+        key if ":" in key else f"{PROJECT}:{key}": value for key, value in (secrets or {}).items()
+    }
+    pulumi.runtime.set_all_config(
+        {**stack_config(stack, overrides), **secret_config}, list(secret_config)
+    )
     pulumi_settings.ROOT.set(None)
     monitor = monitor or RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)

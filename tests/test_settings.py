@@ -17,7 +17,14 @@ import yaml
 
 from components import versions
 from components.access import Account
-from components.settings import CONFIG_KEYS, Settings, SettingsError, parse_settings
+from components.settings import (
+    CONFIG_KEYS,
+    HUB_CACHE_TTL_FORM,
+    SECRET_KEYS,
+    Settings,
+    SettingsError,
+    parse_settings,
+)
 from tests.harness import PROJECT, ROOT, cli_config_value
 
 pytestmark = pytest.mark.program
@@ -58,6 +65,7 @@ REGION_FORM = "a DigitalOcean region slug, one of "
 SIZE_FORM = "a DigitalOcean droplet size slug such as s-1vcpu-2gb"
 IMAGE_FORM = "an Ubuntu image slug such as ubuntu-24-04-x64"
 NAME_FORM = "a lowercase DNS name with at least one dot, such as registry.internal"
+DOCKER_ID_FORM = "empty (the cache pulls anonymously), or a Docker ID"
 PORT_FORM = "an integer from 1 to 65535 other than 22, 5001, 9443, 9444 (e.g. 5043 or 443)"
 USERS_FORM = (
     "a non-empty list of distinct users, each NAME, NAME:ROLE or "
@@ -223,6 +231,19 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("acmeDirectory", "http://acme-v02.api.letsencrypt.org/directory", "starting with https://"),
     ("acmeDirectory", "", "starting with https://"),
     ("acmeDirectory", "https://ca.example/dir?x=1", "starting with https://"),
+    ("hubCache", "yes", "true or false"),
+    ("hubCachePort", 0, "an integer from 1 to 65535"),
+    ("hubCachePort", 5001, "other than 22, 5001, 9443, 9444"),
+    ("hubCachePort", 9443, "other than 22, 5001, 9443, 9444"),
+    ("hubCacheTtl", "", HUB_CACHE_TTL_FORM),
+    ("hubCacheTtl", "7d", HUB_CACHE_TTL_FORM),  # Go durations have no days
+    ("hubCacheTtl", "0h", HUB_CACHE_TTL_FORM),  # distribution: never expire, the disk fills
+    ("hubCacheTtl", "30s", HUB_CACHE_TTL_FORM),
+    ("hubCacheTtl", "8761h", HUB_CACHE_TTL_FORM),
+    ("hubCacheTtl", "168h\n  remoteurl: https://evil.example", HUB_CACHE_TTL_FORM),
+    ("dockerHubUser", "Alice", DOCKER_ID_FORM),
+    ("dockerHubUser", "abc", DOCKER_ID_FORM),
+    ("dockerHubUser", "alice bob", DOCKER_ID_FORM),
 ]
 
 
@@ -261,7 +282,8 @@ def test_ip_address_is_rejected_where_a_dns_name_is_expected(
 
 
 def test_bad_value_table_covers_every_key() -> None:
-    assert {key for key, _, _ in BAD_VALUES} == set(CONFIG_KEYS)
+    # Secret keys have their own tests: their values are never shown.
+    assert {key for key, _, _ in BAD_VALUES} == set(CONFIG_KEYS) - set(SECRET_KEYS)
     assert len(BAD_VALUES) >= 30
 
 
@@ -339,6 +361,10 @@ def test_pulumi_yaml_defaults_parse_to_the_documented_settings() -> None:
         spaces_cache="memory",
         public_tls=False,
         acme_directory_setting="https://acme-v02.api.letsencrypt.org/directory",
+        hub_cache=False,
+        hub_cache_port=5044,
+        hub_cache_ttl="168h",
+        docker_hub_user=None,
     )
 
 
@@ -451,6 +477,11 @@ def test_dev_stack_file_parses() -> None:
             "acme_directory_setting",
             "https://10.0.0.5:14000/dir",
         ),
+        ("hubCache", True, "hub_cache", True),
+        ("hubCachePort", 443, "hub_cache_port", 443),
+        ("hubCacheTtl", "72h30m", "hub_cache_ttl", "72h30m"),
+        ("hubCacheTtl", "1m", "hub_cache_ttl", "1m"),
+        ("hubCacheTtl", "8760h", "hub_cache_ttl", "8760h"),
     ],
 )
 def test_valid_value_parses(key: str, value: Any, field: str, parsed: Any) -> None:
@@ -566,6 +597,10 @@ def test_public_tls_with_a_domain_asks_the_configured_acme_directory() -> None:
         ({"registryCount": 3}, "registryCount"),
         ({"spacesCache": "valkey"}, "spacesCache"),
         ({"publicTls": True}, "publicTls"),
+        ({"hubCache": True, "hubCachePort": 5043}, "hubCachePort"),
+        ({"dockerHubUser": "alice"}, "dockerHubToken"),
+        # Set without --secret: the CLI hands it over as a plain value.
+        ({"dockerHubUser": "alice", "dockerHubToken": "dckr_pat_" + "x1" * 12}, "dockerHubToken"),
     ],
     ids=[
         "port",
@@ -577,6 +612,9 @@ def test_public_tls_with_a_domain_asks_the_configured_acme_directory() -> None:
         "count",
         "valkey-without-spaces",
         "public-tls-without-domain",
+        "hub-cache-port",
+        "docker-hub-user-without-token",
+        "docker-hub-token-in-plain-text",
     ],
 )
 def test_program_with_bad_config_raises_settings_error_before_any_resource(
@@ -670,3 +708,60 @@ def test_accepted_gc_schedules_are_valid_for_systemd(schedule: str) -> None:
         ["systemd-analyze", "calendar", schedule], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- the Docker Hub cache ------------------------------------------------------------------
+
+TOKEN = "dckr_pat_" + "x1" * 12
+
+
+def test_hub_cache_port_may_not_be_the_registry_port_when_the_cache_is_on() -> None:
+    lines = problem_lines(settings_error(config(hubCache=True, hubCachePort=5043)))
+    assert lines == [
+        f"  {PROJECT}:hubCachePort = '5043': expected a port other than port (5043): the cache "
+        "serves at the root path of its own port, as a Docker registry mirror must"
+    ]
+    # Off, the cache's port is unused and collides with nothing.
+    assert not parse_settings(config(hubCachePort=5043)).hub_cache
+
+
+def test_hub_cache_needs_storage_volume() -> None:
+    lines = problem_lines(
+        settings_error(config(hubCache=True, storage="spaces", spacesRegion="ams3"))
+    )
+    assert len(lines) == 1 and lines[0].startswith(f"  {PROJECT}:hubCache = 'true': expected ")
+    assert "false with storage spaces" in lines[0]
+
+
+def test_hub_cache_address_is_the_clients_name_on_the_cache_port() -> None:
+    settings = parse_settings(config(hubCache=True, domain="example.com"))
+    assert settings.hub_cache_address == "registry.example.com:5044"
+
+
+def test_docker_hub_user_and_token_go_together_and_the_token_is_never_shown() -> None:
+    user_only = problem_lines(settings_error(config(dockerHubUser="alice")))
+    assert user_only == [
+        f"  {PROJECT}:dockerHubToken = [secret]: expected set together with dockerHubUser, or "
+        "both empty (the cache pulls anonymously)"
+    ]
+    token_only = settings_error({**config(), "dockerHubToken": TOKEN})
+    assert problem_lines(token_only)[0].startswith(f"  {PROJECT}:dockerHubToken = [secret]")
+    bad = settings_error({**config(dockerHubUser="alice"), "dockerHubToken": "has a space"})
+    assert "8 to 512 printable characters" in str(bad)
+    for error in (token_only, bad):
+        assert TOKEN not in str(error) and "has a space" not in str(error)
+    settings = parse_settings({**config(dockerHubUser="alice"), "dockerHubToken": TOKEN})
+    assert settings.docker_hub_user == "alice"
+    assert TOKEN not in repr(settings)
+
+
+def test_a_docker_hub_token_stored_in_plain_text_is_refused() -> None:
+    raw = {**config(dockerHubUser="alice"), "dockerHubToken": TOKEN}
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(raw, plain_secrets=["dockerHubToken"])
+    assert problem_lines(caught.value) == [
+        f"  {PROJECT}:dockerHubToken = [secret]: expected an encrypted value: `pulumi config set "
+        "--secret dockerHubToken <token>` (it was stored in plain text in the stack file: remove "
+        "it there and rotate it)"
+    ]
+    assert TOKEN not in str(caught.value)

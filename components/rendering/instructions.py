@@ -54,3 +54,28 @@ def containerd_hosts_toml(address: str) -> str:
         '  capabilities = ["pull", "resolve"]\n'
         f'  ca = "/etc/containerd/certs.d/{address}/ca.crt"\n'
     )
+
+
+# Where containerd (and so Kubernetes nodes) reads Docker Hub's host configuration, and the CA
+# file beside it that trusts the cache (containerd docs/hosts.md: `config_path`, `ca`).
+CONTAINERD_DOCKER_HUB_DIR = "/etc/containerd/certs.d/docker.io"
+
+
+def docker_hub_hosts_toml(hub_cache_address: str, docker_hub_url: str) -> str:
+    """`hosts.toml` for `CONTAINERD_DOCKER_HUB_DIR`: containerd pulls Docker Hub images through
+    the cache first (pull and resolve only), and from Docker Hub (`docker_hub_url`) itself when
+    the cache fails."""
+    return "\n".join(
+        [
+            f"# {CONTAINERD_DOCKER_HUB_DIR}/hosts.toml (with the stack's CA as",
+            f"# {CONTAINERD_DOCKER_HUB_DIR}/private-registry-ca.crt, and the cache's name",
+            "# resolving on the node); containerd's CRI registry config_path must be",
+            "# /etc/containerd/certs.d.",
+            f'server = "{docker_hub_url}"',
+            "",
+            f'[host."https://{hub_cache_address}"]',
+            '  capabilities = ["pull", "resolve"]',
+            f'  ca = "{CONTAINERD_DOCKER_HUB_DIR}/private-registry-ca.crt"',
+            "",
+        ]
+    )

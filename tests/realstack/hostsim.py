@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
 import yaml
@@ -65,7 +65,7 @@ NGINX_ID = NGINX_WORKER_GID
 COMPOSE_NET_PREFIX = "172.31.250"
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # One `key=value` field of a registry (logrus) log line; a value with spaces is quoted.
-_LOG_FIELD = re.compile(r'([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)')
+LOG_FIELD = re.compile(r'([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)')
 # curl printing only the response's status code (000 when it could not connect).
 CURL_STATUS = ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}")
 NETMASK = 20
@@ -256,10 +256,16 @@ class RegistryHostSim:
         expose_registry_port: bool = False,
         node: ClusterNode | None = None,
         host_manifest: HostManifest = REGISTRY_HOST,
+        service_etc: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
+        """`host_manifest`: what the program places on this (not clustered) host.
+        `service_etc`: per compose service, files of its /etc beyond the machine's (e.g. a CA
+        bundle), and `hosts` lines added to its /etc/hosts."""
         self.run = run
         self.workdir = workdir
         self.node = node
+        self.host_manifest = host_manifest if node is None else node.host_manifest
+        self.service_etc = service_etc or {}
         if node is None:
             self.files = materialize(run, workdir, host_manifest=host_manifest)
             self.registry_ip = run.outputs["registryPrivateIp"]
@@ -314,7 +320,7 @@ class RegistryHostSim:
                 (self.volume_path(volume), target, read_only)
                 for volume, target, read_only in named_volumes(self.files.compose, name)
             ]
-            if name == REGISTRY_LAYOUT.registry_service:
+            if self._runs_registry_image(name):
                 image_bin = self.workdir / "registry-image-bin"
                 image_bin.mkdir(exist_ok=True)
                 (image_bin / "registry").write_text(IMAGE_REGISTRY_COMMAND)
@@ -323,6 +329,11 @@ class RegistryHostSim:
             argv = service_argv(self.files.compose, name)
             services[name] = Service(name=name, binds=binds, environment=environment, argv=argv)
         return services
+
+    def _runs_registry_image(self, name: str) -> bool:
+        """The registry's service and any other of its image (the Docker Hub cache)."""
+        services = self.files.compose["services"]
+        return bool(services[name]["image"] == services[REGISTRY_LAYOUT.registry_service]["image"])
 
     def volume_path(self, volume: str) -> Path:
         """The directory of the test that is the named (tmpfs) volume `volume`, with the mode and
@@ -582,7 +593,12 @@ class RegistryHostSim:
         if self.node is not None and name == REGISTRY_LAYOUT.registry_service:
             hosts += self.node.extra_hosts
             extra_env = self.node.registry_environment
+        extra_etc = dict(self.service_etc.get(name, {}))
+        hosts += extra_etc.pop("hosts", "")
         etc_upper = self._etc_upper(name, hosts)
+        for relative, text in extra_etc.items():
+            (etc_upper / relative).parent.mkdir(parents=True, exist_ok=True)
+            (etc_upper / relative).write_text(text)
         self.logs.mkdir(exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
         env = {
@@ -611,9 +627,10 @@ class RegistryHostSim:
         log.close()
 
     def netns_of(self, name: str) -> str:
-        """Each service has its namespace to itself: the registry its container's, nginx the
-        host's (where compose publishes its port)."""
-        return self.ns_container if name == REGISTRY_LAYOUT.registry_service else self.ns_host
+        """The registry image's services (the registry, the Docker Hub cache) run in the
+        container's namespace (their sockets and debug ports differ), nginx in the host's
+        (where compose publishes its port)."""
+        return self.ns_container if self._runs_registry_image(name) else self.ns_host
 
     def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         """Signal the service, then reap whatever it left in its namespace (nginx workers
@@ -654,7 +671,7 @@ class RegistryHostSim:
         registry answered, oldest first, from its log (written at once, unlike nginx's)."""
         text = (self.logs / f"{REGISTRY_LAYOUT.registry_service}.log").read_text(errors="replace")
         return [
-            {key: value.strip('"') for key, value in _LOG_FIELD.findall(line)}
+            {key: value.strip('"') for key, value in LOG_FIELD.findall(line)}
             for line in text.splitlines()
             if 'msg="response completed"' in line
         ]
@@ -716,7 +733,7 @@ class RegistryHostSim:
         """Re-run one of a (new) run's file-placing commands against the live host files."""
         run_placing(
             self.files.sandbox,
-            run.named(command_name(REGISTRY_HOST_NAME, REGISTRY_HOST.file(role))),
+            run.named(command_name(REGISTRY_HOST_NAME, self.host_manifest.file(role))),
         )
 
     # -- readiness ------------------------------------------------------------------------
@@ -763,6 +780,39 @@ class RegistryHostSim:
             raise AssertionError(f"the registry's socket {http['addr']} is on no shared volume")
         host, _, port = http["addr"].rpartition(":")
         return (f"http://{host or self.container_ip}:{port}",)
+
+    def start_hub_cache(self) -> None:
+        """Start the Docker Hub cache and wait until its API socket answers."""
+        self.start_service(REGISTRY_LAYOUT.hub_cache_service)
+        socket = (
+            self.volume_path(REGISTRY_LAYOUT.hub_cache_socket_volume)
+            / PurePosixPath(REGISTRY_LAYOUT.hub_cache_socket).name
+        )
+        self._wait(
+            "Docker Hub cache",
+            lambda: (
+                self._http_code(self.ns_host, "http://hub-cache/v2/", "--unix-socket", str(socket))
+                == "200"
+            ),
+        )
+
+    def route_compose_network_to_the_internet(self) -> None:
+        """Let the containers reach the Internet side (the public namespace), as Docker's NAT
+        lets them reach the Internet: the host forwards, the Internet side routes back."""
+        sh("ip", "netns", "exec", self.ns_host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh(
+            "ip",
+            "-n",
+            self.ns_public,
+            "route",
+            "add",
+            f"{self.compose_net_prefix}.0/24",
+            "via",
+            self.public_ip,
+        )
+
+    def service_log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
 
     def wait_registry(self) -> None:
         *options, base = self.registry_api()
@@ -856,14 +906,22 @@ class RegistryHostSim:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> RegistryHostSim:
-        self._netns()
+        self.start_network()
         self.start_services()
         return self
 
+    def start_network(self) -> None:
+        """The namespaces and links, before any service (so a test can start something on the
+        Internet side the services need at start)."""
+        self._netns()
+
     def start_services(self) -> None:
-        """The registry, then nginx, each waited for (what `compose up --wait` does)."""
+        """The registry (and the Docker Hub cache, when compose has it), then nginx, each waited
+        for (what `compose up --wait` does)."""
         self.start_service(REGISTRY_LAYOUT.registry_service)
         self.wait_registry()
+        if REGISTRY_LAYOUT.hub_cache_service in self.files.compose["services"]:
+            self.start_hub_cache()
         self.start_service(REGISTRY_LAYOUT.nginx_service)
         if self.node is None:
             self.wait_nginx()
