@@ -540,7 +540,7 @@ def registry_host(
         template="nginx.conf",
         values={
             "listen_port": StackValue("port"),
-            "registry_address": StackValue("registry_address"),
+            "registry_name": StackValue("registry_name"),
             "balancer_listener": _balancer_listener(layout) if spaces else "",
             "server_names": StackValue("server_names"),
             "registry_certificate": (

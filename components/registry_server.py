@@ -424,7 +424,6 @@ def _common_stack_values(
         "registry_name": args.registry_name,
         "server_names": " ".join(args.server_names),
         "port": args.port,
-        "registry_address": f"{args.registry_name}:{args.port}",
         "registry_image": args.registry_image,
         "nginx_image": args.nginx_image,
         "http_secret": args.http_secret,
