@@ -9,7 +9,6 @@ plain-list user (push, every repository).
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,25 +89,6 @@ class Stack:
         head, _, body = raw.partition("\r\n\r\n")
         return Response(int(head.split()[1]), head, body)
 
-    def skopeo_copy(
-        self,
-        user: str,
-        source: str,
-        destination: str,
-    ) -> subprocess.CompletedProcess[bytes]:
-        authfile = str(self.skopeo.authfile(user))
-        return self.skopeo(
-            "copy",
-            "--quiet",
-            "--src-authfile",
-            authfile,
-            "--dest-authfile",
-            authfile,
-            source,
-            destination,
-            check=False,
-        )
-
     def layer_links(self, repository: str) -> set[str]:
         """The blobs the registry's own storage links into a repository (what a pull serves)."""
         layers = (
@@ -172,7 +152,7 @@ def test_scoped_push_user_pushes_and_pulls_inside_its_scope(stack: Stack) -> Non
     image = build_image(stack.workdir / "ci-own", "v1", [16 * 1024], seed="ci-own")
     assert stack.skopeo.push(image, "team/ci-own", "ci") == image.manifest_digest
     for user in ("ci", "viewer", "teamops"):
-        pulled = stack.skopeo_copy(
+        pulled = stack.skopeo.copy(
             user, stack.docker_ref("team/ci-own"), f"oci:{stack.workdir / f'ci-own-{user}'}:v1"
         )
         assert pulled.returncode == 0, (user, pulled.stderr.decode())
@@ -214,7 +194,7 @@ def test_skopeo_outside_a_scope_or_role_is_denied_with_the_registry_message(stac
         ),
     ]
     for user, source, destination, message in cases:
-        result = stack.skopeo_copy(user, source, destination)
+        result = stack.skopeo.copy(user, source, destination)
         assert result.returncode != 0, (user, source, destination)
         assert message in result.stderr.decode(), (user, result.stderr.decode())
     # Nothing was written.
@@ -225,7 +205,7 @@ def test_skopeo_outside_a_scope_or_role_is_denied_with_the_registry_message(stac
 def test_plain_list_user_pushes_and_pulls_anywhere_but_cannot_delete(stack: Stack) -> None:
     image = build_image(stack.workdir / "alice", "v1", [8 * 1024], seed="alice")
     assert stack.skopeo.push(image, "anywhere/alice", "alice") == image.manifest_digest
-    pulled = stack.skopeo_copy(
+    pulled = stack.skopeo.copy(
         "alice", stack.docker_ref("secret/app"), f"oci:{stack.workdir / 'alice-secret'}:v1"
     )
     assert pulled.returncode == 0, pulled.stderr.decode()
@@ -583,7 +563,7 @@ def test_push_during_the_read_only_window_fails_fast_with_a_clear_error_and_pull
     try:
         restart_registry()
         started = time.monotonic()
-        push = stack.skopeo_copy("ci", image.reference, stack.docker_ref("team/window"))
+        push = stack.skopeo.copy("ci", image.reference, stack.docker_ref("team/window"))
         assert push.returncode != 0
         assert time.monotonic() - started < 30
         assert "the registry is read-only for maintenance" in push.stderr.decode(), push.stderr
@@ -591,7 +571,7 @@ def test_push_during_the_read_only_window_fails_fast_with_a_clear_error_and_pull
         assert upload.status == 405
         assert header_lines(upload.head, "Content-Type") == ["Content-Type: application/json"]
         assert json.loads(upload.body)["errors"][0]["code"] == "UNSUPPORTED"
-        pulled = stack.skopeo_copy(
+        pulled = stack.skopeo.copy(
             "viewer", stack.docker_ref("team/app"), f"oci:{stack.workdir / 'window-pull'}:v1"
         )
         assert pulled.returncode == 0, pulled.stderr.decode()

@@ -99,15 +99,12 @@ class Stack:
         return self.sim.client(
             "timeout",
             str(PUSH_TIMEOUT_S),
-            *self.skopeo.argv(
-                "copy",
-                "--quiet",
-                "--retry-times",
-                "0",
-                "--dest-authfile",
-                str(self.skopeo.authfile("ops")),
+            *self.skopeo.copy_argv(
+                "ops",
                 image.reference,
                 f"docker://{self.sim.address}/{repository}:{image.tag}",
+                "--retry-times",
+                "0",
             ),
             check=False,
         )
@@ -129,14 +126,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def run_disk_check(stack: Stack) -> str:
     """The placed registry-disk.sh on the simulated host, with the full volume at the data
-    mount (privately: the machine's /srv is never touched); its output is the journal line."""
-    mount = REGISTRY_LAYOUT.data_mount
-    script = (
-        f"mount -t tmpfs tmpfs {shlex.quote(str(Path(mount).parent))} && mkdir -p {mount} && "
-        f"mount --bind {shlex.quote(str(stack.volume.mount_point))} {mount} && "
-        f"{REGISTRY_HOST.file('disk_script').path} 2>&1"
-    )
-    result = stack.sim.files.sandbox.run(script)
+    mount; its output is the journal line."""
+    volume = shlex.quote(str(stack.volume.mount_point))
+    result = stack.sim.run_disk_check(f"mount --bind {volume} {REGISTRY_LAYOUT.data_mount} && ")
     output = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, output
     return output

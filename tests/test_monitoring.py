@@ -4,7 +4,6 @@ access log, the metrics listener (VPC only, the metrics user only) and the disk 
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -204,17 +203,12 @@ def run_disk_check(sim: RegistryHostSim, fill_kib: int, mounted: bool = True) ->
     volume holding `fill_kib` KiB (or nothing mounted there); return its output (the journal)."""
     mount = REGISTRY_LAYOUT.data_mount
     volume = (
-        f"mkdir -p {mount} && mount -t tmpfs -o size=1m tmpfs {mount} && "
+        f"mount -t tmpfs -o size=1m tmpfs {mount} && "
         f"head -c {fill_kib * 1024} /dev/zero >{mount}/filler && "
         if mounted
-        else f"mkdir -p {mount} && "
+        else ""
     )
-    script = (
-        # The host's /srv, privately: the real one is never touched.
-        f"mount -t tmpfs tmpfs {shlex.quote(str(Path(mount).parent))} && "
-        f"{volume}{REGISTRY_HOST.file('disk_script').path} 2>&1"
-    )
-    result: subprocess.CompletedProcess[bytes] = sim.files.sandbox.run(script)
+    result = sim.run_disk_check(volume)
     output = result.stdout.decode() + result.stderr.decode()
     assert (result.returncode == 0) == mounted, output
     return output

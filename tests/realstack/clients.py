@@ -77,6 +77,27 @@ class Skopeo:
     ) -> subprocess.CompletedProcess[bytes]:
         return self.sim.client(*self.argv(*args), input=input, check=check)
 
+    def copy_argv(self, user: str, source: str, destination: str, *options: str) -> list[str]:
+        """`skopeo copy --quiet` as `user` (its auth file for both ends)."""
+        authfile = str(self.authfile(user))
+        return self.argv(
+            "copy",
+            "--quiet",
+            *options,
+            "--src-authfile",
+            authfile,
+            "--dest-authfile",
+            authfile,
+            source,
+            destination,
+        )
+
+    def copy(
+        self, user: str, source: str, destination: str, *options: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        """`copy_argv` run in the client; the caller checks the outcome."""
+        return self.sim.client(*self.copy_argv(user, source, destination, *options), check=False)
+
     def login(
         self, user: str, password: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:

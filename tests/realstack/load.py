@@ -63,20 +63,7 @@ class Load:
         return 2 * len(self.pulled)
 
     def _copy(self, source: str, destination: str) -> str:
-        authfile = str(self.skopeo.authfile(self.user))
-        result = self.skopeo(
-            "copy",
-            "--quiet",
-            "--retry-times",
-            "0",
-            "--src-authfile",
-            authfile,
-            "--dest-authfile",
-            authfile,
-            source,
-            destination,
-            check=False,
-        )
+        result = self.skopeo.copy(self.user, source, destination, "--retry-times", "0")
         return "" if result.returncode == 0 else result.stderr.decode().strip()
 
     def _push_once(self, client: int) -> str:
