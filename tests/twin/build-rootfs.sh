@@ -8,7 +8,8 @@
 #   tools/           bookworm's debootstrap, systemd-nspawn and libsystemd-shared, extracted
 #   rootfs/          Debian bookworm (systemd 252, sshd, cloud-init) standing in for Ubuntu's
 #                    droplet image; /srv/apt holds the packages the host scripts install, under
-#                    Ubuntu's names (trixie's Docker 26, Compose v2, buildx; bookworm's runc)
+#                    Ubuntu's names (trixie's Docker 26, Compose v2, buildx; bookworm's runc and
+#                    certbot, publicTls's ACME client)
 #   images/registry, images/nginx   trees laid out as the official images are (Debian's
 #                    docker-registry and nginx, busybox sh and wget), for tests/twin/hub.py
 # Usage: build-rootfs.sh CACHE_DIR   (as root; needs deb.debian.org)
@@ -48,7 +49,7 @@ unshare -m --propagation private env DEBOOTSTRAP_DIR="$work/tools/usr/share/debo
   --include=systemd,systemd-sysv,dbus,openssh-server,iproute2,ca-certificates,curl,python3,python3-cffi-backend,e2fsprogs,openssl,procps,netbase,cloud-init,apt-utils,less,kmod,iptables \
   bookworm "$rootfs" "$mirror" >"$work/debootstrap.log"
 
-log "the local apt repository (Docker from trixie, runc from bookworm)"
+log "the local apt repository (Docker from trixie, runc and certbot from bookworm)"
 (cd "$work/debs" && apt-get "${apt_private[@]}" -q download docker.io/trixie docker-cli/trixie \
   docker-compose/trixie docker-buildx/trixie containerd/trixie >/dev/null)
 mkdir -p "$rootfs/srv/apt" "$rootfs/tmp/docker-debs"
@@ -59,9 +60,10 @@ unshare -m --propagation private chroot "$rootfs" /bin/bash -euo pipefail -c '
   export DEBIAN_FRONTEND=noninteractive
   apt-get -q update >/dev/null
   apt-get clean
-  # What `apt-get install docker.io docker-compose-v2 docker-buildx` needs beyond the image:
-  # downloaded, not installed (the host scripts install it).
-  apt-get -q install -y --download-only --no-install-recommends /tmp/docker-debs/*.deb runc tini >/dev/null
+  # What `apt-get install docker.io docker-compose-v2 docker-buildx certbot` needs beyond the
+  # image: downloaded, not installed (the host scripts install it).
+  apt-get -q install -y --download-only --no-install-recommends /tmp/docker-debs/*.deb runc tini \
+    certbot >/dev/null
   mv /var/cache/apt/archives/*.deb /tmp/docker-debs/*.deb /srv/apt/
   # Ubuntu names the `docker compose` plugin docker-compose-v2: a thin package depending on Debian'"'"'s.
   mkdir -p /tmp/thin/DEBIAN
