@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 
+from components.manifest import REGISTRY_HOST_PUBLIC_TLS, REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.lifecycle.planner import plan_destroy, plan_up
 from tests.mocks import ProviderMocks
+from tests.twin.acme import DIRECTORY, DNS_IP, Acme
 from tests.twin.cache import cached_build
 from tests.twin.droplets import Droplet, Twin
 from tests.twin.engine import CommandRun, Engine
@@ -234,6 +236,167 @@ def test_garbage_collection_and_disk_check_run_through_their_timers_services(
     # Read-write again after the collection: the client's proof (a push) passes again.
     verify = stack.run.named("client-0-verify-registry")
     stack.ssh(CLIENT, verify.inputs["create"], stdin=str(verify.inputs["stdin"]).encode())
+
+
+# publicTls (#19), a day-2 switch and back on the shared stack: the ACME CA is pebble and the
+# Internet's DNS pebble-challtestsrv (tests/twin/acme.py), both on the public network. Stand-ins,
+# each by the twin's own hand: the DNS answers the A record the program made (DigitalOcean DNS's
+# part); the client droplet resolves through it (DigitalOcean's resolvers' part); the registry
+# droplet trusts the ACME API's certificate (Let's Encrypt's API is publicly trusted); the client
+# trusts pebble's root in its system store (where Ubuntu's ca-certificates has Let's Encrypt's).
+DOMAIN = "example.com"
+PUBLIC_NAME = f"registry.{DOMAIN}"
+PEBBLE_ROOT = "/usr/local/share/ca-certificates/twin-acme-root.crt"
+ACME_UNIT = "registry-acme.service"
+ACME_SCRIPT = REGISTRY_HOST_PUBLIC_TLS.file("acme_script").path
+
+
+@pytest.fixture(scope="module")
+def acme(twin: tuple[Twin, Hub, Path], stack: Stack) -> Acme:
+    world, _, directory = twin
+    server = Acme(world, directory / "acme")
+    registry, client = stack.droplet(REGISTRY), stack.droplet(CLIENT)
+    server.add_a(PUBLIC_NAME, registry.public_ip)
+    registry.inside(
+        f"printf '%s' {shlex.quote(server.api_ca_pem)}"
+        " >/usr/local/share/ca-certificates/twin-acme-api.crt && update-ca-certificates"
+    )
+    # dockerd reads the system store once, at its start.
+    client.inside(
+        f"cp /etc/resolv.conf /etc/resolv.conf.twin && echo 'nameserver {DNS_IP}' >/etc/resolv.conf"
+        f" && printf '%s' {shlex.quote(server.root)} >{PEBBLE_ROOT}"
+        " && update-ca-certificates >/dev/null && systemctl restart docker"
+    )
+    return server
+
+
+def served_issuer(stack: Stack) -> str:
+    """The issuer of the certificate the registry serves to the client (no verification)."""
+    address = stack.run.outputs["registryAddress"]
+    return stack.ssh(
+        CLIENT,
+        f"openssl s_client -connect {address} -servername {address.split(':')[0]} </dev/null "
+        "2>/dev/null | openssl x509 -noout -issuer -fingerprint -sha256",
+    )
+
+
+def test_switching_to_public_tls_issues_through_the_unit_and_docker_trusts_only_the_acme_root(
+    stack: Stack, acme: Acme
+) -> None:
+    started = time.monotonic()
+    ran = stack.up({"domain": DOMAIN, "publicTls": True, "acmeDirectory": DIRECTORY})
+    assert "registry-issue-certificate" in {run.name for run in ran}
+    assert stack.run.outputs["registryAddress"].startswith(f"{PUBLIC_NAME}:")
+    # The record the program made is the one the twin's DNS answers.
+    record = stack.run.of_type("digitalocean:index/dnsRecord:DnsRecord")[0].inputs
+    assert (record["name"], record["domain"], record["value"]) == (
+        "registry",
+        DOMAIN,
+        stack.droplet(REGISTRY).public_ip,
+    )
+    # Issued by the real unit (issue-certificate.sh starts it), which the timer also starts.
+    stack.ssh(
+        REGISTRY,
+        "systemctl is-active --quiet registry-acme.timer"
+        " && systemctl is-enabled --quiet registry-acme.timer",
+    )
+    assert (
+        stack.ssh(REGISTRY, "systemctl show --value --property Unit registry-acme.timer").strip()
+        == ACME_UNIT
+    )
+    assert "issued: notAfter=" in stack.ssh(
+        REGISTRY, f"journalctl --unit {ACME_UNIT} --no-pager --output cat"
+    )
+    assert "Pebble" in served_issuer(stack)
+    # The client as a laptop: no trust in the stack's private CA anywhere (Docker's certs.d, the
+    # system store), only pebble's root (and Debian's) in the system store.
+    stack.droplet(CLIENT).inside(
+        "rm -rf /etc/docker/certs.d/registry* /etc/containers/certs.d/registry* "
+        "/usr/local/share/ca-certificates/private-registry-*.crt"
+        " && update-ca-certificates --fresh >/dev/null && systemctl restart docker"
+    )
+    # The check that the private CA is not trusted: its certificate, which the metrics
+    # listener still serves, fails verification (curl's 60).
+    private = stack.droplet(REGISTRY).private_ip
+    refused = stack.ssh(
+        CLIENT,
+        f"curl -sS -o /dev/null https://{private}:{REGISTRY_LAYOUT.metrics_port}/metrics/tls;"
+        " echo $?",
+    )
+    assert refused.strip().splitlines()[-1] == "60", refused
+    address = stack.run.outputs["registryAddress"]
+    image = f"{address}/team/acme-twin:v1"
+    stack.ssh(
+        CLIENT,
+        f"docker logout {address} >/dev/null;"
+        f" docker login --username ci --password-stdin {address}"
+        f" && docker tag {address}/private-registry/proof:registry-dev-client-0 {image}"
+        f" && docker push -q {image} && docker image rm {image} >/dev/null"
+        f" && docker pull -q {image}",
+        stdin=stack.password("ci").encode(),
+    )
+    print(f"public TLS switch, issuance and the client's proof: {time.monotonic() - started:.1f} s")
+
+
+def test_a_forced_renewal_through_the_unit_reloads_nginx_under_a_pull_loop(
+    stack: Stack, acme: Acme
+) -> None:
+    started = time.monotonic()
+    nginx_before = container_started(stack, "nginx")
+    before = served_issuer(stack)
+    image = f"{stack.run.outputs['registryAddress']}/team/acme-twin:v1"
+    loop = (
+        "rm -f /tmp/acme-stop; while [ ! -e /tmp/acme-stop ]; do"
+        f" docker image rm -f {image} >/dev/null 2>&1;"
+        f" docker pull -q {image} >/dev/null 2>&1 && echo ok || echo failed; done"
+    )
+    pulling = subprocess.Popen(
+        stack.ssh_argv(CLIENT, loop), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    time.sleep(2)
+    # `renew force` in place of the unit's `renew` (not due: pebble issues for 5 years), as
+    # `systemctl edit --runtime` would: the same unit, environment and reload path.
+    stack.ssh(
+        REGISTRY,
+        f"mkdir -p /run/systemd/system/{ACME_UNIT}.d && printf '%s\n' '[Service]' 'ExecStart='"
+        f" 'ExecStart={ACME_SCRIPT} renew force'"
+        f" >/run/systemd/system/{ACME_UNIT}.d/force.conf && systemctl daemon-reload"
+        f" && systemctl start {ACME_UNIT}; status=$?; rm -r /run/systemd/system/{ACME_UNIT}.d"
+        " && systemctl daemon-reload && exit $status",
+    )
+    time.sleep(3)
+    stack.ssh(CLIENT, "touch /tmp/acme-stop")
+    out, _ = pulling.communicate(timeout=120)
+    results = out.decode().split()
+    after = served_issuer(stack)
+    print(
+        f"forced renewal: {len(results)} pulls, {results.count('failed')} failed,"
+        f" {time.monotonic() - started:.1f} s"
+    )
+    assert "Pebble" in after and after != before
+    assert results.count("ok") >= 2 and "failed" not in results, out.decode()
+    assert container_started(stack, "nginx") == nginx_before
+    assert "reloading nginx" in stack.ssh(
+        REGISTRY, f"journalctl --unit {ACME_UNIT} --no-pager --output cat"
+    )
+
+
+def test_switching_back_to_private_tls_stops_the_renewals_and_the_client_works_again(
+    stack: Stack, acme: Acme
+) -> None:
+    started = time.monotonic()
+    # The laptop's trust undone; the program's trust step puts the private CA's back.
+    stack.droplet(CLIENT).inside(f"rm {PEBBLE_ROOT} && update-ca-certificates --fresh >/dev/null")
+    stack.up({"publicTls": False, "domain": ""})
+    stack.droplet(CLIENT).inside("mv /etc/resolv.conf.twin /etc/resolv.conf")
+    assert "Pebble" not in served_issuer(stack)
+    assert (
+        stack.ssh(REGISTRY, "systemctl is-enabled registry-acme.timer || true").strip() != "enabled"
+    )
+    assert stack.registry_status("ci", stack.password("ci")) == 200
+    proof = f"{stack.run.outputs['registryAddress']}/private-registry/proof:registry-dev-client-0"
+    stack.ssh(CLIENT, f"docker image rm {proof} >/dev/null && docker pull -q {proof}")
+    print(f"switch back to private TLS: {time.monotonic() - started:.1f} s")
 
 
 def test_after_a_reboot_of_each_droplet_the_client_resolves_and_pulls(stack: Stack) -> None:
