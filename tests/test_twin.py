@@ -344,7 +344,14 @@ def test_a_forced_renewal_through_the_unit_reloads_nginx_under_a_pull_loop(
     started = time.monotonic()
     nginx_before = container_started(stack, "nginx")
     before = served_issuer(stack)
-    image = f"{stack.run.outputs['registryAddress']}/team/acme-twin:v1"
+    # An image of its own (one 4 MiB layer): every pull downloads the layer again.
+    image = f"{stack.run.outputs['registryAddress']}/team/acme-renewal:v1"
+    stack.ssh(
+        CLIENT,
+        "head -c 4194304 /dev/urandom >/tmp/acme-layer && tar -C /tmp -c acme-layer"
+        f" | docker import - {image} >/dev/null && rm /tmp/acme-layer"
+        f" && docker push -q {image} >/dev/null",
+    )
     loop = (
         "rm -f /tmp/acme-stop; while [ ! -e /tmp/acme-stop ]; do"
         f" docker image rm -f {image} >/dev/null 2>&1;"
@@ -353,7 +360,7 @@ def test_a_forced_renewal_through_the_unit_reloads_nginx_under_a_pull_loop(
     pulling = subprocess.Popen(
         stack.ssh_argv(CLIENT, loop), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    time.sleep(2)
+    time.sleep(1)
     # `renew force` in place of the unit's `renew` (not due: pebble issues for 5 years), as
     # `systemctl edit --runtime` would: the same unit, environment and reload path.
     stack.ssh(

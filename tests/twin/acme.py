@@ -7,6 +7,7 @@ which signs what it issues, is fetched from its management API."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,9 @@ class Acme:
                 }
             )
         )
+        for tool in ("pebble", "pebble-challtestsrv"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"{tool} is missing (tests/run installs it as root)")
         twin.start_process(
             twin.deployer(
                 "pebble-challtestsrv", "-dns01", DNS, "-defaultIPv4", "", "-defaultIPv6", "",
