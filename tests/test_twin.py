@@ -304,9 +304,13 @@ def test_switching_to_public_tls_issues_through_the_unit_and_docker_trusts_only_
         stack.ssh(REGISTRY, "systemctl show --value --property Unit registry-acme.timer").strip()
         == ACME_UNIT
     )
-    assert "issued: notAfter=" in stack.ssh(
-        REGISTRY, f"journalctl --unit {ACME_UNIT} --no-pager --output cat"
+    journal = stack.ssh(
+        REGISTRY,
+        f"journalctl --unit {ACME_UNIT} --unit registry.service --no-pager --output short-precise",
     )
+    assert "issued: notAfter=" in journal, journal
+    result = stack.ssh(REGISTRY, f"systemctl show --value --property Result {ACME_UNIT}")
+    assert result.strip() == "success", journal
     assert "Pebble" in served_issuer(stack)
     # The client as a laptop: no trust in the stack's private CA anywhere (Docker's certs.d, the
     # system store), only pebble's root (and Debian's) in the system store.
@@ -361,7 +365,7 @@ def test_a_forced_renewal_through_the_unit_reloads_nginx_under_a_pull_loop(
         stack.ssh_argv(CLIENT, loop), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     time.sleep(1)
-    # `renew force` in place of the unit's `renew` (not due: pebble issues for 5 years), as
+    # `renew force` in place of the unit's `renew` (not due: pebble issues for five years), as
     # `systemctl edit --runtime` would: the same unit, environment and reload path.
     stack.ssh(
         REGISTRY,
