@@ -606,6 +606,7 @@ def registry_host(
         0o644,
         template="compose.yaml",
         values={
+            "compose_project": layout.compose_project,
             "registry_service": layout.registry_service,
             "registry_image": StackValue("registry_image"),
             "registry_env_file": registry_env.path,
