@@ -198,6 +198,8 @@ class RegistryHostLayout:
     config_dir: str = "/etc/registry"
     data_mount: str = "/srv/registry"  # the block storage volume
     unit_path: str = "/etc/systemd/system/registry.service"
+    # The Compose project (compose.yaml's `name`): its containers and volumes carry it as a label.
+    compose_project: str = "registry"
     # Compose service names; nginx reaches the registry's debug server by its name.
     registry_service: str = "registry"
     nginx_service: str = "nginx"
@@ -606,6 +608,7 @@ def registry_host(
         0o644,
         template="compose.yaml",
         values={
+            "compose_project": layout.compose_project,
             "registry_service": layout.registry_service,
             "registry_image": StackValue("registry_image"),
             "registry_env_file": registry_env.path,
@@ -659,6 +662,7 @@ def registry_host(
             "data_mount": layout.data_mount,
             "config_dir": layout.config_dir,
             "compose_file": compose.path,
+            "registry_service": layout.registry_service,
             "nginx_service": layout.nginx_service,
             "nginx_conf": nginx_conf_dir.in_container(nginx_conf.path),
         },
@@ -844,6 +848,25 @@ def registry_host(
         *((issue_certificate,) if public else ()),
         # Run before the volume is detached (destroy, a replaced droplet or volume).
         HostScript("release_data_volume", "release-data-volume.sh", (layout.data_mount,)),
+        # Run when hubCache is turned off (its command leaves the stack).
+        *(
+            (
+                HostScript(
+                    "remove_hub_cache",
+                    "remove-hub-cache.sh",
+                    (
+                        layout.compose_project,
+                        layout.hub_cache_service,
+                        layout.hub_cache_socket_volume,
+                        hub_cache_env.path,
+                        hub_cache_config_dir.host_dir,
+                        layout.hub_cache_data_dir,
+                    ),
+                ),
+            )
+            if hub_cache
+            else ()
+        ),
     )
     return HostManifest(files, scripts)
 
@@ -906,6 +929,15 @@ def client_host(
             ),
         ),
         HostScript("use_registry_mirror", "use-registry-mirror.sh", (StackValue("hub_cache_url"),)),
+        # Run when hubCache is turned off (their commands leave the stack).
+        HostScript(
+            "drop_registry_mirror", "use-registry-mirror.sh", ("--none", docker_daemon.path)
+        ),
+        HostScript(
+            "forget_hub_cache",
+            "trust-registry.sh",
+            ("--forget", StackValue("registry_name"), StackValue("hub_cache_port")),
+        ),
     )
     return HostManifest((ca_cert, login_password, docker_daemon), (*scripts, *hub_cache_scripts))
 

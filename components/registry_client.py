@@ -92,10 +92,17 @@ class RegistryClient(pulumi.ComponentResource):
                 depends_on=[install, placed["ca_cert"]],
                 triggers=[args.ca_cert_pem],
             )
-            host.run_script(
+            use_mirror = host.run_script(
                 host_manifest.script("use_registry_mirror"),
                 stack_values,
                 depends_on=[trust_cache, placed["docker_daemon"], *args.registry_ready],
+            )
+            # Turning the cache off: dockerd drops the mirror, the cache port's trust goes.
+            host.run_script_when_removed(
+                host_manifest.script("drop_registry_mirror"), stack_values, [use_mirror]
+            )
+            host.run_script_when_removed(
+                host_manifest.script("forget_hub_cache"), stack_values, [trust_cache]
             )
 
         self.public_ip = host.droplet.ipv4_address

@@ -243,6 +243,11 @@ class RegistryServer(pulumi.ComponentResource):
             triggers=[attachment.id],
             issue_after=dns_records,
         )
+        if args.hub_cache is not None:
+            # Turning the cache off removes its container, volume, files and content.
+            host.run_script_when_removed(
+                host_manifest.script("remove_hub_cache"), stack_values, [self.ready]
+            )
 
         self.public_ip = droplet.ipv4_address
         self.droplet_id = droplet.id

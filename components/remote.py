@@ -173,6 +173,28 @@ class RemoteHost:
             opts=pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on)),
         )
 
+    def run_script_when_removed(
+        self,
+        host_script: HostScript,
+        stack_values: Mapping[str, pulumi.Input[object]],
+        depends_on: Sequence[pulumi.Resource] = (),
+    ) -> command.remote.Command:
+        """Run the script when this command leaves the stack while its droplet stays (a setting
+        turned off undoes what it placed); nothing on create. Deletes run after every create and
+        update, so after the activation that took the feature out of service. Replaced only
+        with the droplet, and then not run (deleted with it), so no other change runs it."""
+        return command.remote.Command(
+            command_name(self.name, host_script),
+            connection=self.connection,
+            delete=_with_stack_values(host_script.stack_values, stack_values).apply(
+                lambda values: commands.script_command(*host_script.arguments(values))
+            ),
+            stdin=templates.script(host_script.script),
+            triggers=[self.droplet.id],
+            add_previous_output_in_env=False,
+            opts=self._opts(depends_on),
+        )
+
     def place_file(
         self,
         host_file: HostFile,

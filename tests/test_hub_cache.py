@@ -40,6 +40,8 @@ HUB_CACHE = {
     "allowedCidrs": ["203.0.113.0/24"],
 }
 CACHE, NGINX = REGISTRY_LAYOUT.hub_cache_service, REGISTRY_LAYOUT.nginx_service
+# The commands that undo the cache when it is turned off (they run on delete only).
+UNDO = {"registry-remove-hub-cache", "client-0-drop-registry-mirror", "client-0-forget-hub-cache"}
 FIREWALL = "digitalocean:index/firewall:Firewall"
 
 
@@ -226,7 +228,10 @@ def test_turning_the_cache_on_adds_files_and_a_firewall_rule_and_keeps_the_data_
         "client-0-file-docker-daemon",
         "client-0-trust-hub-cache",
         "client-0-use-registry-mirror",
+        *UNDO,
     }
+    # Created, they run nothing.
+    assert not {name for name, _, _ in plan.host_commands()} & UNDO
     assert {"network-server-firewall", "registry-file-nginx-conf", "registry-file-compose"} <= (
         plan.names("update")
     )
@@ -236,7 +241,7 @@ def test_turning_the_cache_on_adds_files_and_a_firewall_rule_and_keeps_the_data_
 
 
 @pytest.mark.program
-def test_turning_the_cache_off_removes_its_files_and_rule_and_keeps_the_data_path(
+def test_turning_the_cache_off_removes_it_from_both_hosts_and_keeps_the_data_path(
     deployed_with_cache: Deployed,
 ) -> None:
     _, plan = up(deployed_with_cache, {"hubCache": False})
@@ -246,9 +251,28 @@ def test_turning_the_cache_off_removes_its_files_and_rule_and_keeps_the_data_pat
         "client-0-file-docker-daemon",
         "client-0-trust-hub-cache",
         "client-0-use-registry-mirror",
+        *UNDO,
     }
     assert "registry-activate" in plan.names("replace")
     assert not {step.name for step in plan.steps} & DATA_PATH
+    ran = {name: command for name, action, command in plan.host_commands() if action == "delete"}
+    assert set(ran) == UNDO
+    # After the activation that took the service out of compose.yaml (and its container with
+    # `--remove-orphans`): its container, socket volume, env file, config and content go.
+    assert plan.index("registry-activate", "replace") < plan.index("registry-remove-hub-cache")
+    layout = REGISTRY_LAYOUT
+    assert ran["registry-remove-hub-cache"].split()[3:] == [
+        layout.compose_project,
+        CACHE,
+        layout.hub_cache_socket_volume,
+        REGISTRY_HOST_HUB_CACHE.file("hub_cache_env").path,
+        f"{layout.config_dir}/hub-cache",
+        layout.hub_cache_data_dir,
+    ]
+    # The client's dockerd drops the mirror (the file goes) and the cache port's trust goes.
+    daemon = CLIENT_HOST_HUB_CACHE.file("docker_daemon").path
+    assert ran["client-0-drop-registry-mirror"].endswith(f"--none {daemon}")
+    assert ran["client-0-forget-hub-cache"].endswith("--forget registry.internal 5044")
 
 
 @pytest.mark.program
@@ -274,6 +298,7 @@ def test_changing_the_cache_settings_updates_files_in_place(
     _, plan = up(deployed_with_cache, {"hubCache": True, **change})
     assert updated <= plan.names("update"), plan.summary()
     assert plan.names("delete") == set()
+    assert not {name for name, _, _ in plan.host_commands()} & UNDO
     assert not {step.name for step in plan.steps} & DATA_PATH
     assert "registry-activate" in plan.names("replace")
 

@@ -17,20 +17,26 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
-from components.manifest import REGISTRY_HOST_PUBLIC_TLS, REGISTRY_LAYOUT
+from components.manifest import (
+    CLIENT_HOST_HUB_CACHE,
+    REGISTRY_HOST_HUB_CACHE,
+    REGISTRY_HOST_PUBLIC_TLS,
+    REGISTRY_LAYOUT,
+)
 from tests.harness import ProgramRun, run_program
 from tests.lifecycle.planner import plan_destroy, plan_up
 from tests.mocks import ProviderMocks
+from tests.realstack.hostsim import LOG_FIELD
 from tests.twin.acme import DIRECTORY, DNS_IP, Acme
 from tests.twin.cache import cached_build
 from tests.twin.droplets import Droplet, Twin
 from tests.twin.engine import CommandRun, Engine
-from tests.twin.hub import Hub
+from tests.twin.hub import IMAGES, Hub
 
 pytestmark = pytest.mark.twin
 
@@ -236,6 +242,115 @@ def test_garbage_collection_and_disk_check_run_through_their_timers_services(
     # Read-write again after the collection: the client's proof (a push) passes again.
     verify = stack.run.named("client-0-verify-registry")
     stack.ssh(CLIENT, verify.inputs["create"], stdin=str(verify.inputs["stdin"]).encode())
+
+
+# -- The Docker Hub cache (hubCache), turned on and off on day 2 ------------------------------
+# The twin's hub is Docker Hub by name for the cache (tests/twin/hub.py).
+HUB_CACHE_PORT = 5044
+
+
+def hub_requests_from(stack: Stack, lines_before: int) -> list[tuple[str, str]]:
+    """(client address, URI) of each request the hub answered after its first `lines_before`
+    log lines."""
+    lines = stack.engine.hub.log.read_text(errors="replace").splitlines()[lines_before:]
+    fields = [dict(LOG_FIELD.findall(line)) for line in lines if "response completed" in line]
+    return [
+        (
+            field["http.request.remoteaddr"].strip('"').rsplit(":", 1)[0],
+            field["http.request.uri"].strip('"'),
+        )
+        for field in fields
+    ]
+
+
+def cache_status_from_the_client(stack: Stack) -> str:
+    """The cache's answer to the client's anonymous `GET /v2/` (000: no answer)."""
+    address = f"{stack.run.outputs['registryAddress'].split(':')[0]}:{HUB_CACHE_PORT}"
+    return stack.ssh(
+        CLIENT,
+        f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 https://{address}/v2/ || true",
+    )
+
+
+def test_hub_cache_turned_on_the_clients_plain_docker_pull_goes_through_it(stack: Stack) -> None:
+    started = time.monotonic()
+    ran = stack.up({"hubCache": True, "hubCachePort": HUB_CACHE_PORT})
+    assert {"registry-activate", "client-0-use-registry-mirror"} <= {run.name for run in ran}
+    image = IMAGES["registryImage"]
+    lines_before = len(stack.engine.hub.log.read_text(errors="replace").splitlines())
+    stack.ssh(CLIENT, f"docker pull -q docker.io/{image.repository}:{image.tag}")
+    requests = hub_requests_from(stack, lines_before)
+    # Docker Hub saw the cache (the registry droplet's address) fetch the tag and its blobs,
+    # and nothing from the client: its dockerd went to the mirror.
+    registry, client = stack.droplet(REGISTRY), stack.droplet(CLIENT)
+    fetched = [uri for source, uri in requests if source == registry.public_ip]
+    assert f"/v2/{image.repository}/manifests/{image.tag}" in fetched, requests
+    assert [uri for uri in fetched if "/blobs/" in uri], requests
+    assert not [r for r in requests if r[0] in (client.public_ip, client.private_ip)], requests
+    print(f"hubCache on and a pull through it: {time.monotonic() - started:.1f} s")
+
+
+def test_hub_cache_a_docker_hub_outage_at_start_keeps_the_registry_up(stack: Stack) -> None:
+    """registry.service (re)started while Docker Hub refuses connections: the cache cannot
+    start (distribution asks Docker Hub for its auth at start), the registry serves and the
+    unit is active; once Docker Hub is back the cache comes up by itself."""
+    started = time.monotonic()
+    cache = REGISTRY_LAYOUT.hub_cache_service
+    project = REGISTRY_LAYOUT.compose_project
+    with stack.engine.hub.docker_hub_down():
+        stack.ssh(REGISTRY, "systemctl restart registry.service")
+        stack.ssh(REGISTRY, "systemctl is-active --quiet registry.service")
+        assert stack.registry_status("ci", stack.password("ci")) == 200
+        restarts = (
+            "docker inspect --format '{{.RestartCount}}' "
+            f"$(docker compose --project-name {project} ps --all --quiet {cache})"
+        )
+        deadline = time.monotonic() + 30
+        while int(stack.ssh(REGISTRY, restarts)) < 1:
+            assert time.monotonic() < deadline, "the cache started with Docker Hub down"
+            time.sleep(1)
+        assert cache_status_from_the_client(stack) != "200"
+    deadline = time.monotonic() + 120
+    while cache_status_from_the_client(stack) != "200":
+        assert time.monotonic() < deadline, "the cache did not come up after Docker Hub did"
+        time.sleep(2)
+    print(f"Docker Hub outage at start and back: {time.monotonic() - started:.1f} s")
+
+
+def test_hub_cache_turned_off_leaves_nothing_on_either_droplet(stack: Stack) -> None:
+    started = time.monotonic()
+    ran = {run.name for run in stack.up({"hubCache": False})}
+    assert {
+        "registry-remove-hub-cache",
+        "client-0-drop-registry-mirror",
+        "client-0-forget-hub-cache",
+        "client-0-verify-registry",
+    } <= ran
+    layout, cache_port = REGISTRY_LAYOUT, HUB_CACHE_PORT
+    labels = f"--filter label=com.docker.compose.project={layout.compose_project}"
+    config = REGISTRY_HOST_HUB_CACHE.file("hub_cache_config").path
+    left = stack.ssh(
+        REGISTRY,
+        f"docker ps --all --quiet {labels} "
+        f"--filter label=com.docker.compose.service={layout.hub_cache_service}; "
+        f"docker volume ls --quiet {labels} "
+        f"--filter label=com.docker.compose.volume={layout.hub_cache_socket_volume}; "
+        f"ls -d {REGISTRY_HOST_HUB_CACHE.file('hub_cache_env').path} "
+        f"{PurePosixPath(config).parent} {layout.hub_cache_data_dir} 2>/dev/null || true",
+    )
+    assert left == "", left
+    assert stack.registry_status("ci", stack.password("ci")) == 200
+    assert cache_status_from_the_client(stack) == "000"
+    registry_name = stack.run.outputs["registryAddress"].split(":")[0]
+    left = stack.ssh(
+        CLIENT,
+        f"docker info --format '{{{{json .RegistryConfig.Mirrors}}}}'; "
+        f"ls -d {CLIENT_HOST_HUB_CACHE.file('docker_daemon').path} "
+        f"/etc/docker/certs.d/{registry_name}:{cache_port} "
+        f"/etc/containers/certs.d/{registry_name}:{cache_port} 2>/dev/null || true",
+    )
+    assert left.strip() in ("[]", "null"), left
+    print(f"hubCache off: {time.monotonic() - started:.1f} s")
 
 
 # publicTls (#19), a day-2 switch and back on the shared stack: the ACME CA is pebble and the

@@ -2,10 +2,22 @@
 # Makes this host trust the registry: its CA (from CA_FILE) for Docker, containerd/podman and
 # the system store, and (when HOSTS_IP is given) its name in /etc/hosts, also after a reboot.
 # Idempotent: a second run changes nothing.
-# Usage: trust-registry.sh NAME PORT CA_FILE [HOSTS_IP]
+# With --forget: the trust for that port goes (the name's system store entry and /etc/hosts
+# line stay: the registry's own port uses them).
+# Usage: trust-registry.sh NAME PORT CA_FILE [HOSTS_IP] | trust-registry.sh --forget NAME PORT
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*"; }
+
+# Where Docker and containerd/podman look for a registry's CA, by name and port.
+trust_dirs() { printf '%s\n' "/etc/docker/certs.d/$1:$2" "/etc/containers/certs.d/$1:$2"; }
+
+if [[ "$1" == --forget ]]; then
+  mapfile -t dirs < <(trust_dirs "$2" "$3")
+  rm -rf "${dirs[@]}"
+  log "no trust for $2:$3"
+  exit 0
+fi
 
 name="$1"
 port="$2"
@@ -32,7 +44,8 @@ install_if_changed() {
   install -D -m 0644 "$source" "$dest"
 }
 
-for dir in "/etc/docker/certs.d/${name}:${port}" "/etc/containers/certs.d/${name}:${port}"; do
+mapfile -t dirs < <(trust_dirs "$name" "$port")
+for dir in "${dirs[@]}"; do
   if install_if_changed "$ca_file" "${dir}/ca.crt"; then
     log "trusted the CA in ${dir}"
   fi

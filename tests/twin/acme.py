@@ -1,8 +1,9 @@
 """Let's Encrypt's stand-in in the twin: Debian's `pebble` (the ACME CA) and
 `pebble-challtestsrv` (the Internet's DNS: it answers the names it is told, nothing else) on the
-public network at the deployer's gateway address, beside the Docker Hub stand-in. Its API's TLS
-certificate comes from a twin CA, as the hub's does (tests/twin/hub.py); pebble's own root,
-which signs what it issues, is fetched from its management API."""
+public network: pebble at the deployer's gateway address beside the Docker Hub stand-in, the DNS
+at an address of its own. Its API's TLS certificate comes from a twin CA, as the hub's does
+(tests/twin/hub.py); pebble's own root, which signs what it issues, is fetched from its
+management API."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from tests.twin.hub import _certificates
 
 ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
-DNS_IP = PUBLIC_GATEWAY  # port 53: what a droplet's resolv.conf can name
+# Port 53 (what a droplet's resolv.conf can name) on an address of its own on the public network:
+# the gateway's port 53 is the Docker Hub stand-in's DNS (tests/twin/hub.py).
+DNS_IP = "203.0.113.53"
 DNS = f"{DNS_IP}:53"
 DNS_MANAGEMENT = f"http://{PUBLIC_GATEWAY}:8055"
 DIRECTORY = f"https://{PUBLIC_GATEWAY}:{ACME_PORT}/dir"
@@ -51,6 +54,7 @@ class Acme:
         for tool in ("pebble", "pebble-challtestsrv"):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"{tool} is missing (tests/run installs it as root)")
+        run(twin.deployer("ip", "address", "add", f"{DNS_IP}/32", "dev", "public"))
         twin.start_process(
             twin.deployer(
                 "pebble-challtestsrv", "-dns01", DNS, "-defaultIPv4", "", "-defaultIPv6", "",

@@ -159,6 +159,8 @@ class Droplet:
             "--boot", f"--directory={root}", f"--machine={self.name}", "--register=no",
             "--keep-unit", f"--network-namespace-path=/proc/{self.holder.pid}/ns/net",
             "--capability=all", "--console=pipe",
+            # The droplet's own /etc/resolv.conf (the engine's seed), not a copy of the machine's.
+            "--resolv-conf=off",
             # Docker's and containerd's storage cannot be an overlay's upper layer.
             f"--bind={self.directory / 'docker'}:/var/lib/docker",
             f"--bind={self.directory / 'containerd'}:/var/lib/containerd",

@@ -21,7 +21,7 @@ from tests.harness import ProgramRun, Registration
 from tests.lifecycle import schema
 from tests.lifecycle.planner import Plan, Step
 from tests.twin.droplets import Droplet, Twin
-from tests.twin.hub import HUB_CA_PATH, Hub
+from tests.twin.hub import HUB_CA_PATH, RESOLV_CONF, Hub
 
 # DigitalOcean's cloud-init vendor data sets manage_etc_hosts: /etc/hosts from the template.
 VENDOR_DATA = "#cloud-config\nmanage_etc_hosts: true\n"
@@ -109,6 +109,7 @@ class Engine:
                 f"{seed}/user-data": inputs.get("userData") or "#cloud-config\n{}\n",
                 f"{seed}/vendor-data": VENDOR_DATA,
                 HUB_CA_PATH: self.hub.ca_pem,
+                "/etc/resolv.conf": RESOLV_CONF,
             },
         )
 
