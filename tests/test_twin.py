@@ -22,12 +22,14 @@ from typing import Any
 
 import pytest
 
+from components.manifest import REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.lifecycle.planner import plan_destroy, plan_up
 from tests.mocks import ProviderMocks
 from tests.twin.cache import cached_build
-from tests.twin.droplets import Droplet, Twin
+from tests.twin.droplets import PUBLIC_GATEWAY, Droplet, Twin
 from tests.twin.engine import CommandRun, Engine
+from tests.twin.firewalls import PROBE
 from tests.twin.hub import Hub
 
 pytestmark = pytest.mark.twin
@@ -41,7 +43,16 @@ def _twin_can_run() -> str | None:
     """Why the twin cannot run here, or None."""
     if os.geteuid() != 0:
         return "the twin needs root"
-    for tool in ("unshare", "nsenter", "losetup", "mkfs.ext4", "ssh", "docker-registry", "curl"):
+    for tool in (
+        "unshare",
+        "nsenter",
+        "losetup",
+        "mkfs.ext4",
+        "ssh",
+        "docker-registry",
+        "curl",
+        "nft",
+    ):
         if shutil.which(tool) is None:
             return f"{tool} is missing (tests/run installs it as root)"
     return None
@@ -234,6 +245,84 @@ def test_garbage_collection_and_disk_check_run_through_their_timers_services(
     # Read-write again after the collection: the client's proof (a push) passes again.
     verify = stack.run.named("client-0-verify-registry")
     stack.ssh(CLIENT, verify.inputs["create"], stdin=str(verify.inputs["stdin"]).encode())
+
+
+def reachable(argv: list[str], targets: Mapping[tuple[str, int], str]) -> None:
+    """Probe every (address, port) of `targets` at once from where `argv` runs (a command
+    prefix: the deployer's network, a droplet, a bystander) and compare with the expected
+    "open", "refused" or "dropped" (filtered)."""
+    wanted = list(targets)
+    started = time.monotonic()
+    out = subprocess.run(
+        [*argv, "python3", "-c", PROBE, json.dumps(wanted), "1.5"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    seen = dict(zip(wanted, json.loads(out), strict=True))
+    print(f"probed {len(wanted)} ports in {time.monotonic() - started:.1f} s: {seen}")
+    assert seen == dict(targets)
+
+
+def test_cloud_firewalls_admit_only_what_the_readme_promises(stack: Stack) -> None:
+    """The program's firewalls, as nftables on the twin's router, against real connections:
+    from the Internet only SSH (adminCidrs) reaches either droplet; the registry port only from
+    the client droplets (public or VPC address); the metrics listener only from a droplet with
+    the scraper tag. "dropped" on a port nothing listens on shows the filter, not the host."""
+    registry, client = stack.droplet(REGISTRY), stack.droplet(CLIENT)
+    port = int(stack.config.get("port") or 5043)
+    metrics = REGISTRY_LAYOUT.metrics_port
+    scraper = stack.twin.add_bystander("10.110.0.200", (stack.run.outputs["metricsScraperTag"],))
+    outsider = stack.twin.add_bystander("10.110.0.201", ())
+    reachable(
+        stack.twin.deployer(),
+        {
+            (registry.public_ip, 22): "open",
+            (registry.public_ip, port): "dropped",
+            (registry.public_ip, 80): "dropped",
+            (client.public_ip, 22): "open",
+            (client.public_ip, port): "dropped",
+        },
+    )
+    reachable(
+        ["nsenter", "-t", str(client.pid1()), "-n"],
+        {
+            (registry.public_ip, port): "open",
+            (registry.private_ip, port): "open",
+            (registry.private_ip, metrics): "dropped",
+            (registry.private_ip, 80): "dropped",
+        },
+    )
+    reachable(
+        scraper.run(),
+        {
+            (registry.private_ip, metrics): "open",
+            (registry.private_ip, port): "dropped",
+            (client.private_ip, 22): "open",
+        },
+    )
+    reachable(outsider.run(), {(registry.private_ip, metrics): "dropped"})
+
+
+def test_an_allowed_cidrs_change_opens_the_registry_port_at_the_next_up(stack: Stack) -> None:
+    registry = stack.droplet(REGISTRY)
+    port = int(stack.config.get("port") or 5043)
+    deployer = f"{PUBLIC_GATEWAY}/32"
+
+    stack.up({"allowedCidrs": [deployer]})
+    reachable(stack.twin.deployer(), {(registry.public_ip, port): "open"})
+    status = subprocess.run(
+        stack.twin.deployer(
+            "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
+            f"https://{registry.public_ip}:{port}/v2/",
+        ),
+        capture_output=True, text=True, check=False, timeout=30,
+    ).stdout  # fmt: skip
+    assert status == "401"
+
+    stack.up({"allowedCidrs": []})
+    reachable(stack.twin.deployer(), {(registry.public_ip, port): "dropped"})
 
 
 def test_after_a_reboot_of_each_droplet_the_client_resolves_and_pulls(stack: Stack) -> None:
