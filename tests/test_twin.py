@@ -247,22 +247,29 @@ def test_garbage_collection_and_disk_check_run_through_their_timers_services(
     stack.ssh(CLIENT, verify.inputs["create"], stdin=str(verify.inputs["stdin"]).encode())
 
 
-def reachable(argv: list[str], targets: Mapping[tuple[str, int], str]) -> None:
-    """Probe every (address, port) of `targets` at once from where `argv` runs (a command
-    prefix: the deployer's network, a droplet, a bystander) and compare with the expected
-    "open", "refused" or "dropped" (filtered)."""
-    wanted = list(targets)
+Probes = Mapping[tuple[str, int], str]
+
+
+def reachable(*groups: tuple[list[str], Probes]) -> None:
+    """Probe every (address, port) of each group at once from where its command prefix runs
+    (the deployer's network, a droplet, a bystander), and compare with the expected "open",
+    "refused" or "dropped" (filtered)."""
     started = time.monotonic()
-    out = subprocess.run(
-        [*argv, "python3", "-c", PROBE, json.dumps(wanted), "1.5"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    seen = dict(zip(wanted, json.loads(out), strict=True))
-    print(f"probed {len(wanted)} ports in {time.monotonic() - started:.1f} s: {seen}")
-    assert seen == dict(targets)
+    probes = [
+        (
+            list(targets),
+            subprocess.Popen(
+                [*argv, "python3", "-c", PROBE, json.dumps(list(targets)), "1.5"],
+                stdout=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for argv, targets in groups
+    ]
+    seen = [dict(zip(wanted, json.loads(probe.communicate(timeout=30)[0]), strict=True))
+            for wanted, probe in probes]  # fmt: skip
+    print(f"probed in {time.monotonic() - started:.1f} s: {seen}")
+    assert seen == [dict(targets) for _, targets in groups]
 
 
 def test_cloud_firewalls_admit_only_what_the_readme_promises(stack: Stack) -> None:
@@ -276,33 +283,35 @@ def test_cloud_firewalls_admit_only_what_the_readme_promises(stack: Stack) -> No
     scraper = stack.twin.add_bystander("10.110.0.200", (stack.run.outputs["metricsScraperTag"],))
     outsider = stack.twin.add_bystander("10.110.0.201", ())
     reachable(
-        stack.twin.deployer(),
-        {
-            (registry.public_ip, 22): "open",
-            (registry.public_ip, port): "dropped",
-            (registry.public_ip, 80): "dropped",
-            (client.public_ip, 22): "open",
-            (client.public_ip, port): "dropped",
-        },
+        (
+            stack.twin.deployer(),
+            {
+                (registry.public_ip, 22): "open",
+                (registry.public_ip, port): "dropped",
+                (registry.public_ip, 80): "dropped",
+                (client.public_ip, 22): "open",
+                (client.public_ip, port): "dropped",
+            },
+        ),
+        (
+            ["nsenter", "-t", str(client.pid1()), "-n"],
+            {
+                (registry.public_ip, port): "open",
+                (registry.private_ip, port): "open",
+                (registry.private_ip, metrics): "dropped",
+                (registry.private_ip, 80): "dropped",
+            },
+        ),
+        (
+            scraper.run(),
+            {
+                (registry.private_ip, metrics): "open",
+                (registry.private_ip, port): "dropped",
+                (client.private_ip, 22): "open",
+            },
+        ),
+        (outsider.run(), {(registry.private_ip, metrics): "dropped"}),
     )
-    reachable(
-        ["nsenter", "-t", str(client.pid1()), "-n"],
-        {
-            (registry.public_ip, port): "open",
-            (registry.private_ip, port): "open",
-            (registry.private_ip, metrics): "dropped",
-            (registry.private_ip, 80): "dropped",
-        },
-    )
-    reachable(
-        scraper.run(),
-        {
-            (registry.private_ip, metrics): "open",
-            (registry.private_ip, port): "dropped",
-            (client.private_ip, 22): "open",
-        },
-    )
-    reachable(outsider.run(), {(registry.private_ip, metrics): "dropped"})
 
 
 def test_an_allowed_cidrs_change_opens_the_registry_port_at_the_next_up(stack: Stack) -> None:
@@ -311,7 +320,7 @@ def test_an_allowed_cidrs_change_opens_the_registry_port_at_the_next_up(stack: S
     deployer = f"{PUBLIC_GATEWAY}/32"
 
     stack.up({"allowedCidrs": [deployer]})
-    reachable(stack.twin.deployer(), {(registry.public_ip, port): "open"})
+    reachable((stack.twin.deployer(), {(registry.public_ip, port): "open"}))
     status = subprocess.run(
         stack.twin.deployer(
             "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
@@ -322,7 +331,7 @@ def test_an_allowed_cidrs_change_opens_the_registry_port_at_the_next_up(stack: S
     assert status == "401"
 
     stack.up({"allowedCidrs": []})
-    reachable(stack.twin.deployer(), {(registry.public_ip, port): "dropped"})
+    reachable((stack.twin.deployer(), {(registry.public_ip, port): "dropped"}))
 
 
 def test_after_a_reboot_of_each_droplet_the_client_resolves_and_pulls(stack: Stack) -> None:
