@@ -34,8 +34,9 @@ from tests.mocks import ProviderMocks
 from tests.realstack.hostsim import LOG_FIELD
 from tests.twin.acme import DIRECTORY, DNS_IP, Acme
 from tests.twin.cache import cached_build
-from tests.twin.droplets import Droplet, Twin
+from tests.twin.droplets import PUBLIC_GATEWAY, Droplet, Twin
 from tests.twin.engine import CommandRun, Engine
+from tests.twin.firewalls import PROBE
 from tests.twin.hub import IMAGES, Hub
 
 pytestmark = pytest.mark.twin
@@ -49,7 +50,16 @@ def _twin_can_run() -> str | None:
     """Why the twin cannot run here, or None."""
     if os.geteuid() != 0:
         return "the twin needs root"
-    for tool in ("unshare", "nsenter", "losetup", "mkfs.ext4", "ssh", "docker-registry", "curl"):
+    for tool in (
+        "unshare",
+        "nsenter",
+        "losetup",
+        "mkfs.ext4",
+        "ssh",
+        "docker-registry",
+        "curl",
+        "nft",
+    ):
         if shutil.which(tool) is None:
             return f"{tool} is missing (tests/run installs it as root)"
     return None
@@ -242,6 +252,93 @@ def test_garbage_collection_and_disk_check_run_through_their_timers_services(
     # Read-write again after the collection: the client's proof (a push) passes again.
     verify = stack.run.named("client-0-verify-registry")
     stack.ssh(CLIENT, verify.inputs["create"], stdin=str(verify.inputs["stdin"]).encode())
+
+
+Probes = Mapping[tuple[str, int], str]
+
+
+def reachable(*groups: tuple[list[str], Probes]) -> None:
+    """Probe every (address, port) of each group at once from where its command prefix runs
+    (the deployer's network, a droplet, a bystander), and compare with the expected "open",
+    "refused" or "dropped" (filtered)."""
+    started = time.monotonic()
+    probes = [
+        (
+            list(targets),
+            subprocess.Popen(
+                [*argv, "python3", "-c", PROBE, json.dumps(list(targets)), "1.5"],
+                stdout=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for argv, targets in groups
+    ]
+    seen = [dict(zip(wanted, json.loads(probe.communicate(timeout=30)[0]), strict=True))
+            for wanted, probe in probes]  # fmt: skip
+    print(f"probed in {time.monotonic() - started:.1f} s: {seen}")
+    assert seen == [dict(targets) for _, targets in groups]
+
+
+def test_cloud_firewalls_admit_only_what_the_readme_promises(stack: Stack) -> None:
+    """The program's firewalls, as nftables on the twin's router, against real connections:
+    from the Internet only SSH (adminCidrs) reaches either droplet; the registry port only from
+    the client droplets (public or VPC address); the metrics listener only from a droplet with
+    the scraper tag. "dropped" on a port nothing listens on shows the filter, not the host."""
+    registry, client = stack.droplet(REGISTRY), stack.droplet(CLIENT)
+    port = int(stack.config.get("port") or 5043)
+    metrics = REGISTRY_LAYOUT.metrics_port
+    scraper = stack.twin.add_bystander("10.110.0.200", (stack.run.outputs["metricsScraperTag"],))
+    outsider = stack.twin.add_bystander("10.110.0.201", ())
+    reachable(
+        (
+            stack.twin.deployer(),
+            {
+                (registry.public_ip, 22): "open",
+                (registry.public_ip, port): "dropped",
+                (registry.public_ip, 80): "dropped",
+                (client.public_ip, 22): "open",
+                (client.public_ip, port): "dropped",
+            },
+        ),
+        (
+            ["nsenter", "-t", str(client.pid1()), "-n"],
+            {
+                (registry.public_ip, port): "open",
+                (registry.private_ip, port): "open",
+                (registry.private_ip, metrics): "dropped",
+                (registry.private_ip, 80): "dropped",
+            },
+        ),
+        (
+            scraper.run(),
+            {
+                (registry.private_ip, metrics): "open",
+                (registry.private_ip, port): "dropped",
+                (client.private_ip, 22): "open",
+            },
+        ),
+        (outsider.run(), {(registry.private_ip, metrics): "dropped"}),
+    )
+
+
+def test_an_allowed_cidrs_change_opens_the_registry_port_at_the_next_up(stack: Stack) -> None:
+    registry = stack.droplet(REGISTRY)
+    port = int(stack.config.get("port") or 5043)
+    deployer = f"{PUBLIC_GATEWAY}/32"
+
+    stack.up({"allowedCidrs": [deployer]})
+    reachable((stack.twin.deployer(), {(registry.public_ip, port): "open"}))
+    status = subprocess.run(
+        stack.twin.deployer(
+            "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
+            f"https://{registry.public_ip}:{port}/v2/",
+        ),
+        capture_output=True, text=True, check=False, timeout=30,
+    ).stdout  # fmt: skip
+    assert status == "401"
+
+    stack.up({"allowedCidrs": []})
+    reachable((stack.twin.deployer(), {(registry.public_ip, port): "dropped"}))
 
 
 # -- The Docker Hub cache (hubCache), turned on and off on day 2 ------------------------------

@@ -32,6 +32,7 @@ UPTIME_CHECK = "digitalocean:index/uptimeCheck:UptimeCheck"
 UPTIME_ALERT = "digitalocean:index/uptimeAlert:UptimeAlert"
 MONITOR_ALERT = "digitalocean:index/monitorAlert:MonitorAlert"
 PROJECT = "digitalocean:index/project:Project"
+LOAD_BALANCER = "digitalocean:index/loadBalancer:LoadBalancer"
 
 _SUBJECT_AND_SANS = frozenset({"subject", "dnsNames", "ipAddresses", "uris"})
 

@@ -7,7 +7,8 @@ the machine sees it). Network namespaces are held open by `sleep` processes: the
 two bridges, `public` (the deployer and the Docker Hub stand-in at PUBLIC_GATEWAY) and `vpc`;
 each droplet's holds `eth0` and `eth1` on them with the addresses the mocks gave the droplet, and
 keeps them (and their MACs) across reboots. Volumes are sparse ext4 images, attached as loop
-devices that appear inside the droplet as `/dev/disk/by-id/scsi-0DO_Volume_<name>`.
+devices that appear inside the droplet as `/dev/disk/by-id/scsi-0DO_Volume_<name>`. The program's
+Cloud Firewalls filter on the router (tests/twin/firewalls.py).
 
 `Twin.close()` leaves the machine as it was: no process, loop device or veth left.
 """
@@ -21,6 +22,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from tests.twin.firewalls import Host, ruleset
 
 PUBLIC_GATEWAY = "203.0.113.1"
 PUBLIC_PREFIX = 24
@@ -106,6 +110,7 @@ class Droplet:
     private_ip: str
     index: int
     directory: Path
+    tags: tuple[str, ...] = ()
     holder: subprocess.Popen[bytes] | None = None
     nspawn: subprocess.Popen[bytes] | None = None
     volumes: dict[str, Volume] = field(default_factory=dict)
@@ -143,6 +148,10 @@ class Droplet:
             ):
                 run(in_namespace(self.holder, *argv))
         run(in_namespace(self.holder, "ip", "route", "add", "default", "via", PUBLIC_GATEWAY))
+
+    @property
+    def host(self) -> Host:
+        return Host(self.droplet_id, (self.public_ip, self.private_ip), self.tags)
 
     def boot(self) -> None:
         """Start systemd as PID 1 on the droplet's disk; return once it is running."""
@@ -312,6 +321,25 @@ class Droplet:
 
 
 @dataclass
+class Bystander:
+    """A droplet outside the stack in the same VPC (a user's Prometheus scraper, say): only a
+    network namespace with `eth1` on the VPC bridge and the tags a firewall may name."""
+
+    droplet_id: str
+    private_ip: str
+    tags: tuple[str, ...]
+    holder: subprocess.Popen[bytes]
+
+    @property
+    def host(self) -> Host:
+        return Host(self.droplet_id, (self.private_ip,), self.tags)
+
+    def run(self, *argv: str) -> list[str]:
+        """`argv` as run on it."""
+        return in_namespace(self.holder, *argv)
+
+
+@dataclass
 class Twin:
     """The twin's world: the router's namespace and every droplet and volume in it."""
 
@@ -321,9 +349,18 @@ class Twin:
     droplets: dict[str, Droplet] = field(default_factory=dict)  # by droplet id
     volumes: dict[str, Volume] = field(default_factory=dict)  # by volume id
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # The Cloud Firewalls' inputs by firewall id, and the load balancers' addresses by uid, as
+    # the engine last set them.
+    firewalls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load_balancers: dict[str, str] = field(default_factory=dict)
+    bystanders: list[Bystander] = field(default_factory=list)
 
     def start(self) -> None:
         self.router = namespace_holder()
+        # Bridged traffic through the router's IP hooks (and connection tracking), where the
+        # firewalls filter: per network namespace, and needs br_netfilter in the kernel.
+        for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+            run(in_namespace(self.router, "sysctl", "-q", "-w", f"net.bridge.{name}=1"))
         for bridge, address in (("public", f"{PUBLIC_GATEWAY}/{PUBLIC_PREFIX}"), ("vpc", None)):
             run(in_namespace(self.router, "ip", "link", "add", bridge, "type", "bridge"))
             run(in_namespace(self.router, "ip", "link", "set", bridge, "up"))
@@ -336,20 +373,58 @@ class Twin:
         return in_namespace(self.router, *argv)
 
     def add_droplet(
-        self, droplet_id: str, name: str, public_ip: str, private_ip: str, seed: dict[str, str]
+        self,
+        droplet_id: str,
+        name: str,
+        public_ip: str,
+        private_ip: str,
+        seed: dict[str, str],
+        tags: tuple[str, ...] = (),
     ) -> Droplet:
         """A new droplet from the pristine rootfs, with `seed` (path -> text) on its disk."""
         directory = self.directory / f"droplet-{droplet_id}"
         directory.mkdir()
         droplet = Droplet(
-            self, droplet_id, name, public_ip, private_ip, len(self.droplets) + 1, directory
+            self,
+            droplet_id,
+            name,
+            public_ip,
+            private_ip,
+            # Not len(): a replacement's veths must not take a live droplet's names.
+            max((d.index for d in self.droplets.values()), default=0) + 1,
+            directory,
+            tags,
         )
         self.droplets[droplet_id] = droplet
         for path, text in seed.items():
             droplet.write(path, text)
         droplet.wire()
+        self.apply_firewalls()  # a tagged droplet is guarded from its first packet
         droplet.boot()
         return droplet
+
+    def add_bystander(self, private_ip: str, tags: tuple[str, ...]) -> Bystander:
+        assert self.router is not None
+        index = 100 + len(self.bystanders)
+        holder = namespace_holder()
+        bystander = Bystander(f"bystander-{index}", private_ip, tags, holder)
+        self.bystanders.append(bystander)
+        outer = f"vpc{index}"
+        run(["ip", "link", "add", outer, "netns", str(self.router.pid), "type", "veth",
+             "peer", "name", "eth1", "netns", str(holder.pid)])  # fmt: skip
+        run(in_namespace(self.router, "ip", "link", "set", outer, "master", "vpc", "up"))
+        run(bystander.run("ip", "address", "add", f"{private_ip}/{VPC_PREFIX}", "dev", "eth1"))
+        run(bystander.run("ip", "link", "set", "eth1", "up"))
+        self.apply_firewalls()
+        return bystander
+
+    def apply_firewalls(self) -> None:
+        """Load the firewalls' rules over today's droplets into the router, in one transaction."""
+        assert self.router is not None
+        hosts = [d.host for d in self.droplets.values()] + [b.host for b in self.bystanders]
+        script = ruleset(self.firewalls.values(), hosts, self.load_balancers)
+        (self.directory / "firewalls.nft").write_text(script)
+        run(in_namespace(self.router, "nft", "-f", "-"), stdin=script.encode())
 
     def droplet_at(self, public_ip: str) -> Droplet:
         found = [d for d in self.droplets.values() if d.public_ip == public_ip]
@@ -380,6 +455,8 @@ class Twin:
             volume.detach()
         for process in self.processes:
             stop(process)
+        for bystander in self.bystanders:
+            stop(bystander.holder)
         if self.router is not None:
             stop(self.router)
             self.router = None

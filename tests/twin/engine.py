@@ -8,6 +8,8 @@ and the text pulumi-command would run (`create`, `update` or else `create`, `del
 command runs, the engine dials as pulumi-command does: retries while the dial fails (sshd not up
 yet, the key not yet installed by cloud-init), backing off from 100 ms by 1.5x up to 5 s, at
 most `dial_error_limit` times. A failed command fails the run, as it fails `pulumi up`.
+Each step that makes, changes or removes a firewall or a droplet reloads the router's firewall
+rules (tests/twin/firewalls.py) from the firewalls' inputs and the droplets' tags.
 """
 
 from __future__ import annotations
@@ -69,8 +71,25 @@ class Engine:
                 droplet = self.twin.droplets.pop(registration.id)
                 stopped = droplet.destroy()
                 assert stopped, f"droplet {droplet.name} did not shut down within its timeout"
+                self.twin.apply_firewalls()
             elif step.action in ("create", "replace"):
                 self._create_droplet(registration, state)
+            elif step.action == "update":
+                self.twin.droplets[registration.id].tags = tuple(
+                    registration.inputs.get("tags") or ()
+                )
+                self.twin.apply_firewalls()
+        elif registration.type == schema.FIREWALL:
+            if deleting:
+                self.twin.firewalls.pop(registration.id)
+            elif step.action in ("create", "replace", "update"):
+                self.twin.firewalls[registration.id] = registration.inputs
+            self.twin.apply_firewalls()
+        elif registration.type == schema.LOAD_BALANCER:
+            if deleting:
+                self.twin.load_balancers.pop(registration.id)
+            elif step.action in ("create", "replace", "update"):
+                self.twin.load_balancers[registration.id] = registration.outputs["ip"]
         elif registration.type == schema.VOLUME:
             if step.action in ("create", "replace"):
                 self.twin.add_volume(
@@ -111,6 +130,7 @@ class Engine:
                 HUB_CA_PATH: self.hub.ca_pem,
                 "/etc/resolv.conf": RESOLV_CONF,
             },
+            tags=tuple(inputs.get("tags") or ()),
         )
 
     # -- SSH -------------------------------------------------------------------------------
