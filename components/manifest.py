@@ -835,7 +835,11 @@ def registry_host(
         return HostManifest(files, (install, activate))
     # publicTls: nginx needs a certificate to start; the public one is asked for once it runs.
     serve_certificate = HostScript("serve_certificate", "serve-certificate.sh", (acme_script.path,))
-    issue_certificate = HostScript("issue_certificate", "issue-certificate.sh", (acme_unit.name,))
+    issue_certificate = HostScript(
+        "issue_certificate",
+        "issue-certificate.sh",
+        (acme_unit.name, PurePosixPath(acme_timer.path).name),
+    )
     scripts = (
         install,
         HostScript(

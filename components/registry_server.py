@@ -319,7 +319,9 @@ class RegistryServer(pulumi.ComponentResource):
         if public_tls:
             # Asks for the public certificate once the registry runs. Switching publicTls off
             # deletes this command, which stops the renewals (nginx then serves the private
-            # certificate again, from the files placed in the same update).
+            # certificate again, from the files placed in the same update). Replaced (a changed
+            # file re-runs it), the old command's delete must run first, or it would disable
+            # the timer the new one has just enabled.
             host.run_script(
                 host_manifest.script("issue_certificate"),
                 stack_values,
@@ -327,6 +329,7 @@ class RegistryServer(pulumi.ComponentResource):
                 triggers=[self.files_fingerprint, *triggers],
                 delete="systemctl disable --now "
                 + PurePosixPath(host_manifest.file("acme_timer").path).name,
+                delete_before_replace=True,
             )
 
     def _spaces_node(self, name: str, args: RegistryServerArgs, spaces: SpacesStorage) -> None:

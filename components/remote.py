@@ -117,9 +117,14 @@ class RemoteHost:
         )
         return host
 
-    def _opts(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
+    def _opts(
+        self, depends_on: Sequence[pulumi.Resource], delete_before_replace: bool = False
+    ) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(
-            parent=self.parent, depends_on=list(depends_on), deleted_with=self.droplet
+            parent=self.parent,
+            depends_on=list(depends_on),
+            deleted_with=self.droplet,
+            delete_before_replace=delete_before_replace,
         )
 
     def run_script(
@@ -129,11 +134,13 @@ class RemoteHost:
         depends_on: Sequence[pulumi.Resource] = (),
         triggers: Sequence[pulumi.Input[str]] = (),
         delete: str | None = None,
+        delete_before_replace: bool = False,
     ) -> command.remote.Command:
         """Run the script with `bash -s` and its arguments; the script travels on stdin.
 
         It re-runs when the script, its arguments, the droplet or any of `triggers` change.
-        `delete` runs when the command is deleted while its droplet stays.
+        `delete` runs when the command is deleted while its droplet stays, and when it is
+        replaced: after the new one ran, unless `delete_before_replace`.
         """
         return command.remote.Command(
             command_name(self.name, host_script),
@@ -145,7 +152,7 @@ class RemoteHost:
             stdin=templates.script(host_script.script),
             triggers=[self.droplet.id, *triggers],
             add_previous_output_in_env=False,
-            opts=self._opts(depends_on),
+            opts=self._opts(depends_on, delete_before_replace),
         )
 
     def run_script_on_delete(

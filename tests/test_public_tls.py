@@ -25,7 +25,9 @@ from components.manifest import (
     command_name,
 )
 from components.rendering.templates import SCRIPTS_DIR
-from tests.harness import ProgramRun, Registration
+from tests.harness import ProgramRun, Registration, run_program
+from tests.lifecycle.planner import plan_up
+from tests.mocks import ProviderMocks
 from tests.realstack.sandbox import Sandbox
 from tests.test_host_scripts import verify_offline
 
@@ -85,7 +87,7 @@ def test_public_tls_serves_a_certificate_before_activation_and_asks_for_one_afte
     assert public_run.named(f"{HOST}-dns").urn in issue.dependencies
     acme_script = REGISTRY_HOST_PUBLIC_TLS.file("acme_script").path
     assert script_args(serve) == [acme_script]
-    assert script_args(issue) == ["registry-acme.service"]
+    assert script_args(issue) == ["registry-acme.service", "registry-acme.timer"]
     # Switching publicTls off deletes this command: the renewals stop.
     assert issue.inputs["delete"] == "systemctl disable --now registry-acme.timer"
     activate_args = script_args(activate)
@@ -93,6 +95,19 @@ def test_public_tls_serves_a_certificate_before_activation_and_asks_for_one_afte
     assert "registry-acme.timer" in activate_args[4:]
     install = script_args(public_run.named(f"{HOST}-install-packages"))
     assert install == [*versions.REGISTRY_HOST_PACKAGES, *versions.ACME_CLIENT_PACKAGES]
+
+
+@pytest.mark.program
+def test_a_changed_file_re_asks_for_the_certificate_and_leaves_the_renewal_timer_enabled() -> None:
+    """A new user changes a placed file, which replaces the issuing command. Its delete
+    (disabling the timer) must run before the new command, which enables the timer again;
+    run after it, as a create-before-delete replacement does, it would stop the renewals."""
+    mocks = ProviderMocks()
+    before = run_program(mocks=mocks, overrides=PUBLIC)
+    plan = plan_up(before, run_program(mocks=mocks, overrides={**PUBLIC, "users": ["carol"]}))
+    issue = f"{HOST}-issue-certificate"
+    assert plan.index(f"{HOST}-activate", "replace") < plan.index(issue, "delete-replaced")
+    assert plan.index(issue, "delete-replaced") < plan.index(issue, "replace"), plan.summary()
 
 
 @pytest.mark.program
@@ -156,17 +171,17 @@ def test_the_certificate_alert_fires_only_once_renewals_have_failed_and_names_th
 def test_asking_for_the_certificate_never_fails_pulumi_up(unit_status: int, tmp_path: Path) -> None:
     """issue-certificate.sh as the remote command runs it (`bash -s`), with `systemctl` and
     `journalctl` stood in for: a failed unit is reported with its log, and the command
-    succeeds, since the registry keeps serving and the timer retries."""
+    succeeds, since the registry keeps serving and the timer (enabled first) retries."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "systemctl").write_text(
-        f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\nexit {unit_status}\n'
+        f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\n[ "$1" != start ] || exit {unit_status}\n'
     )
     (bin_dir / "journalctl").write_text("#!/bin/sh\necho 'registry-acme: ERROR: what to fix'\n")
     for stand_in in bin_dir.iterdir():
         stand_in.chmod(0o755)
     result = subprocess.run(
-        ["bash", "-s", "--", "registry-acme.service"],
+        ["bash", "-s", "--", "registry-acme.service", "registry-acme.timer"],
         input=(SCRIPTS_DIR / "issue-certificate.sh").read_text(),
         capture_output=True,
         text=True,
@@ -174,7 +189,9 @@ def test_asking_for_the_certificate_never_fails_pulumi_up(unit_status: int, tmp_
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "calls").read_text() == "start registry-acme.service\n"
+    assert (tmp_path / "calls").read_text() == (
+        "enable --now --quiet registry-acme.timer\nstart registry-acme.service\n"
+    )
     if unit_status:
         assert "WARNING: registry-acme.service failed" in result.stderr
         assert "registry-acme: ERROR: what to fix" in result.stderr

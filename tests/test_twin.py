@@ -604,6 +604,24 @@ def test_a_forced_renewal_through_the_unit_reloads_nginx_under_a_pull_loop(
     )
 
 
+def test_a_user_added_under_public_tls_keeps_the_renewal_timer_enabled(
+    stack: Stack, acme: Acme
+) -> None:
+    """A changed file replaces the issuing command, whose delete disables the timer: the old
+    command's delete must run before the new one enables it again."""
+    started = time.monotonic()
+    ran = stack.up({"users": [*stack.config["users"], "carol"]})
+    assert "registry-issue-certificate" in {run.name for run in ran}
+    state = stack.ssh(
+        REGISTRY,
+        "systemctl is-enabled registry-acme.timer; systemctl is-active registry-acme.timer || true",
+    )
+    assert state.split() == ["enabled", "active"], state
+    assert "Pebble" in served_issuer(stack)
+    assert stack.registry_status("carol", stack.password("carol")) == 200
+    print(f"a user added under public TLS: {time.monotonic() - started:.1f} s")
+
+
 def test_switching_back_to_private_tls_stops_the_renewals_and_the_client_works_again(
     stack: Stack, acme: Acme
 ) -> None:

@@ -4,10 +4,14 @@
 # lifetime left). A failure does not fail `pulumi up`: the registry keeps serving the current
 # certificate (the private one until a first issuance), the timer retries twice a day, and the
 # unit's last log lines, printed here, say what to fix.
-# Usage: issue-certificate.sh UNIT   (registry-acme.service)
+# It enables the renewal timer itself: replacing this command (a changed file re-runs it) first
+# deletes the previous one, whose delete disables the timer.
+# Usage: issue-certificate.sh UNIT TIMER   (registry-acme.service registry-acme.timer)
 set -euo pipefail
 
 unit="$1"
+timer="$2"
+systemctl enable --now --quiet "$timer"
 if systemctl start "$unit"; then
   printf '==> %s: done\n' "$unit"
 else
