@@ -92,7 +92,8 @@ class Pebble:
                 }
             )
         )
-        log = (workdir / "pebble.log").open("ab")
+        self.log = workdir / "pebble.log"
+        log = self.log.open("ab")
         # The Internet's DNS: every name is the registry's public IP until told otherwise.
         self._start(
             ["pebble-challtestsrv", "-defaultIPv4", sim.public_ip, "-defaultIPv6", "",
@@ -100,7 +101,7 @@ class Pebble:
              "-management", f"{self.ip}:8055"],
             {}, log,
         )  # fmt: skip
-        # No nonce rejections or sleeps, and no reused authorizations: every order validates.
+        # No nonce rejections or sleeps, and (but 1 time in 100) no reused authorizations.
         self._start(
             ["pebble", "-config", str(config), "-dnsserver", f"{self.ip}:8053"],
             {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"},
@@ -137,6 +138,10 @@ class Pebble:
             ["curl", "-sSf", "--cacert", str(self.tls_cert), "--resolve",
              f"{PEBBLE_NAME}:15000:{self.ip}", f"https://{PEBBLE_NAME}:15000{path}"]
         )).stdout.decode()  # fmt: skip
+
+    def validations(self) -> int:
+        """How many challenge validations pebble has attempted so far."""
+        return self.log.read_text().count("Attempting to validate")
 
     def point_names_at(self, ip: str) -> None:
         """challtestsrv's DNS answers every A query with `ip` from now on."""
@@ -386,14 +391,21 @@ def test_a_renewal_that_is_not_due_asks_nothing_and_reloads_nothing(
 def test_a_failed_renewal_keeps_serving_logs_what_to_check_and_shows_in_metrics(
     sim: RegistryHostSim, pebble: Pebble, issued: str, workdir: Path
 ) -> None:
-    served = host_file(sim, SERVED_CERT).read_text()
-    before = reloads(workdir)
-    # The name no longer leads to this host: the challenge cannot be fetched.
-    pebble.point_names_at(pebble.ip)
-    try:
-        result = acme_script(sim, workdir, "renew", "force")
-    finally:
-        pebble.point_names_at(sim.public_ip)
+    for _attempt in range(3):
+        served, before, validated = (
+            host_file(sim, SERVED_CERT).read_text(), reloads(workdir), pebble.validations()
+        )
+        # The name no longer leads to this host: the challenge cannot be fetched.
+        pebble.point_names_at(pebble.ip)
+        try:
+            result = acme_script(sim, workdir, "renew", "force")
+        finally:
+            pebble.point_names_at(sim.public_ip)
+        # pebble 2.4 reuses a valid authorization 1 time in 100 even at PEBBLE_AUTHZREUSE=0
+        # (wfe.go: `rand.Intn(100) > wfe.authzReusePercent`): then no challenge was asked
+        # for, the attempt proved nothing, and it is asked again.
+        if pebble.validations() > validated:
+            break
     assert result.returncode == 1
     message = result.stdout.decode()
     assert "ERROR: no certificate from" in message and "port 80 is open" in message

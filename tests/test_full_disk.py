@@ -128,7 +128,7 @@ def run_disk_check(stack: Stack) -> str:
     """The placed registry-disk.sh on the simulated host, with the full volume at the data
     mount; its output is the journal line."""
     volume = shlex.quote(str(stack.volume.mount_point))
-    result = stack.sim.run_disk_check(f"mount --bind {volume} {REGISTRY_LAYOUT.data_mount} && ")
+    result = stack.sim.run_disk_check(f"mount --bind {volume} {REGISTRY_LAYOUT.data_mount}")
     output = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, output
     return output

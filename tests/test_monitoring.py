@@ -204,7 +204,7 @@ def run_disk_check(sim: RegistryHostSim, fill_kib: int, mounted: bool = True) ->
     mount = REGISTRY_LAYOUT.data_mount
     volume = (
         f"mount -t tmpfs -o size=1m tmpfs {mount} && "
-        f"head -c {fill_kib * 1024} /dev/zero >{mount}/filler && "
+        f"head -c {fill_kib * 1024} /dev/zero >{mount}/filler"
         if mounted
         else ""
     )

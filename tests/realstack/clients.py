@@ -117,15 +117,9 @@ class Skopeo:
     def push(self, image: OciImage, repository: str, user: str) -> str:
         """Copy the layout to the registry; return the manifest digest skopeo wrote."""
         digest_file = self.workdir / f"digest-{repository.replace('/', '_')}-{image.tag}"
-        self(
-            "copy",
-            "--quiet",
-            "--dest-authfile",
-            str(self.authfile(user)),
-            "--digestfile",
-            str(digest_file),
-            image.reference,
-            f"docker://{self.sim.address}/{repository}:{image.tag}",
+        destination = f"docker://{self.sim.address}/{repository}:{image.tag}"
+        self.sim.client(
+            *self.copy_argv(user, image.reference, destination, "--digestfile", str(digest_file))
         )
         return digest_file.read_text().strip()
 
@@ -133,14 +127,8 @@ class Skopeo:
         self, repository: str, tag: str, user: str, destination: Path
     ) -> tuple[str, tuple[str, ...]]:
         """Copy from the registry into a fresh OCI layout; return its verified digests."""
-        self(
-            "copy",
-            "--quiet",
-            "--src-authfile",
-            str(self.authfile(user)),
-            f"docker://{self.sim.address}/{repository}:{tag}",
-            f"oci:{destination}:{tag}",
-        )
+        source = f"docker://{self.sim.address}/{repository}:{tag}"
+        self.sim.client(*self.copy_argv(user, source, f"oci:{destination}:{tag}"))
         return layout_digests(destination, tag)
 
     def raw_manifest_digest(self, repository: str, tag: str, user: str) -> str:

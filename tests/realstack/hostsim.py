@@ -900,16 +900,19 @@ class RegistryHostSim:
             timeout=timeout,
         )
 
-    def run_disk_check(self, mount_volume: str) -> subprocess.CompletedProcess[bytes]:
-        """Run the placed registry-disk.sh in the host's sandbox after `mount_volume` (shell
-        commands that put a volume, or nothing, at the data mount). The host's /srv is a private
-        tmpfs there: the machine's is never touched."""
+    def run_disk_check(self, mount_volume: str = "") -> subprocess.CompletedProcess[bytes]:
+        """Run the placed registry-disk.sh in the host's sandbox after `mount_volume` (a shell
+        command that puts a volume at the data mount; none: nothing mounted there). The host's
+        /srv is a private tmpfs there: the machine's is never touched."""
         mount = REGISTRY_LAYOUT.data_mount
-        return self.files.sandbox.run(
-            f"mount -t tmpfs tmpfs {shlex.quote(str(Path(mount).parent))} && "
-            f"mkdir -p {mount} && {mount_volume}"
-            f"{REGISTRY_HOST.file('disk_script').path} 2>&1"
-        )
+        steps = [
+            f"mount -t tmpfs tmpfs {shlex.quote(str(Path(mount).parent))}",
+            f"mkdir -p {mount}",
+        ]
+        if mount_volume:
+            steps.append(mount_volume)
+        steps.append(f"{REGISTRY_HOST.file('disk_script').path} 2>&1")
+        return self.files.sandbox.run(" && ".join(steps))
 
     def host_exec(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess[bytes]:
         """Run a command in the registry host's network namespace."""
