@@ -817,7 +817,9 @@ def registry_host(
         "activate",
         "activate-registry.sh",
         (
-            StackValue("registry_name"),
+            # publicTls: the public name, the one name both the private and the ACME
+            # certificate hold (the ACME one holds only it).
+            StackValue("public_name" if public else "registry_name"),
             StackValue("port"),
             compose.path,
             # publicTls: the CA of whichever certificate registry-acme.sh serves.

@@ -91,6 +91,8 @@ def test_public_tls_serves_a_certificate_before_activation_and_asks_for_one_afte
     # Switching publicTls off deletes this command: the renewals stop.
     assert issue.inputs["delete"] == "systemctl disable --now registry-acme.timer"
     activate_args = script_args(activate)
+    # Activation verifies the served certificate for the name the ACME certificate holds.
+    assert f"\nname={activate_args[0]}\n" in placed_text(public_run, "acme_script")
     assert activate_args[3] == "/etc/registry/tls/registry-ca.crt"
     assert "registry-acme.timer" in activate_args[4:]
     install = script_args(public_run.named(f"{HOST}-install-packages"))

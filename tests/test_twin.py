@@ -531,15 +531,16 @@ def test_switching_to_public_tls_issues_through_the_unit_and_docker_trusts_only_
         "/usr/local/share/ca-certificates/private-registry-*.crt"
         " && update-ca-certificates --fresh >/dev/null && systemctl restart docker"
     )
-    # The check that the private CA is not trusted: its certificate, which the metrics
-    # listener still serves, fails verification (curl's 60).
-    private = stack.droplet(REGISTRY).private_ip
+    # The check that the private CA is not trusted: the private server certificate (which the
+    # metrics listener still serves, behind the firewall) fails verification against the
+    # system store, the bundle Docker's Go TLS reads.
+    private_cert = stack.ssh(REGISTRY, f"cat {REGISTRY_HOST_PUBLIC_TLS.file('server_cert').path}")
     refused = stack.ssh(
         CLIENT,
-        f"curl -sS -o /dev/null https://{private}:{REGISTRY_LAYOUT.metrics_port}/metrics/tls;"
-        " echo $?",
+        "openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt /dev/stdin; echo $?",
+        stdin=private_cert.encode(),
     )
-    assert refused.strip().splitlines()[-1] == "60", refused
+    assert refused.strip().splitlines()[-1] == "2", refused
     address = stack.run.outputs["registryAddress"]
     image = f"{address}/team/acme-twin:v1"
     stack.ssh(
