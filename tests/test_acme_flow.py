@@ -393,7 +393,9 @@ def test_a_failed_renewal_keeps_serving_logs_what_to_check_and_shows_in_metrics(
 ) -> None:
     for _attempt in range(3):
         served, before, validated = (
-            host_file(sim, SERVED_CERT).read_text(), reloads(workdir), pebble.validations()
+            host_file(sim, SERVED_CERT).read_text(),
+            reloads(workdir),
+            pebble.validations(),
         )
         # The name no longer leads to this host: the challenge cannot be fetched.
         pebble.point_names_at(pebble.ip)
