@@ -944,8 +944,8 @@ def test_registry_unit_is_valid_and_a_dockerd_restart_does_not_stop_it(tmp_path:
     )
     entries = unit_entries(unit, "Unit")
     naming_docker = {key for key, value in entries if "docker.service" in value.split()}
-    # Requires=/BindsTo=/PartOf=/Requisite= would propagate dockerd's stop or restart (an
-    # unattended docker.io upgrade) to this unit, whose ExecStop is `compose down`.
+    # Requires=/BindsTo=/PartOf=/Requisite= would propagate dockerd's stop or restart (by hand,
+    # or finishing a docker.io upgrade) to this unit, whose ExecStop is `compose down`.
     assert naming_docker == {"Wants", "After"}
     assert ("RequiresMountsFor", REGISTRY_LAYOUT.data_mount) in entries
 

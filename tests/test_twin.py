@@ -210,7 +210,7 @@ def test_rotated_passwords_work_and_the_old_ones_get_401(stack: Stack) -> None:
 def test_dockerd_restart_keeps_the_containers_and_refuses_connections_only_briefly(
     stack: Stack,
 ) -> None:
-    """`systemctl restart docker` (what an unattended docker.io upgrade does) with the client
+    """`systemctl restart docker` (what finishes a docker.io upgrade) with the client
     polling `GET /v2/` every 20 ms: live-restore keeps the containers (same start time), and
     new connections are refused only while dockerd restarts its docker-proxy processes."""
     registry_before = container_started(stack, "registry")

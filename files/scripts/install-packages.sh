@@ -61,8 +61,8 @@ if ((${#missing[@]} > 0)); then
   update_package_lists
 fi
 log "installing: $* (waiting up to ${lock_timeout}s for the dpkg lock)"
-# --no-upgrade: a re-run never upgrades an installed package (say docker.io, which would
-# restart dockerd and the registry); it still waits for the lock and confirms the install.
+# --no-upgrade: a re-run never upgrades an installed package (say docker.io, whose new dockerd
+# runs only after a restart); it still waits for the lock and confirms the install.
 if ! apt_get install -y --no-install-recommends --no-upgrade "$@"; then
   echo "install-packages: apt-get install failed (or its lock stayed held for ${lock_timeout}s)" >&2
   exit 1
