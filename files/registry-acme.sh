@@ -10,7 +10,8 @@
 #                                        third of the lifetime is left (or with `force`), then
 #                                        serve and reload nginx gracefully if it changed
 # A failed issuance or renewal logs what to check, keeps serving the current certificate, and
-# exits 1; both modes write the served certificate's days left to the metrics file (served at
+# exits 1; so does a failed reload, which stays owed (a marker file) and is retried by the next
+# run, even when that run changes nothing; both modes write the served certificate's days left to the metrics file (served at
 # /metrics/tls), so a lapse shows before it happens.
 # Rendered by the private-registry Pulumi program; do not edit on the host.
 set -euo pipefail
@@ -29,6 +30,7 @@ metrics_file={{metrics_file}}
 registry_unit={{registry_unit}}
 
 live="${acme_dir}/config/live/registry"
+reload_owed="${acme_dir}/reload-owed"
 log() { printf 'registry-acme: %s\n' "$*"; }
 
 # Seconds since the epoch of a certificate's notBefore or notAfter.
@@ -143,15 +145,27 @@ case "${1:-}" in
         failed=1
       fi
     fi
-    if serve; then
+    reload_failed=0
+    if serve || [[ -e "$reload_owed" ]]; then
       log "serving the $(public_is_usable && echo public || echo private) certificate:" \
         "reloading nginx"
-      systemctl reload "$registry_unit"
+      touch "$reload_owed"
+      if systemctl reload "$registry_unit"; then
+        rm -f "$reload_owed"
+      else
+        reload_failed=1
+      fi
     fi
-    write_metrics "$failed"
+    write_metrics "$((failed || reload_failed))"
     if ((failed)); then
       log "ERROR: no certificate from ${directory} for ${name}; still serving the current one" \
         "($(openssl x509 -noout -enddate -in "$served_cert")). $(what_to_fix)"
+      exit 1
+    fi
+    if ((reload_failed)); then
+      log "ERROR: reloading ${registry_unit} failed: nginx may still serve the previous" \
+        "certificate; the next run (the timer's, twice a day) reloads again. Check" \
+        "journalctl -u ${registry_unit}."
       exit 1
     fi
     ;;

@@ -175,13 +175,15 @@ def pebble(sim: RegistryHostSim, workdir: Path) -> Iterator[Pebble]:
 
 
 def acme_script(
-    sim: RegistryHostSim, workdir: Path, *args: str
+    sim: RegistryHostSim, workdir: Path, *args: str, reload_exit: int = 0
 ) -> subprocess.CompletedProcess[bytes]:
     """The placed registry-acme.sh on the host (its files, its network namespace), trusting
     pebble's TLS certificate for the ACME API, with `systemctl` recorded."""
     stand_ins = workdir / "bin"
     stand_ins.mkdir(exist_ok=True)
-    (stand_ins / "systemctl").write_text(f'#!/bin/sh\necho "$*" >>{workdir / RELOAD_LOG}\n')
+    (stand_ins / "systemctl").write_text(
+        f'#!/bin/sh\necho "$*" >>{workdir / RELOAD_LOG}\nexit {reload_exit}\n'
+    )
     (stand_ins / "systemctl").chmod(0o755)
     return sim.files.sandbox.run(
         f"PATH={stand_ins}:$PATH REQUESTS_CA_BUNDLE={workdir / 'pebble.crt'} "
@@ -425,3 +427,24 @@ def test_private_keys_stay_private_and_no_log_holds_one(sim: RegistryHostSim, is
     logs = host_file(sim, f"{REGISTRY_LAYOUT.acme_dir}/logs")
     texts = [path.read_text(errors="replace") for path in logs.rglob("*.log*") if path.is_file()]
     assert texts and not any("PRIVATE KEY" in text for text in texts)
+
+
+def test_a_failed_reload_stays_owed_and_the_next_run_reloads_though_nothing_changed(
+    sim: RegistryHostSim, issued: str, workdir: Path
+) -> None:
+    """Without the owed reload, the next run finds the served files unchanged and reloads
+    nothing: nginx would serve the previous certificate until it expires."""
+    before = reloads(workdir)
+    failed = acme_script(sim, workdir, "renew", "force", reload_exit=1)
+    assert failed.returncode == 1
+    assert b"ERROR: reloading registry.service failed" in failed.stdout, failed.stdout
+    assert metrics(sim)["registry_tls_renewal_failed"] == 1
+    retried = acme_script(sim, workdir, "renew")
+    assert retried.returncode == 0 and b"requesting" not in retried.stdout
+    assert reloads(workdir) == [*before, *["reload registry.service"] * 2]
+    assert metrics(sim)["registry_tls_renewal_failed"] == 0
+    # Paid: the run after reloads nothing.
+    assert acme_script(sim, workdir, "renew").returncode == 0
+    assert reloads(workdir) == [*before, *["reload registry.service"] * 2]
+    sim.reload_nginx()
+    assert curl_status(sim, f"https://{sim.address}/v2/") == "401"
