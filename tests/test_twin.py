@@ -641,6 +641,37 @@ def test_switching_back_to_private_tls_stops_the_renewals_and_the_client_works_a
     print(f"switch back to private TLS: {time.monotonic() - started:.1f} s")
 
 
+def test_a_registry_droplet_replacement_moves_the_volume_and_keeps_the_images(
+    stack: Stack,
+) -> None:
+    """An `image` change replaces the droplets (a force-new input; the program gives every host
+    the same image): the old registry host releases the volume before its detach (the twin
+    refuses a detach while mounted), the new one mounts it, and the image the old client pushed
+    pulls by digest on the new client, which resolves the registry's new address."""
+    address = stack.run.outputs["registryAddress"]
+    proof = f"{address}/private-registry/proof:registry-dev-client-0"
+    pushed = stack.ssh(
+        CLIENT, f"docker image inspect --format '{{{{index .RepoDigests 0}}}}' {proof}"
+    ).strip()
+    old_registry = stack.droplet(REGISTRY)
+    started = time.monotonic()
+
+    ran = stack.up({"image": "ubuntu-22-04-x64"})
+
+    print(f"replacement up: {time.monotonic() - started:.1f} s")
+    order = [(run.name, run.action) for run in ran]
+    release = order.index(("registry-release-data-volume", "delete-replaced"))
+    mount = order.index(("registry-mount-data-volume", "replace"))
+    assert release < mount, order
+    new_registry = stack.droplet(REGISTRY)
+    assert new_registry.droplet_id != old_registry.droplet_id
+    assert old_registry.droplet_id not in stack.twin.droplets
+    assert list(new_registry.volumes) == [stack.run.named("registry-data").inputs["name"]]
+    resolved = stack.ssh(CLIENT, f"getent hosts {address.split(':')[0]}").split()[0]
+    assert resolved in (new_registry.public_ip, new_registry.private_ip), resolved
+    stack.ssh(CLIENT, f"docker pull -q {pushed}")
+
+
 def test_after_a_reboot_of_each_droplet_the_client_resolves_and_pulls(stack: Stack) -> None:
     stack.droplet(REGISTRY).reboot()
     stack.droplet(CLIENT).reboot()
