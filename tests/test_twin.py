@@ -207,14 +207,9 @@ def test_rotated_passwords_work_and_the_old_ones_get_401(stack: Stack) -> None:
     assert container_started(stack, "registry") == registry_before
 
 
-def test_dockerd_restart_keeps_the_containers_and_refuses_connections_only_briefly(
-    stack: Stack,
-) -> None:
-    """`systemctl restart docker` (what finishes a docker.io upgrade) with the client
-    polling `GET /v2/` every 20 ms: live-restore keeps the containers (same start time), and
-    new connections are refused only while dockerd restarts its docker-proxy processes."""
-    registry_before = container_started(stack, "registry")
-    nginx_before = container_started(stack, "nginx")
+def refused_during(stack: Stack, action: str) -> tuple[float, int, int]:
+    """Run `action` on the registry host while the client polls `GET /v2/` every 20 ms: how
+    long new connections were refused (first to last failed poll), how many of how many."""
     address = stack.run.outputs["registryAddress"]
     poll = (
         "end=$(( $(date +%s) + 12 )); while (( $(date +%s) < end )); do "
@@ -225,9 +220,7 @@ def test_dockerd_restart_keeps_the_containers_and_refuses_connections_only_brief
         stack.ssh_argv(CLIENT, poll), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     time.sleep(4)
-    stack.ssh(
-        REGISTRY, "systemctl reset-failed docker.service docker.socket; systemctl restart docker"
-    )
+    stack.ssh(REGISTRY, action)
     out, _ = polling.communicate(timeout=60)
     samples = [line.split() for line in out.decode().splitlines() if line.strip()]
     assert len(samples) > 100, out.decode()[-2000:]
@@ -235,11 +228,25 @@ def test_dockerd_restart_keeps_the_containers_and_refuses_connections_only_brief
     assert codes <= {"401", "000"}, codes
     refused = [float(at) for at, code in samples if code != "401"]
     gap = (max(refused) - min(refused)) if refused else 0.0
-    print(f"dockerd restart: {len(refused)} of {len(samples)} polls refused over {gap:.2f} s")
+    return gap, len(refused), len(samples)
+
+
+def test_dockerd_restart_keeps_the_containers_and_refuses_connections_only_briefly(
+    stack: Stack,
+) -> None:
+    """`systemctl restart docker` (what finishes a docker.io upgrade) with the client
+    polling `GET /v2/` every 20 ms: live-restore keeps the containers (same start time), and
+    new connections are refused only while dockerd restarts its docker-proxy processes."""
+    registry_before = container_started(stack, "registry")
+    nginx_before = container_started(stack, "nginx")
+    gap, refused, polls = refused_during(
+        stack, "systemctl reset-failed docker.service docker.socket; systemctl restart docker"
+    )
+    print(f"dockerd restart: {refused} of {polls} polls refused over {gap:.2f} s")
     assert gap < 2.0, f"connections refused for {gap:.2f} s"
     assert container_started(stack, "registry") == registry_before
     assert container_started(stack, "nginx") == nginx_before
-    proof = f"{address}/private-registry/proof:registry-dev-client-0"
+    proof = f"{stack.run.outputs['registryAddress']}/private-registry/proof:registry-dev-client-0"
     stack.ssh(CLIENT, f"docker image rm {proof} >/dev/null && docker pull -q {proof}")
 
 
@@ -684,6 +691,76 @@ def test_after_a_reboot_of_each_droplet_the_client_resolves_and_pulls(stack: Sta
         time.sleep(1)
     stack.ssh(CLIENT, f"getent hosts {address.split(':')[0]}")
     stack.ssh(CLIENT, f"docker image rm {proof} >/dev/null && docker pull -q {proof}")
+
+
+def test_a_docker_io_upgrade_keeps_the_containers_and_a_control_without_live_restore_does_not(
+    stack: Stack,
+) -> None:
+    """A newer `docker.io` in the droplet's apt repository (the same package rebuilt with a
+    higher version), upgraded as unattended-upgrades does, then dockerd restarted onto the new
+    binary, with the client polling: live-restore keeps both containers (same start time) and
+    the refused gap stays small. The control: with live-restore off in the daemon.json the
+    program placed, the same restart stops or restarts them."""
+    registry = stack.droplet(REGISTRY)
+    started = time.monotonic()
+    # The twin's own hand: a release appears in the droplet's package repository.
+    registry.inside(
+        "set -e; work=$(mktemp -d); dpkg-deb --raw-extract /srv/apt/docker.io_*.deb $work/pkg; "
+        "sed -i 's/^Version: .*/&+twinupgrade1/' $work/pkg/DEBIAN/control; "
+        "dpkg-deb -Zgzip -z1 --build $work/pkg /srv/apt/ >/dev/null; rm -rf $work; "
+        "cd /srv/apt && apt-ftparchive packages . >Packages",
+        timeout=120,
+    )
+    print(f"docker.io repackaged in {time.monotonic() - started:.1f} s")
+    before = {service: container_started(stack, service) for service in ("registry", "nginx")}
+    old_version = stack.ssh(REGISTRY, "dpkg-query -W -f '${Version}' docker.io")
+
+    gap, refused, polls = refused_during(
+        stack,
+        "apt-get -q update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get -q install -y "
+        "--only-upgrade docker.io >/dev/null"
+        # The package leaves the running dockerd alone (Debian's postinst only starts it;
+        # Ubuntu's restarts it when debconf's docker.io/restart says so, not unattended): it
+        # runs the replaced binary until the restart that follows.
+        " && readlink /proc/$(pidof dockerd)/exe | grep -q '(deleted)'"
+        " && systemctl reset-failed docker.service docker.socket && systemctl restart docker",
+    )
+
+    print(f"docker.io upgrade: {refused} of {polls} polls refused over {gap:.2f} s")
+    assert stack.ssh(REGISTRY, "dpkg-query -W -f '${Version}' docker.io") == (
+        old_version + "+twinupgrade1"
+    )
+    assert "deleted" not in stack.ssh(REGISTRY, "readlink /proc/$(pidof dockerd)/exe")
+    assert gap < 2.0, f"connections refused for {gap:.2f} s"
+    assert {s: container_started(stack, s) for s in before} == before
+
+    # The control: the same restart without live-restore stops the containers (their restart
+    # policy may start them again: a new start time).
+    daemon = "/etc/docker/daemon.json"
+    ids = " ".join(started_at.split()[0] for started_at in before.values())
+    stack.ssh(
+        REGISTRY,
+        f"cp {daemon} {daemon}.twin && printf '{{}}\\n' >{daemon} && "
+        "systemctl reset-failed docker.service docker.socket && systemctl restart docker",
+    )
+    inspect = "'{{.Id}} {{.State.StartedAt}} {{.State.Running}}'"
+    after = dict(
+        line.rsplit(" ", 1)
+        for line in stack.ssh(REGISTRY, f"docker inspect --format {inspect} {ids}").splitlines()
+    )
+    print(f"without live-restore: {after}")
+    stack.ssh(
+        REGISTRY,
+        f"mv {daemon}.twin {daemon} && systemctl reset-failed docker.service docker.socket && "
+        f"systemctl restart docker && systemctl restart {Path(REGISTRY_LAYOUT.unit_path).name}",
+    )
+    kept = [c for c, running in after.items() if running == "true" and c in before.values()]
+    assert not kept, f"still running since before the restart: {kept}"
+    deadline = time.monotonic() + 60
+    while stack.registry_status("ci", stack.password("ci")) != 200:
+        assert time.monotonic() < deadline, "the registry did not serve again after the control"
+        time.sleep(1)
+    print(f"upgrade and control: {time.monotonic() - started:.1f} s")
 
 
 def test_destroy_releases_the_volume_before_detaching_and_stops_every_droplet(
