@@ -11,15 +11,20 @@ from one stack state is applied as its remote commands would (a user added, the 
 renewed, the user removed, ...): the changed files placed, then nginx reloaded. nginx's and the
 registry's resident memory and open file descriptors are sampled every 10 s; the figures compare
 the medians of the first minute after `--warmup` and of the last minute. Target: no failed
-operation; growth at most 10%. Writes bench/results/soak.json. A script, not a test.
+operation; growth at most 10%. At the baseline and at the end, the registry's Go heap profile
+(its debug server's pprof) says how much of its heap the in-memory blob descriptor cache holds.
+Writes bench/results/soak.json. A script, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from components.manifest import REGISTRY_LAYOUT
 from tests.harness import run_program
 from tests.mocks import ProviderMocks
 from tests.realstack.clients import Skopeo
@@ -45,6 +51,10 @@ CYCLE = [
     BASE,  # renewed again
 ]
 PLACED = ("server_cert", "htpasswd", "nginx_conf")
+# Where distribution's in-memory blob descriptor cache lives (2.8: github.com/docker/
+# distribution/...; 3.x: github.com/distribution/distribution/v3/...).
+BLOB_CACHE_PACKAGE = "registry/storage/cache/memory."
+ALLOCATION_SITE = re.compile(r"^(\d+): (\d+) \[\d+: \d+\] @ ")
 
 
 def usage(namespace: str) -> dict[str, int]:
@@ -69,6 +79,38 @@ def sample(sim: RegistryHostSim, started: float) -> dict[str, Any]:
         "nginx": usage(sim.ns_host),
         "registry": usage(sim.ns_container),
     }
+
+
+def registry_heap(sim: RegistryHostSim) -> dict[str, int]:
+    """The registry's heap in use (Go's HeapInuse), and what its heap profile's allocation sites
+    hold in use, in all and in the in-memory blob descriptor cache. `debug=1` gives per site a
+    line `objects: bytes [...] @ pcs` of sampled allocations, then its stack as `#` lines; each
+    site is scaled up as `go tool pprof` does (one allocation of a site's mean size is sampled
+    with probability 1 - exp(-size / rate); the header states 2 * rate as `@ heap/N`)."""
+    url = f"http://127.0.0.1:{REGISTRY_LAYOUT.debug_port}/debug/pprof/heap?debug=1"
+    text = sh("ip", "netns", "exec", sim.ns_container, "curl", "-sf", url).stdout.decode()
+    rate = int(text.split("@ heap/", 1)[1].split()[0]) / 2
+    figures = {"heap_in_use_bytes": 0, "profiled_in_use_bytes": 0, "blob_descriptor_cache_bytes": 0}
+    site_bytes = 0
+    for line in text.splitlines():
+        if site := ALLOCATION_SITE.match(line):
+            objects, sampled = int(site[1]), int(site[2])
+            site_bytes = 0
+            if objects:
+                site_bytes = round(sampled / (1 - math.exp(-sampled / objects / rate)))
+            figures["profiled_in_use_bytes"] += site_bytes
+        elif line.startswith("#\t") and BLOB_CACHE_PACKAGE in line:
+            figures["blob_descriptor_cache_bytes"] += site_bytes
+            site_bytes = 0  # a site counts once, however many of its frames are the cache's
+        elif line.startswith("# HeapInuse = "):
+            figures["heap_in_use_bytes"] = int(line.split("=")[1])
+    return figures
+
+
+def registry_version(binary: Path | None) -> str:
+    """What runs as the registry: Debian's docker-registry, or the given build."""
+    argv = [str(binary) if binary else "docker-registry", "--version"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def window(samples: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
@@ -104,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=60, help="seconds between changes")
     parser.add_argument("--warmup", type=float, default=60, help="seconds before the baseline")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--registry-binary",
+        type=Path,
+        help="a distribution build to run instead of Debian's docker-registry (2.8)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (network and mount namespaces)")
@@ -114,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     changes: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         work = Path(tmp)
-        sim = RegistryHostSim(base, work / "host")
+        sim = RegistryHostSim(base, work / "host", registry_binary=args.registry_binary)
         sim.set_client_etc(trusting_client_etc(base, work / "client-root"))
         with running(sim):
             skopeo = Skopeo.logged_in(sim, work / "skopeo")
@@ -122,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             with Load(sim, skopeo, work / "load", pulled, "ci") as load:
                 started = time.monotonic()
                 end = started + args.minutes * 60
+                heap: dict[str, dict[str, int]] = {}
                 next_change, next_sample, step = started + args.interval, started, 0
                 while time.monotonic() < end:
                     now = time.monotonic()
                     if now >= next_sample:
                         samples.append(sample(sim, started))
                         next_sample += SAMPLE_SECONDS
+                    if "baseline" not in heap and now - started >= args.warmup:
+                        heap["baseline"] = registry_heap(sim)
                     if now >= next_change:
                         run = cycle[step % len(cycle)]
                         for role in PLACED:
@@ -141,12 +191,14 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  {now - started:5.0f} s: change {step} applied", file=sys.stderr)
                     time.sleep(0.5)
                 samples.append(sample(sim, started))
+                heap["final"] = registry_heap(sim)
             operations, failures = load.operations, load.failures()
     minute = 60.0
     baseline = window(samples, args.warmup, args.warmup + minute)
     final = window(samples, samples[-1]["t_s"] - minute, samples[-1]["t_s"] + 1)
     results = {
         "machine": report.machine(),
+        "registry": registry_version(args.registry_binary),
         "minutes": args.minutes,
         "clients": args.clients,
         "interval_s": args.interval,
@@ -158,11 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": baseline,
         "final": final,
         "growth": growth(baseline, final),
+        "registry_heap": heap,
         "samples": samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(results, indent=1) + "\n")
     print(report.machine_line(results["machine"]))
+    print(f"registry: {results['registry']}")
     print(
         f"{args.minutes:g} min, {args.clients} clients, {len(changes)} reloads: "
         f"{len(operations)} operations, {len(failures)} failed "
@@ -174,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  {service}: RSS {baseline[service]['rss_kib']} -> "
             f"{final[service]['rss_kib']} KiB, fds {baseline[service]['fds']} -> "
             f"{final[service]['fds']} (growth {figures}) {'ok' if ok else 'MISS'}"
+        )
+    for moment, figures in heap.items():
+        print(
+            f"  registry heap ({moment}): {figures['heap_in_use_bytes'] / 2**20:.1f} MiB in use; "
+            f"of {figures['profiled_in_use_bytes'] / 2**20:.1f} MiB profiled, "
+            f"{figures['blob_descriptor_cache_bytes'] / 2**20:.1f} MiB the in-memory blob "
+            "descriptor cache's"
         )
     return 0
 

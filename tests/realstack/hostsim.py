@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -257,8 +258,11 @@ class RegistryHostSim:
         node: ClusterNode | None = None,
         host_manifest: HostManifest = REGISTRY_HOST,
         service_etc: Mapping[str, Mapping[str, str]] | None = None,
+        registry_binary: Path | None = None,
     ) -> None:
         """`host_manifest`: what the program places on this (not clustered) host.
+        `registry_binary`: a build of distribution that runs as the image's `registry` instead of
+        Debian's (`bench.soak --registry-binary`: the version the hosts run).
         `service_etc`: per compose service, files of its /etc beyond the machine's (e.g. a CA
         bundle), and `hosts` lines added to its /etc/hosts."""
         self.run = run
@@ -266,6 +270,7 @@ class RegistryHostSim:
         self.node = node
         self.host_manifest = host_manifest if node is None else node.host_manifest
         self.service_etc = service_etc or {}
+        self.registry_binary = registry_binary
         if node is None:
             self.files = materialize(run, workdir, host_manifest=host_manifest)
             self.registry_ip = run.outputs["registryPrivateIp"]
@@ -323,7 +328,10 @@ class RegistryHostSim:
             if self._runs_registry_image(name):
                 image_bin = self.workdir / "registry-image-bin"
                 image_bin.mkdir(exist_ok=True)
-                (image_bin / "registry").write_text(IMAGE_REGISTRY_COMMAND)
+                if self.registry_binary is None:
+                    (image_bin / "registry").write_text(IMAGE_REGISTRY_COMMAND)
+                else:
+                    shutil.copyfile(self.registry_binary, image_bin / "registry")
                 (image_bin / "registry").chmod(0o755)
                 environment["PATH"] = f"{image_bin}:{SERVICE_PATH}"
             argv = service_argv(self.files.compose, name)
