@@ -41,6 +41,15 @@ class CommandFailed(AssertionError):
     pass
 
 
+# OpenSSH's own errors when no session was opened (ssh exits 255 then; a command may too).
+CONNECTION_ERRORS = (b"banner exchange", b"kex_exchange_identification", b"ssh: connect to host")
+
+
+def connection_failed(done: subprocess.CompletedProcess[bytes]) -> bool:
+    """ssh failed to connect, so the command did not run."""
+    return done.returncode == 255 and any(error in done.stderr for error in CONNECTION_ERRORS)
+
+
 @dataclass
 class Engine:
     twin: Twin
@@ -145,7 +154,20 @@ class Engine:
 
     def ssh(self, connection: dict[str, object], command: str, stdin: bytes = b"",
             timeout: float = 900) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-        """`command` over SSH as pulumi-command runs it (one session, `stdin` fed to it)."""
+        """`command` over SSH as pulumi-command runs it (one session, `stdin` fed to it). A
+        connection that fails before its session starts is dialed again and the command run
+        then: pulumi-command runs its session on the connection its dial made, while each
+        `ssh` here opens a new one (seen once in four full runs: a fresh droplet's sshd sent no
+        banner within the 15 s dial timeout)."""
+        for _ in range(3):
+            done = self._ssh_once(connection, command, stdin, timeout)
+            if not connection_failed(done):
+                break
+            self.dial(connection)
+        return done
+
+    def _ssh_once(self, connection: dict[str, object], command: str, stdin: bytes,
+                  timeout: float) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
         return subprocess.run(
             self.ssh_argv(connection, command),
             input=stdin,
@@ -173,7 +195,7 @@ class Engine:
         wait = 0.1
         failures = 0
         while True:
-            done = self.ssh(connection, "true", timeout=60)
+            done = self._ssh_once(connection, "true", b"", 60)
             if done.returncode == 0:
                 return
             failures += 1
