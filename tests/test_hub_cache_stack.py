@@ -26,6 +26,7 @@ from components.manifest import (
     command_name,
 )
 from tests.harness import ProgramRun, run_program
+from tests.polling import eventually
 from tests.realstack.clients import with_private_state
 from tests.realstack.dockerhub import HUB_NAME, DockerHubStandIn
 from tests.realstack.hostsim import CURL_STATUS, LOG_FIELD, RegistryHostSim, sh
@@ -194,10 +195,9 @@ def test_a_pull_fetches_from_docker_hub_once_and_the_second_comes_from_the_cache
         for digest in (*stack.image.layer_digests, config_digest(stack))
     }
     assert pull_through_cache(stack, "first")[1] == expected[1]
-    deadline = time.monotonic() + 30
-    while len(cached_blob_files(stack)) < len(wanted):
-        assert time.monotonic() < deadline, f"not all stored: {cached_blob_files(stack)}"
-        time.sleep(0.2)
+    eventually(
+        lambda: len(cached_blob_files(stack)) >= len(wanted), "every fetched blob stored", 30
+    )
     first = stack.hub.blob_gets(stack.sim.container_ip)
     assert set(first) == wanted and len(first) <= 2 * len(wanted), stack.hub.requests()
     assert pull_through_cache(stack, "second")[1] == expected[1]

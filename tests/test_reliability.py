@@ -39,6 +39,7 @@ import pytest
 from components.manifest import REGISTRY_HOST, REGISTRY_LAYOUT
 from tests.harness import ProgramRun, run_program
 from tests.mocks import ProviderMocks
+from tests.polling import eventually
 from tests.realstack import probes
 from tests.realstack.clients import Skopeo, header_lines
 from tests.realstack.hostsim import RegistryHostSim, running, sh, trusting_client_etc
@@ -473,14 +474,6 @@ def test_only_tls12_and_tls13_by_raw_client_hello(tls: TlsStack) -> None:
         )
     assert hello(tls, tls.nginx, 0x0303, suites) == f"server-hello 0303 {GOOD_SUITE[tls.key]:04x}"
     assert handshake(tls, tls.nginx, "-tls1_3") is not None
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    """Wait for `check` (e.g. for a reload's new workers, which start after the signal)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.1)
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from components.manifest import (
 from tests.harness import ProgramRun, run_program
 from tests.lifecycle.planner import plan_destroy, plan_up
 from tests.mocks import ProviderMocks
+from tests.polling import eventually
 from tests.realstack.hostsim import LOG_FIELD
 from tests.twin.acme import DIRECTORY, DNS_IP, Acme
 from tests.twin.cache import cached_build
@@ -43,6 +44,8 @@ pytestmark = pytest.mark.twin
 
 REGISTRY = "registry-droplet"
 CLIENT = "client-0-droplet"
+# Debian's docker.service allows 3 starts a minute: tests restarting dockerd clear the count first.
+RESTART_DOCKER = "systemctl reset-failed docker.service docker.socket && systemctl restart docker"
 USERS = ["ci", "alice"]
 
 
@@ -151,6 +154,16 @@ def stack(twin: tuple[Twin, Hub, Path]) -> Stack:
     return Stack(mocks, run, engine, world, config, first_up)
 
 
+def serving_again(stack: Stack, after: str, timeout: float) -> None:
+    """Wait until the registry answers the `ci` user with 200 again."""
+    eventually(
+        lambda: stack.registry_status("ci", stack.password("ci")) == 200,
+        f"the registry serving again {after}",
+        timeout,
+        interval=1,
+    )
+
+
 def container_started(stack: Stack, service: str) -> str:
     """When the registry host's container of `service` started (its id and start time)."""
     out = stack.ssh(
@@ -239,9 +252,7 @@ def test_dockerd_restart_keeps_the_containers_and_refuses_connections_only_brief
     new connections are refused only while dockerd restarts its docker-proxy processes."""
     registry_before = container_started(stack, "registry")
     nginx_before = container_started(stack, "nginx")
-    gap, refused, polls = refused_during(
-        stack, "systemctl reset-failed docker.service docker.socket; systemctl restart docker"
-    )
+    gap, refused, polls = refused_during(stack, RESTART_DOCKER)
     print(f"dockerd restart: {refused} of {polls} polls refused over {gap:.2f} s")
     assert gap < 2.0, f"connections refused for {gap:.2f} s"
     assert container_started(stack, "registry") == registry_before
@@ -409,15 +420,19 @@ def test_hub_cache_a_docker_hub_outage_at_start_keeps_the_registry_up(stack: Sta
             "docker inspect --format '{{.RestartCount}}' "
             f"$(docker compose --project-name {project} ps --all --quiet {cache})"
         )
-        deadline = time.monotonic() + 30
-        while int(stack.ssh(REGISTRY, restarts)) < 1:
-            assert time.monotonic() < deadline, "the cache started with Docker Hub down"
-            time.sleep(1)
+        eventually(
+            lambda: int(stack.ssh(REGISTRY, restarts)) >= 1,
+            "the cache restarted while Docker Hub was down",
+            30,
+            interval=1,
+        )
         assert cache_status_from_the_client(stack) != "200"
-    deadline = time.monotonic() + 120
-    while cache_status_from_the_client(stack) != "200":
-        assert time.monotonic() < deadline, "the cache did not come up after Docker Hub did"
-        time.sleep(2)
+    eventually(
+        lambda: cache_status_from_the_client(stack) == "200",
+        "the cache up after Docker Hub",
+        120,
+        interval=2,
+    )
     print(f"Docker Hub outage at start and back: {time.monotonic() - started:.1f} s")
 
 
@@ -685,10 +700,7 @@ def test_after_a_reboot_of_each_droplet_the_client_resolves_and_pulls(stack: Sta
     address = stack.run.outputs["registryAddress"]
     proof = f"{address}/private-registry/proof:registry-dev-client-0"
     # No `up`: the registry unit is enabled, its volume mounted from fstab at boot.
-    deadline = time.monotonic() + 90
-    while stack.registry_status("ci", stack.password("ci")) != 200:
-        assert time.monotonic() < deadline, "the registry did not serve again after its reboot"
-        time.sleep(1)
+    serving_again(stack, "after its reboot", 90)
     stack.ssh(CLIENT, f"getent hosts {address.split(':')[0]}")
     stack.ssh(CLIENT, f"docker image rm {proof} >/dev/null && docker pull -q {proof}")
 
@@ -723,7 +735,7 @@ def test_a_docker_io_upgrade_keeps_the_containers_and_a_control_without_live_res
         # Ubuntu's restarts it when debconf's docker.io/restart says so, not unattended): it
         # runs the replaced binary until the restart that follows.
         " && readlink /proc/$(pidof dockerd)/exe | grep -q '(deleted)'"
-        " && systemctl reset-failed docker.service docker.socket && systemctl restart docker",
+        f" && {RESTART_DOCKER}",
     )
 
     print(f"docker.io upgrade: {refused} of {polls} polls refused over {gap:.2f} s")
@@ -740,8 +752,7 @@ def test_a_docker_io_upgrade_keeps_the_containers_and_a_control_without_live_res
     ids = " ".join(started_at.split()[0] for started_at in before.values())
     stack.ssh(
         REGISTRY,
-        f"cp {daemon} {daemon}.twin && printf '{{}}\\n' >{daemon} && "
-        "systemctl reset-failed docker.service docker.socket && systemctl restart docker",
+        f"cp {daemon} {daemon}.twin && printf '{{}}\\n' >{daemon} && {RESTART_DOCKER}",
     )
     inspect = "'{{.Id}} {{.State.StartedAt}} {{.State.Running}}'"
     after = dict(
@@ -751,15 +762,12 @@ def test_a_docker_io_upgrade_keeps_the_containers_and_a_control_without_live_res
     print(f"without live-restore: {after}")
     stack.ssh(
         REGISTRY,
-        f"mv {daemon}.twin {daemon} && systemctl reset-failed docker.service docker.socket && "
-        f"systemctl restart docker && systemctl restart {Path(REGISTRY_LAYOUT.unit_path).name}",
+        f"mv {daemon}.twin {daemon} && {RESTART_DOCKER} && "
+        f"systemctl restart {Path(REGISTRY_LAYOUT.unit_path).name}",
     )
     kept = [c for c, running in after.items() if running == "true" and c in before.values()]
     assert not kept, f"still running since before the restart: {kept}"
-    deadline = time.monotonic() + 60
-    while stack.registry_status("ci", stack.password("ci")) != 200:
-        assert time.monotonic() < deadline, "the registry did not serve again after the control"
-        time.sleep(1)
+    serving_again(stack, "after the control", 60)
     print(f"upgrade and control: {time.monotonic() - started:.1f} s")
 
 
