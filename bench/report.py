@@ -51,7 +51,9 @@ def _version(argv: Sequence[str], pattern: str = r"([\d][\w.+~:-]*)") -> str:
     return match.group(1) if match else "unknown"
 
 
-def machine() -> dict[str, Any]:
+def machine(registry_binary: Path | None = None) -> dict[str, Any]:
+    """The machine and the versions measured; `registry_binary`: a distribution build run
+    instead of Debian's docker-registry (its version is the last word it prints)."""
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -66,7 +68,9 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "debian": debian.read_text().strip() if debian.exists() else "not Debian",
         "nginx": _version(["nginx", "-v"], r"nginx/([\d.]+)"),
-        "registry": _version(["docker-registry", "--version"], r"distribution ([\w.+~-]+)"),
+        "registry": _version(
+            [str(registry_binary or "docker-registry"), "--version"], r"(\S+)\s*$"
+        ),
         "skopeo": _version(["skopeo", "--version"]),
         "openssl": _version(["openssl", "version"], r"OpenSSL ([\w.]+)"),
         "curl": _version(["curl", "--version"], r"curl ([\d.]+)"),
@@ -80,7 +84,7 @@ def machine() -> dict[str, Any]:
 def machine_line(info: Mapping[str, Any]) -> str:
     return (
         f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; kernel "
-        f"{info['kernel']}; Debian {info['debian']}; nginx {info['nginx']}; docker-registry "
+        f"{info['kernel']}; Debian {info['debian']}; nginx {info['nginx']}; registry "
         f"{info['registry']}; skopeo {info['skopeo']}; OpenSSL {info['openssl']}; "
         f"Python {info['python']}"
     )
@@ -296,7 +300,7 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
         0.01,
         f"{results['started'][:10]} · {info['cpu']}, {info['cores']} cores "
         f"shared by client, nginx and registry · Debian {info['debian']} · nginx "
-        f"{info['nginx']} · docker-registry {info['registry']}",
+        f"{info['nginx']} · registry {info['registry']}",
         fontsize=7,
         color="dimgrey",
     )
