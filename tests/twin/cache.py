@@ -15,7 +15,6 @@ BUILD_SCRIPT = HERE / "build-rootfs.sh"
 BUILD_INPUTS = (BUILD_SCRIPT, HERE / "twin-volumes", HERE / "twin-volumes.service")
 # The only place the tests write outside their temporary directories (override: TWIN_CACHE).
 CACHE_ROOT = Path(os.environ.get("TWIN_CACHE", "/var/cache/private-registry-twin"))
-LOCK_NAME = ".lock"
 
 
 def cache_key() -> str:
@@ -30,12 +29,13 @@ def cached_build() -> Path:
     builds are removed: the cache holds one). Builders take turns on a lock file, so two runs
     at once build it once."""
     target = CACHE_ROOT / cache_key()
+    lock_path = CACHE_ROOT / ".lock"
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    with (CACHE_ROOT / LOCK_NAME).open("w") as lock:
+    with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "rootfs" / "usr" / "bin" / "systemctl").exists():
             for old in CACHE_ROOT.iterdir():
-                if old not in (target, CACHE_ROOT / LOCK_NAME):
+                if old not in (target, lock_path):
                     subprocess.run(["rm", "-rf", str(old)], check=True)
             subprocess.run(["bash", str(BUILD_SCRIPT), str(target)], check=True, stdout=sys.stderr)
     return target

@@ -159,11 +159,12 @@ class Engine:
         then: pulumi-command runs its session on the connection its dial made, while each
         `ssh` here opens a new one (seen once in four full runs: a fresh droplet's sshd sent no
         banner within the 15 s dial timeout)."""
-        for _ in range(3):
-            done = self._ssh_once(connection, command, stdin, timeout)
+        done = self._ssh_once(connection, command, stdin, timeout)
+        for _ in range(2):
             if not connection_failed(done):
                 break
             self.dial(connection)
+            done = self._ssh_once(connection, command, stdin, timeout)
         return done
 
     def _ssh_once(self, connection: dict[str, object], command: str, stdin: bytes,
